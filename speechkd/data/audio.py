@@ -1,0 +1,75 @@
+"""Audio I/O through soundfile: load, downmix to mono, resample to 16 kHz.
+
+Returned waveforms are float32 NumPy arrays of shape ``(samples,)`` in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used. ``reason`` is a short machine-readable code."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str):
+        super().__init__(f"{path}: {detail}")
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited sinc resampling (torchaudio) of a ``(samples,)`` float32 array."""
+    if orig_sr == target_sr:
+        return wav
+    import torch
+    import torchaudio.functional as AF
+
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), orig_sr, target_sr)
+    return out.numpy()
+
+
+def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None = None,
+               target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Load ``path`` (any format libsndfile reads) as mono float32 at ``target_sr``.
+
+    ``offset`` and ``duration`` are in seconds (``duration=None`` reads to the end).
+    Raises :class:`AudioError` with reason ``missing``, ``empty_file``, ``unreadable``,
+    ``no_samples`` or ``non_finite``.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "missing", "audio file does not exist")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty_file", "audio file is empty (0 bytes)")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            start = int(round(offset * sr))
+            if start:
+                f.seek(min(start, f.frames))
+            frames = -1 if duration is None else int(round(duration * sr))
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudioError(path, "unreadable", f"cannot decode audio: {e}") from None
+    if data.shape[0] == 0:
+        raise AudioError(path, "no_samples", "audio has no samples" + (f" at offset {offset}s" if offset else ""))
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(wav).all():
+        n = int((~np.isfinite(wav)).sum())
+        raise AudioError(path, "non_finite", f"audio has {n} NaN/Inf samples")
+    return resample(np.ascontiguousarray(wav, dtype=np.float32), sr, target_sr)
+
+
+def audio_info(path: str | Path) -> tuple[int, int]:
+    """``(sample_rate, frames)`` from the header, without decoding."""
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    return int(info.samplerate), int(info.frames)

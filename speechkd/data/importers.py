@@ -1,0 +1,209 @@
+"""Corpus importers: each returns a list of :class:`Utterance` and writes a manifest only if asked.
+
+Supported layouts:
+
+* LibriSpeech: ``<root>/**/<spk>/<chapter>/<spk>-<chapter>.trans.txt`` next to ``<id>.flac``;
+* Kaldi data dir: ``wav.scp`` (plain paths only), ``text``, ``utt2spk``, optional ``segments``;
+* NeMo JSONL manifest (``audio_filepath``, ``duration``, ``text``);
+* Common Voice TSV (``client_id``, ``path``, ``sentence``; audio under ``clips/``).
+
+Transcripts are normalised with :func:`speechkd.text.normalize_text`; the original is kept as
+``raw_text`` when it differs. Durations come from the audio header (seconds).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Callable
+
+from speechkd.data.audio import audio_info
+from speechkd.data.checks import BadInputLog
+from speechkd.data.manifest import ManifestError, Utterance, iter_manifest, relative_to_manifest, write_manifest
+from speechkd.text.normalize import normalize_text
+
+log = logging.getLogger(__name__)
+
+
+class ImportError_(ValueError):
+    """A corpus folder or file that does not have the expected layout (names the file:line)."""
+
+
+def _make(uid: str, audio: Path, raw_text: str, speaker: str, bad: BadInputLog, *, out_dir: Path | None,
+          offset: float = 0.0, duration: float | None = None) -> Utterance | None:
+    if not audio.exists():
+        bad.reject(uid, str(audio), "missing", "audio file does not exist")
+        return None
+    if duration is None:
+        try:
+            sr, frames = audio_info(audio)
+        except Exception as e:  # libsndfile raises several types
+            bad.reject(uid, str(audio), "unreadable", f"cannot read audio header: {e}")
+            return None
+        duration = frames / sr if sr else 0.0
+    text = normalize_text(raw_text)
+    extra = {"raw_text": raw_text} if raw_text != text else {}
+    path = relative_to_manifest(audio, out_dir) if out_dir else str(audio.resolve())
+    return Utterance(id=uid, audio_filepath=path, duration=round(duration, 4), text=text, speaker=speaker,
+                     offset=offset, extra=extra)
+
+
+def _finish(utts: list[Utterance], out_manifest: str | Path | None, bad: BadInputLog, name: str) -> list[Utterance]:
+    utts.sort(key=lambda u: u.id)
+    log.info("%s: imported %d utterances (%.2f h); %s", name, len(utts), sum(u.duration for u in utts) / 3600,
+             bad.summary())
+    if out_manifest is not None:
+        write_manifest(utts, out_manifest)
+    return utts
+
+
+def _bad(policy: str, out_manifest: str | Path | None) -> BadInputLog:
+    rej = Path(str(out_manifest) + ".rejected.jsonl") if out_manifest else None
+    if rej is not None and rej.exists():
+        rej.unlink()
+    return BadInputLog(policy, rej)  # type: ignore[arg-type]
+
+
+def _out_dir(out_manifest: str | Path | None) -> Path | None:
+    return Path(out_manifest).parent if out_manifest else None
+
+
+def import_librispeech(root: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip") -> list[Utterance]:
+    """Import a LibriSpeech tree (any subset folder, or the folder holding several subsets)."""
+    root = Path(root)
+    trans = sorted(root.rglob("*.trans.txt"))
+    if not trans:
+        raise ImportError_(f"{root}: no '*.trans.txt' files found; is this a LibriSpeech folder?")
+    bad = _bad(policy, out_manifest)
+    utts: list[Utterance] = []
+    for tf in trans:
+        for lineno, line in enumerate(tf.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise ImportError_(f"{tf}:{lineno}: expected '<utterance-id> <TRANSCRIPT>'")
+            uid, text = parts
+            speaker = uid.split("-")[0]
+            u = _make(uid, tf.parent / f"{uid}.flac", text, speaker, bad, out_dir=_out_dir(out_manifest))
+            if u:
+                utts.append(u)
+    return _finish(utts, out_manifest, bad, f"librispeech {root}")
+
+
+def _read_kv(path: Path, *, required: bool = True) -> dict[str, str]:
+    if not path.exists():
+        if required:
+            raise ImportError_(f"{path}: required Kaldi file is missing")
+        return {}
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        key = parts[0]
+        if key in out:
+            raise ImportError_(f"{path}:{lineno}: duplicate key {key!r}")
+        out[key] = parts[1] if len(parts) > 1 else ""
+    return out
+
+
+def import_kaldi(data_dir: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip") -> list[Utterance]:
+    """Import a Kaldi data dir. ``wav.scp`` entries must be plain file paths (no pipes)."""
+    d = Path(data_dir)
+    wav = _read_kv(d / "wav.scp")
+    text = _read_kv(d / "text")
+    utt2spk = _read_kv(d / "utt2spk", required=False)
+    segments = _read_kv(d / "segments", required=False)
+    for lineno, (rec, p) in enumerate(wav.items(), 1):
+        if p.rstrip().endswith("|") or p.lstrip().startswith("|"):
+            raise ImportError_(f"{d / 'wav.scp'}: recording {rec!r}: piped commands are not supported; "
+                               "give plain file paths (e.g. run the command once and write the audio)")
+    bad = _bad(policy, out_manifest)
+    utts: list[Utterance] = []
+
+    def resolve(p: str) -> Path:
+        pp = Path(p)
+        return pp if pp.is_absolute() else (d / pp)
+
+    if segments:
+        for uid, seg in segments.items():
+            parts = seg.split()
+            if len(parts) != 3:
+                raise ImportError_(f"{d / 'segments'}: {uid!r}: expected '<utt> <recording> <start> <end>'")
+            rec, start, end = parts[0], float(parts[1]), float(parts[2])
+            if rec not in wav:
+                raise ImportError_(f"{d / 'segments'}: {uid!r}: recording {rec!r} is not in wav.scp")
+            if uid not in text:
+                bad.reject(uid, wav[rec], "no_transcript", "utterance has no line in 'text'")
+                continue
+            if end <= start:
+                bad.reject(uid, wav[rec], "bad_segment", f"segment end {end} <= start {start}")
+                continue
+            u = _make(uid, resolve(wav[rec]), text[uid], utt2spk.get(uid, "unknown"), bad,
+                      out_dir=_out_dir(out_manifest), offset=start, duration=end - start)
+            if u:
+                utts.append(u)
+    else:
+        for uid, p in wav.items():
+            if uid not in text:
+                bad.reject(uid, p, "no_transcript", "utterance has no line in 'text'")
+                continue
+            u = _make(uid, resolve(p), text[uid], utt2spk.get(uid, "unknown"), bad, out_dir=_out_dir(out_manifest))
+            if u:
+                utts.append(u)
+    return _finish(utts, out_manifest, bad, f"kaldi {d}")
+
+
+def import_nemo(manifest: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip") -> list[Utterance]:
+    """Import a NeMo JSONL manifest (paths resolved against its folder; text normalised)."""
+    src = Path(manifest)
+    bad = _bad(policy, out_manifest)
+    utts: list[Utterance] = []
+    seen: set[str] = set()
+    for u in iter_manifest(src):
+        audio = u.resolve_audio(src.parent)
+        if u.id in seen:
+            bad.reject(u.id, str(audio), "duplicate_id", "id already used by an earlier entry")
+            continue
+        seen.add(u.id)
+        nu = _make(u.id, audio, u.text, u.speaker, bad, out_dir=_out_dir(out_manifest), offset=u.offset,
+                   duration=u.duration)
+        if nu:
+            nu.extra.update(u.extra)
+            utts.append(nu)
+    return _finish(utts, out_manifest, bad, f"nemo {src}")
+
+
+def import_commonvoice(tsv: str | Path, out_manifest: str | Path | None = None, *, clips_dir: str | Path | None = None,
+                       policy: str = "skip") -> list[Utterance]:
+    """Import a Common Voice TSV (e.g. ``train.tsv``); audio is looked up in ``clips/`` beside it."""
+    tsv = Path(tsv)
+    clips = Path(clips_dir) if clips_dir else tsv.parent / "clips"
+    bad = _bad(policy, out_manifest)
+    utts: list[Utterance] = []
+    with open(tsv, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        missing = {"client_id", "path", "sentence"} - set(reader.fieldnames or [])
+        if missing:
+            raise ImportError_(f"{tsv}:1: header lacks column(s) {sorted(missing)}")
+        for lineno, row in enumerate(reader, 2):
+            name = row["path"]
+            if not name:
+                raise ImportError_(f"{tsv}:{lineno}: empty 'path'")
+            uid = Path(name).stem
+            u = _make(uid, clips / name, row["sentence"] or "", row["client_id"], bad, out_dir=_out_dir(out_manifest))
+            if u:
+                utts.append(u)
+    return _finish(utts, out_manifest, bad, f"commonvoice {tsv}")
+
+
+IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {
+    "librispeech": import_librispeech,
+    "kaldi": import_kaldi,
+    "nemo": import_nemo,
+    "commonvoice": import_commonvoice,
+}
+
+__all__ = ["IMPORTERS", "import_librispeech", "import_kaldi", "import_nemo", "import_commonvoice", "ManifestError"]

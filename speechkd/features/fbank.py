@@ -1,0 +1,62 @@
+"""Kaldi-compatible log-mel filterbanks through ``torchaudio.compliance.kaldi.fbank``.
+
+Functional core :func:`compute_fbank` with explicit parameters, and a thin :class:`Fbank`
+module. Frames are 25 ms windows every 10 ms (``snip_edges``: ``1 + (samples - 400) // 160``
+frames at 16 kHz); output is natural-log mel energies, shape ``(frames, num_mel_bins)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from speechkd.config import field
+
+
+@dataclass
+class FbankOptions:
+    sample_rate: int = field(16000, help="input sample rate (Hz)")
+    num_mel_bins: int = field(80, help="mel filters")
+    frame_length_ms: float = field(25.0, help="window length (ms)")
+    frame_shift_ms: float = field(10.0, help="hop (ms)")
+    low_freq: float = field(20.0, help="lowest mel filter edge (Hz)")
+    high_freq: float = field(0.0, help="highest edge (Hz); <= 0 means Nyquist + high_freq")
+    preemphasis: float = field(0.97, help="pre-emphasis coefficient")
+    window: str = field("povey", help="kaldi window type: povey | hamming | hanning")
+    dither: float = field(0.0, help="dither amount (0 keeps features deterministic)")
+
+    def num_frames(self, num_samples: int) -> int:
+        win = int(self.sample_rate * self.frame_length_ms / 1000)
+        hop = int(self.sample_rate * self.frame_shift_ms / 1000)
+        return 0 if num_samples < win else 1 + (num_samples - win) // hop
+
+
+def compute_fbank(wav: np.ndarray | torch.Tensor, opts: FbankOptions | None = None) -> torch.Tensor:
+    """Log-mel fbank of a mono waveform ``(samples,)`` in [-1, 1] -> ``(frames, num_mel_bins)`` float32."""
+    from torchaudio.compliance import kaldi
+
+    opts = opts or FbankOptions()
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    if x.ndim != 1:
+        raise ValueError(f"expected a mono waveform of shape (samples,), got {tuple(x.shape)}")
+    if opts.num_frames(x.numel()) == 0:
+        return torch.zeros(0, opts.num_mel_bins)
+    return kaldi.fbank(
+        x.unsqueeze(0), sample_frequency=opts.sample_rate, num_mel_bins=opts.num_mel_bins,
+        frame_length=opts.frame_length_ms, frame_shift=opts.frame_shift_ms, low_freq=opts.low_freq,
+        high_freq=opts.high_freq, preemphasis_coefficient=opts.preemphasis, window_type=opts.window,
+        dither=opts.dither, energy_floor=0.0, snip_edges=True,
+    )
+
+
+class Fbank(torch.nn.Module):
+    """Module wrapper: ``forward(wav (samples,)) -> (frames, num_mel_bins)``."""
+
+    def __init__(self, opts: FbankOptions | None = None):
+        super().__init__()
+        self.opts = opts or FbankOptions()
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return compute_fbank(wav, self.opts)

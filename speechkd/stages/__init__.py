@@ -1,0 +1,16 @@
+"""Pipeline stages: one module per stage, each with a ``Config`` dataclass and ``run(cfg, ctx)``."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+STAGE_TYPES = {
+    "corpus": "speechkd.stages.corpus",
+    "featurize": "speechkd.stages.featurize",
+    "tokenizer": "speechkd.stages.tokenizer",
+}
+
+
+def get_stage(stype: str) -> ModuleType:
+    return importlib.import_module(STAGE_TYPES[stype])

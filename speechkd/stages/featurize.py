@@ -1,0 +1,220 @@
+"""Stage ``featurize``: audio -> 80-dim log-mel fbank in a sharded feature store, plus global CMVN.
+
+Reads the corpus stage's ``<split>.jsonl``; writes ``shards/<split>/feats-NNNNN.npy`` (with a
+``.json`` index written after it), ``<split>.jsonl`` manifests whose rows carry a ``feats``
+reference, ``cmvn.json`` (from the train split), ``rejected.jsonl`` and ``summary.json``.
+Shards are the unit of resume: a rerun keeps every shard whose index exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speechkd.config import field
+from speechkd.data.audio import AudioError, load_audio
+from speechkd.data.checks import BadInputLog, ctc_min_frames
+from speechkd.data.manifest import Utterance, read_manifest, relative_to_manifest, write_manifest
+from speechkd.features.cmvn import compute_cmvn
+from speechkd.features.fbank import FbankOptions, compute_fbank
+from speechkd.features.store import FeatureRef, write_shard
+from speechkd.text.normalize import ALPHABET, normalize_text
+from speechkd.text.tokenizer import CharTokenizer
+from speechkd.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Config:
+    corpus: str = field("corpus", help="upstream stage whose <split>.jsonl manifests are featurized")
+    splits: list[str] = field(default_factory=list, help="splits to featurize (default: every manifest found)")
+    fbank: FbankOptions = field(default_factory=FbankOptions, help="fbank options")
+    shard_size: int = field(500, help="utterances per shard")
+    dtype: str = field("float32", help="stored feature dtype: float32 | float16")
+    num_workers: int = field(0, help="worker processes (0 = one per CPU core)")
+    bad_input: str = field("skip", help="skip (count, list, summarise) | fail (stop with a clear error)")
+    max_duration: float = field(30.0, help="longest utterance kept (seconds)")
+    duration_tolerance: float = field(0.1, help="allowed |manifest duration - audio duration| (seconds)")
+    ctc_frames_per_token: int = field(3, help="frame stacking assumed by the 'too short for CTC' check")
+    cmvn_split: str = field("train", help="split the CMVN statistics come from")
+
+
+def text_problem(text: str) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a transcript is unusable for character CTC, else ``None``."""
+    if not normalize_text(text):
+        return "empty_transcript", f"transcript {text!r} has no usable characters"
+    bad = sorted({c for c in text if c not in ALPHABET and c != " "})
+    if bad:
+        return "bad_characters", f"transcript has characters outside [a-z' ]: {''.join(bad)!r} (normalise it first)"
+    return None
+
+
+def featurize_utterance(u: Utterance, audio_path: Path, cfg: Config) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """Features ``(frames, mels)`` of one utterance, or ``(None, (reason, detail))`` if it is bad input."""
+    try:
+        wav = load_audio(audio_path, offset=u.offset, duration=u.duration if u.offset else None,
+                         target_sr=cfg.fbank.sample_rate)
+    except AudioError as e:
+        return None, (e.reason, e.detail)
+    actual = wav.shape[0] / cfg.fbank.sample_rate
+    if not np.any(wav):
+        return None, ("silent", "audio is digital silence (all samples are zero)")
+    if abs(actual - u.duration) > cfg.duration_tolerance:
+        return None, ("duration_mismatch", f"manifest says {u.duration:.3f}s, audio has {actual:.3f}s")
+    if actual > cfg.max_duration:
+        return None, ("too_long", f"{actual:.2f}s is longer than max_duration={cfg.max_duration}s")
+    feats = compute_fbank(wav, cfg.fbank).numpy()
+    need = ctc_min_frames(CharTokenizer().encode(u.text))
+    have = feats.shape[0] // cfg.ctc_frames_per_token
+    if have < need:
+        return None, ("too_short_for_ctc", f"{feats.shape[0]} frames (/{cfg.ctc_frames_per_token} = {have}) "
+                                           f"cannot emit {need} CTC labels")
+    return feats, None
+
+
+def _shard_job(args: tuple) -> dict[str, Any]:
+    """Featurize one shard (runs in a worker process). Writes nothing if ``fail`` and a problem is found."""
+    utts, audio_paths, cfg, shard_path, index_path = args
+    import torch
+
+    torch.set_num_threads(1)
+    feats, kept, rejected = [], [], []
+    seconds = 0.0
+    for u, ap in zip(utts, audio_paths):
+        f, problem = featurize_utterance(u, Path(ap), cfg)
+        if problem is not None:
+            rejected.append({"id": u.id, "path": ap, "reason": problem[0], "detail": problem[1]})
+            if cfg.bad_input == "fail":
+                return {"entries": [], "rejected": rejected, "written": False, "seconds": seconds}
+            continue
+        feats.append(f)
+        kept.append(u.id)
+        seconds += u.duration
+    offsets = write_shard(shard_path, feats, cfg.dtype)
+    index = {"entries": [{"id": i, "offset": o, "frames": n} for i, (o, n) in zip(kept, offsets)],
+             "rejected": rejected, "written": True, "seconds": seconds}
+    atomic_write_text(Path(index_path), json.dumps(index) + "\n")
+    return index
+
+
+def run(cfg: Config, ctx) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    if cfg.bad_input not in ("skip", "fail"):
+        raise ValueError(f"featurize.bad_input must be 'skip' or 'fail', got {cfg.bad_input!r}")
+    src_dir = ctx.stage_dir(cfg.corpus)
+    splits = cfg.splits or sorted(p.stem for p in src_dir.glob("*.jsonl"))
+    if not splits:
+        raise FileNotFoundError(f"{src_dir}: no <split>.jsonl manifests to featurize")
+    out = ctx.out_dir
+    rej_file = out / "rejected.jsonl"
+    if rej_file.exists():
+        rej_file.unlink()  # rebuilt below from the shard indexes, so a resumed run lists each once
+    bad = BadInputLog(cfg.bad_input, rej_file)  # type: ignore[arg-type]
+    workers = cfg.num_workers or os.cpu_count() or 1
+    summary: dict[str, Any] = {"splits": {}}
+    t_start = time.time()
+    audio_seconds = 0.0
+
+    for split in splits:
+        manifest = src_dir / f"{split}.jsonl"
+        utts = read_manifest(manifest, check_unique=False)
+        seen: set[str] = set()
+        good: list[Utterance] = []
+        for u in utts:
+            path = str(u.resolve_audio(manifest.parent))
+            if u.id in seen:
+                bad.reject(u.id, path, "duplicate_id", f"id repeated in {manifest}")
+                continue
+            seen.add(u.id)
+            problem = text_problem(u.text)
+            if problem:
+                bad.reject(u.id, path, *problem)
+                continue
+            good.append(u)
+
+        shard_dir = out / "shards" / split
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        shards = [good[i : i + cfg.shard_size] for i in range(0, len(good), cfg.shard_size)]
+        indexes: dict[int, dict] = {}
+        jobs = []
+        for si, chunk in enumerate(shards):
+            npy, idx = shard_dir / f"feats-{si:05d}.npy", shard_dir / f"feats-{si:05d}.json"
+            if idx.exists() and npy.exists():
+                indexes[si] = json.loads(idx.read_text())
+                continue
+            aps = [str(u.resolve_audio(manifest.parent)) for u in chunk]
+            jobs.append((si, (chunk, aps, cfg, str(npy), str(idx))))
+        if len(shards) - len(jobs):
+            log.info("featurize %s: %d of %d shards already done", split, len(shards) - len(jobs), len(shards))
+
+        bar = tqdm(total=sum(len(j[1][0]) for j in jobs), desc=f"featurize {split}", unit="utt")
+        try:
+            if workers > 1 and len(jobs) > 1:
+                with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                         mp_context=mp.get_context("spawn")) as ex:
+                    futs = {si: ex.submit(_shard_job, a) for si, a in jobs}
+                    for si, a in jobs:
+                        indexes[si] = futs[si].result()
+                        bar.update(len(a[0]))
+                        if not indexes[si]["written"]:
+                            for f in futs.values():
+                                f.cancel()
+                            break
+            else:
+                for si, a in jobs:
+                    indexes[si] = _shard_job(a)
+                    bar.update(len(a[0]))
+                    if not indexes[si]["written"]:
+                        break
+        finally:
+            bar.close()
+        # apply the policy in shard order (raises under 'fail': finished shards stay on disk)
+        for si in sorted(indexes):
+            for r in indexes[si]["rejected"]:
+                bad.reject(r["id"], r["path"], r["reason"], r["detail"])
+
+        ran = {si for si, _ in jobs}
+        by_id = {u.id: u for u in good}
+        rows: list[Utterance] = []
+        frames = 0
+        for si in sorted(indexes):
+            rel_shard = f"shards/{split}/feats-{si:05d}.npy"
+            for e in indexes[si]["entries"]:
+                u = by_id[e["id"]]
+                ref = FeatureRef(rel_shard, e["offset"], e["frames"])
+                frames += e["frames"]
+                rows.append(Utterance(id=u.id, audio_filepath=relative_to_manifest(u.resolve_audio(manifest.parent), out),
+                                      duration=u.duration, text=u.text, speaker=u.speaker, offset=u.offset,
+                                      extra={**u.extra, "feats": ref.to_json()}))
+            if si in ran:
+                audio_seconds += indexes[si].get("seconds", 0.0)
+        write_manifest(rows, out / f"{split}.jsonl")
+        summary["splits"][split] = {"input": len(utts), "kept": len(rows), "frames": frames,
+                                    "hours": round(sum(u.duration for u in rows) / 3600, 4)}
+
+    if cfg.cmvn_split in splits:
+        split_dir = out / "shards" / cfg.cmvn_split
+        stats = compute_cmvn(np.load(p, mmap_mode="r") for p in sorted(split_dir.glob("feats-*.npy")))
+        stats.save(out / "cmvn.json")
+        summary["cmvn_frames"] = stats.count
+    else:
+        log.warning("no %r split: cmvn.json not written", cfg.cmvn_split)
+    elapsed = time.time() - t_start
+    summary["rejected"] = bad.counts()
+    summary["seconds"] = round(elapsed, 2)
+    if audio_seconds:
+        summary["x_real_time"] = round(audio_seconds / elapsed, 1)
+    log.info("featurize: %s", bad.summary())
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary
