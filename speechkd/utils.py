@@ -72,3 +72,14 @@ def setup_logging(verbose: bool = False) -> None:
 def chunked(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def progress(iterable=None, **kw):
+    """tqdm with a calmer refresh when stderr is not a terminal (CI logs, files)."""
+    import sys
+
+    from tqdm import tqdm
+
+    if not sys.stderr.isatty():
+        kw.setdefault("mininterval", 15.0)
+    return tqdm(iterable, **kw)

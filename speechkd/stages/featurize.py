@@ -29,7 +29,7 @@ from speechkd.features.fbank import FbankOptions, compute_fbank
 from speechkd.features.store import FeatureRef, write_shard
 from speechkd.text.normalize import ALPHABET, normalize_text
 from speechkd.text.tokenizer import CharTokenizer
-from speechkd.utils import atomic_write_text
+from speechkd.utils import atomic_write_text, progress
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,6 @@ def _shard_job(args: tuple) -> dict[str, Any]:
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
-    from tqdm import tqdm
-
     if cfg.bad_input not in ("skip", "fail"):
         raise ValueError(f"featurize.bad_input must be 'skip' or 'fail', got {cfg.bad_input!r}")
     src_dir = ctx.stage_dir(cfg.corpus)
@@ -158,7 +156,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         if len(shards) - len(jobs):
             log.info("featurize %s: %d of %d shards already done", split, len(shards) - len(jobs), len(shards))
 
-        bar = tqdm(total=sum(len(j[1][0]) for j in jobs), desc=f"featurize {split}", unit="utt")
+        bar = progress(total=sum(len(j[1][0]) for j in jobs), desc=f"featurize {split}", unit="utt")
         try:
             if workers > 1 and len(jobs) > 1:
                 with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),

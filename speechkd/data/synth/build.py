@@ -36,6 +36,7 @@ from speechkd.data.synth import engines
 from speechkd.data.synth.engines import SynthError, UttRender
 from speechkd.data.synth.text import load_sentences
 from speechkd.utils import atomic_write_text, chunked
+from speechkd.utils import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,6 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, *, num_workers: int | No
     Returns the summary that is also written to ``out_dir/corpus.json`` (hours, utterances
     and speakers per split, voices, failures). Resumable: existing audio is never redone.
     """
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     engines.check_tools({v.engine for v in spec.voices})
@@ -240,7 +239,7 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, *, num_workers: int | No
     failures: list[tuple[str, str]] = []
     workers = num_workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as ex, \
-            tqdm(total=len(todo), desc="synthesizing", unit="utt", disable=not progress) as bar:
+            progress_bar(total=len(todo), desc="synthesizing", unit="utt", disable=not progress) as bar:
         futs = {ex.submit(_render_one, j, out_dir, tmp_root, spec.sample_rate): len(j) for j in jobs}
         for fut in as_completed(futs):
             failures += fut.result()

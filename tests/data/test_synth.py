@@ -1,0 +1,105 @@
+"""synth-en: plan properties (no audio), determinism and resume (real TTS engines)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from speechkd.data.manifest import read_manifest
+from speechkd.data.synth import build_corpus, load_spec, plan_corpus
+from speechkd.data.synth.build import SPLITS
+from speechkd.data.synth.text import load_sentences
+
+
+@pytest.fixture(scope="module")
+def plan():
+    spec = load_spec(hours=2.0)
+    sents = load_sentences(Path(spec.fortunes_dir), spec.fortune_files, Path(spec.wordnet_dir),
+                           min_words=spec.min_words, max_words=spec.max_words)
+    return spec, plan_corpus(spec, sents)
+
+
+def test_plan_splits_hold_out_speakers_sentences_and_voices(plan):
+    spec, p = plan
+    by = defaultdict(list)
+    for u in p:
+        by[u.split].append(u)
+    assert set(by) == set(SPLITS)
+    train_spk = {u.speaker for u in by["train"]}
+    train_txt = {u.render.text for u in by["train"]}
+    for s in ("dev", "test"):
+        assert not train_spk & {u.speaker for u in by[s]}, f"{s} shares a speaker with train"
+        assert not train_txt & {u.render.text for u in by[s]}, f"{s} shares a sentence with train"
+    assert not {u.render.text for u in by["dev"]} & {u.render.text for u in by["test"]}
+    unseen = {v.name for v in spec.voices if v.role == "unseen"}
+    assert {u.voice_model for u in by["test_unseen_voice"]} == unseen
+    assert not unseen & {u.voice_model for s in ("train", "dev", "test") for u in by[s]}
+    seen = {v.name for v in spec.voices if v.role == "seen"}
+    for s in ("train", "dev", "test"):
+        assert {u.voice_model for u in by[s]} == seen
+    assert len({u.render.uid for u in p}) == len(p)
+
+
+def test_plan_engine_shares_and_size(plan):
+    spec, p = plan
+    est = defaultdict(float)
+    for u in p:
+        est[u.render.engine] += len(u.render.text) * spec.seconds_per_char[u.render.engine] / u.render.rate
+    total = sum(est.values())
+    assert est["espeak"] / total <= 0.35
+    assert abs(total / 3600 - spec.hours) / spec.hours < 0.05
+
+
+def test_plan_is_a_function_of_the_seed(plan):
+    spec, p = plan
+    sents = load_sentences(Path(spec.fortunes_dir), spec.fortune_files, Path(spec.wordnet_dir),
+                           min_words=spec.min_words, max_words=spec.max_words)
+    assert plan_corpus(spec, sents) == p
+    spec.seed += 1
+    assert plan_corpus(spec, sents) != p
+
+
+def test_same_seed_gives_byte_identical_manifests(tmp_path, tiny_corpus):
+    from tests.conftest import TINY_HOURS
+
+    build_corpus(load_spec(hours=TINY_HOURS), tmp_path / "again", num_workers=2, progress=False)
+    for s in SPLITS:
+        a, b = tiny_corpus / f"{s}.jsonl", tmp_path / "again" / f"{s}.jsonl"
+        assert a.read_bytes() == b.read_bytes(), s
+    assert (tiny_corpus / "corpus.json").read_bytes() == (tmp_path / "again" / "corpus.json").read_bytes()
+
+
+def test_manifests_are_valid_and_cover_every_engine(tiny_corpus):
+    engines = set()
+    for s in SPLITS:
+        for u in read_manifest(tiny_corpus / f"{s}.jsonl"):
+            assert (tiny_corpus / u.audio_filepath).exists() and u.duration > 0.3
+            engines.add(u.extra["engine"])
+    assert engines == {"espeak", "flite", "festival"}
+
+
+def test_killed_build_resumes_without_redoing_files(tmp_path):
+    out = tmp_path / "c"
+    cmd = [sys.executable, "-m", "speechkd.cli", "corpus", "synth", "--out", str(out), "--hours", "0.04",
+           "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.rglob("*.flac"))) < 15:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "train.jsonl").exists(), "the build finished before it could be killed"
+    done = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
+    assert len(done) >= 15
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for p, mtime in done.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p} was redone"
+    n = sum(len(read_manifest(out / f"{s}.jsonl")) for s in SPLITS)
+    assert n == len(list(out.rglob("*.flac"))) and n > len(done)
+    assert not (out / ".tmp").exists()

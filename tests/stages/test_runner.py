@@ -1,0 +1,119 @@
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from speechkd.config import ConfigError
+from speechkd.data.manifest import read_manifest
+from speechkd.stages.runner import load_recipe, run_recipe
+from tests.conftest import REPO
+
+RECIPE = """
+name: tiny
+seed: 7
+stages:
+  corpus: {hours: 0.01}
+  featurize: {shard_size: 8, num_workers: 1}
+  tokenizer: {kind: sentencepiece, vocab_size: 40}
+"""
+
+
+@pytest.fixture()
+def recipe(tmp_path):
+    p = tmp_path / "pipelines" / "tiny" / "recipe.yaml"
+    p.parent.mkdir(parents=True)
+    p.write_text(RECIPE)
+    return p
+
+
+def _mtimes(d: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()}
+
+
+def test_runs_skips_and_reruns_on_change(recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the corpus spec path is relative to the repo root
+    exp = tmp_path / "exp"
+    assert run_recipe(recipe, exp_root=exp) == [("corpus", "ran"), ("featurize", "ran"), ("tokenizer", "ran")]
+    d = exp / "tiny"
+    for st in ("corpus", "featurize", "tokenizer"):
+        assert (d / st / ".done").exists() and (d / st / "config.yaml").exists()
+    assert (d / "tokenizer" / "spm.model").exists() and (d / "featurize" / "cmvn.json").exists()
+    before = _mtimes(d)
+    assert run_recipe(recipe, exp_root=exp) == [("corpus", "skipped"), ("featurize", "skipped"), ("tokenizer", "skipped")]
+    assert _mtimes(d) == before
+    # a changed featurize config reruns featurize and everything after it, not the corpus
+    res = run_recipe(recipe, exp_root=exp, overrides=["featurize.shard_size=3"])
+    assert res == [("corpus", "skipped"), ("featurize", "ran"), ("tokenizer", "ran")]
+    assert len(list((d / "featurize" / "shards" / "train").glob("*.npy"))) > 1
+
+
+def test_interrupted_stage_reruns_cleanly(recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    exp = tmp_path / "exp"
+    run_recipe(recipe, exp_root=exp, to_stage="featurize")
+    d = exp / "tiny" / "featurize"
+    good = (d / "train.jsonl").read_bytes()
+    # simulate a crash mid-stage: no .done, one shard half-written, manifests gone
+    (d / ".done").unlink()
+    (d / "train.jsonl").unlink()
+    shard = sorted((d / "shards" / "train").glob("*.json"))[-1]
+    shard.unlink()
+    res = run_recipe(recipe, exp_root=exp, to_stage="featurize")
+    assert res == [("corpus", "skipped"), ("featurize", "ran")]
+    assert (d / "train.jsonl").read_bytes() == good
+
+
+def test_from_to_and_force(recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    exp = tmp_path / "exp"
+    assert run_recipe(recipe, exp_root=exp, to_stage="corpus") == [("corpus", "ran")]
+    with pytest.raises(RuntimeError, match="stage 'featurize' has not finished"):
+        run_recipe(recipe, exp_root=exp, from_stage="tokenizer")
+    assert run_recipe(recipe, exp_root=exp, from_stage="featurize", to_stage="featurize") == [("featurize", "ran")]
+    assert run_recipe(recipe, exp_root=exp, from_stage="featurize", to_stage="featurize", force=True) == [("featurize", "ran")]
+    with pytest.raises(ConfigError, match="--to 'nope'"):
+        run_recipe(recipe, exp_root=exp, to_stage="nope")
+
+
+def test_bad_recipes_fail_before_running(recipe, tmp_path):
+    recipe.write_text(RECIPE.replace("shard_size: 8", "shard_sise: 8"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml: stages.featurize: unknown key\(s\) 'shard_sise'"):
+        load_recipe(recipe)
+    recipe.write_text(RECIPE.replace("tokenizer: {", "tok: {type: tokenizr, "))
+    with pytest.raises(ConfigError, match="unknown stage type 'tokenizr'"):
+        load_recipe(recipe)
+    recipe.write_text(RECIPE + "extra: 1\n")
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        load_recipe(recipe)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_cli_quick_recipe_twice(tmp_path):
+    cmd = [sys.executable, "-m", "speechkd.cli", "run", "pipelines/quick", "--to", "tokenizer", "--exp-root", str(tmp_path)]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    t0 = time.time()
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    elapsed = time.time() - t0
+    assert second.returncode == 0
+    assert [l.split()[-1] for l in second.stdout.splitlines()] == ["skipped"] * 3
+    print(f"second run (no-op) took {elapsed:.1f}s")
+    summary = json.loads((tmp_path / "quick" / "corpus" / "corpus.json").read_text())
+    assert set(summary["splits"]) == {"train", "dev", "test", "test_unseen_voice"}
+    assert len(read_manifest(tmp_path / "quick" / "featurize" / "train.jsonl")) == summary["splits"]["train"]["utterances"]
+
+
+def test_cli_errors_are_one_line_and_name_the_file(tmp_path):
+    bad = tmp_path / "m.jsonl"
+    bad.write_text('{"audio_filepath": "a.wav", "duration": 1, "text": "x"}\n{"duration": 1}\n')
+    res = subprocess.run([sys.executable, "-m", "speechkd.cli", "manifest", "validate", str(bad)], capture_output=True,
+                         text=True)
+    assert res.returncode == 1 and f"{bad}:2: missing required field 'audio_filepath'" in res.stdout
+    r2 = tmp_path / "r.yaml"
+    r2.write_text("stages:\n  corpus: {hourz: 1}\n")
+    res = subprocess.run([sys.executable, "-m", "speechkd.cli", "run", str(r2)], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and "r.yaml: stages.corpus: unknown key(s) 'hourz'" in res.stderr
+    assert "Traceback" not in res.stderr
