@@ -5,6 +5,7 @@ Writes one manifest per split (``<split>.jsonl``) into the stage folder, and ``c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ class Config:
     splits: dict[str, str] = field(default_factory=dict,
                                    help="importers: split name -> source (folder, data dir, manifest or TSV)")
     bad_input: str = field("skip", help="importers: skip | fail for missing or unreadable audio")
+
+
+def fingerprint_inputs(cfg: Config) -> str | None:
+    """The spec file's content, so editing the spec reruns the stage (paths relative to the cwd)."""
+    p = Path(cfg.spec)
+    if cfg.kind == "synth" and p.exists():
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    return None
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:

@@ -14,7 +14,8 @@ several names with different configs). Each stage writes ``exp/<recipe>/<stage>/
 resolved ``config.yaml`` first, then its outputs, then a ``.done`` marker holding the
 stage's fingerprint (a hash of its config, the seed and every earlier stage's fingerprint).
 
-A rerun skips a stage whose ``.done`` fingerprint matches. A stage whose config (or an
+A stage module may define ``fingerprint_inputs(cfg)`` to fold the content of files it reads
+(e.g. the corpus spec) into its fingerprint. A rerun skips a stage whose ``.done`` fingerprint matches. A stage whose config (or an
 earlier stage) changed reruns from an empty folder; an interrupted stage (no ``.done``,
 same config) reruns in place so resumable stages continue; ``--force`` reruns from scratch.
 """
@@ -96,7 +97,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
             raise ConfigError(f"{rf}: stages.{name}: unknown stage type {stype!r}; known: {sorted(STAGE_TYPES)}")
         mod = get_stage(stype)
         cfg = from_dict(mod.Config, raw, where=f"{rf}: stages.{name}")
-        fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "upstream": upstream})
+        extra = mod.fingerprint_inputs(cfg) if hasattr(mod, "fingerprint_inputs") else None
+        fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "upstream": upstream, "inputs": extra})
         planned.append(PlannedStage(name, stype, cfg, fp))
         upstream = fp
     data.setdefault("name", rf.parent.name)

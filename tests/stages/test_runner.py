@@ -117,3 +117,18 @@ def test_cli_errors_are_one_line_and_name_the_file(tmp_path):
     res = subprocess.run([sys.executable, "-m", "speechkd.cli", "run", str(r2)], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2 and "r.yaml: stages.corpus: unknown key(s) 'hourz'" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_editing_the_corpus_spec_reruns_the_corpus(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data_manifests").mkdir()
+    spec = tmp_path / "data_manifests" / "synth-en.yaml"
+    shutil.copy(REPO / "data_manifests" / "synth-en.yaml", spec)
+    r = tmp_path / "recipe.yaml"
+    r.write_text("name: s\nstages:\n  corpus: {hours: 0.005}\n")
+    assert run_recipe(r) == [("corpus", "ran")]
+    assert run_recipe(r) == [("corpus", "skipped")]
+    spec.write_text(spec.read_text().replace("seed: 1234", "seed: 99"))
+    assert run_recipe(r) == [("corpus", "ran")]
