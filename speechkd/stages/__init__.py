@@ -9,6 +9,8 @@ STAGE_TYPES = {
     "corpus": "speechkd.stages.corpus",
     "featurize": "speechkd.stages.featurize",
     "tokenizer": "speechkd.stages.tokenizer",
+    "train": "speechkd.stages.train",
+    "decode": "speechkd.stages.decode",
 }
 
 

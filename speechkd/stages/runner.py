@@ -10,7 +10,10 @@ A recipe is a YAML file (``pipelines/<name>/recipe.yaml``) listing stages in ord
       tokenizer: {kind: char}
 
 A stage's type is its ``type`` key, or else its name (so one stage type can appear under
-several names with different configs). Each stage writes ``exp/<recipe>/<stage>/``: its
+several names with different configs). Under ``torchrun`` every rank runs the runner: stages marked ``DISTRIBUTED`` (training) run on
+all ranks, the others on rank 0 while the rest wait; only rank 0 writes markers.
+
+Each stage writes ``exp/<recipe>/<stage>/``: its
 resolved ``config.yaml`` first, then its outputs, then a ``.done`` marker holding the
 stage's fingerprint (a hash of its config, the seed and every earlier stage's fingerprint).
 
@@ -134,6 +137,7 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
     repo_root = Path.cwd()
     exp_dir = Path(exp_root) / meta["name"] if exp_root else Path(meta.get("exp_dir") or f"exp/{meta['name']}")
     exp_dir.mkdir(parents=True, exist_ok=True)
+    rank = _init_distributed()
     results = []
     for idx, st in enumerate(planned):
         out = exp_dir / st.name
@@ -146,24 +150,57 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
             log.info("stage %s: up to date, skipping (%s)", st.name, out)
             results.append((st.name, "skipped"))
             continue
-        if force or (done_fp is not None) or (out.exists() and _started_fingerprint(out) not in (None, st.fingerprint)):
-            if out.exists():
-                why = "--force" if force else "its config or an earlier stage changed"
-                log.info("stage %s: rerunning from scratch (%s)", st.name, why)
-                shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml({**to_dict(st.cfg), "_meta": {"stage": st.name, "type": st.type, "recipe": str(rf),
-                                                 "seed": meta["seed"], "fingerprint": st.fingerprint}},
-                  out / "config.yaml")
+        if rank == 0:
+            if force or (done_fp is not None) or (out.exists() and _started_fingerprint(out) not in (None, st.fingerprint)):
+                if out.exists():
+                    why = "--force" if force else "its config or an earlier stage changed"
+                    log.info("stage %s: rerunning from scratch (%s)", st.name, why)
+                    shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            save_yaml({**to_dict(st.cfg), "_meta": {"stage": st.name, "type": st.type, "recipe": str(rf),
+                                                     "seed": meta["seed"], "fingerprint": st.fingerprint}},
+                      out / "config.yaml")
+        _barrier()
         ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"], repo_root=repo_root)
         seed_everything(meta["seed"])
-        log.info("stage %s (%s): running -> %s", st.name, st.type, out)
+        mod = get_stage(st.type)
         t0 = time.time()
-        outputs = get_stage(st.type).run(st.cfg, ctx) or {}
+        outputs: dict[str, Any] = {}
+        if rank == 0 or getattr(mod, "DISTRIBUTED", False):
+            log.info("stage %s (%s): running -> %s", st.name, st.type, out)
+            outputs = mod.run(st.cfg, ctx) or {}
         elapsed = time.time() - t0
-        atomic_write_text(out / "outputs.json", json.dumps(outputs, indent=1, default=str) + "\n")
-        atomic_write_text(out / ".done", json.dumps({"fingerprint": st.fingerprint, "seconds": round(elapsed, 2),
-                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-        log.info("stage %s: done in %.1f s", st.name, elapsed)
+        _barrier()
+        if rank == 0:
+            atomic_write_text(out / "outputs.json", json.dumps(outputs, indent=1, default=str) + "\n")
+            atomic_write_text(out / ".done", json.dumps({"fingerprint": st.fingerprint, "seconds": round(elapsed, 2),
+                                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+            log.info("stage %s: done in %.1f s", st.name, elapsed)
+        _barrier()
         results.append((st.name, "ran"))
     return results
+
+
+def _init_distributed() -> int:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on the CPU, nccl on CUDA."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+        log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return dist.get_rank()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

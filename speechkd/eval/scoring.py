@@ -1,0 +1,82 @@
+"""Greedy CTC decoding, WER/CER (jiwer) and icefall-style report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speechkd.utils import atomic_write_text
+
+
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:
+    """Best path of ``(batch, T, vocab)`` log-probs: argmax, merge repeats, drop blanks."""
+    best = log_probs.argmax(-1).cpu()
+    out = []
+    for b in range(best.shape[0]):
+        seq = best[b, : int(lengths[b])]
+        if seq.numel() == 0:
+            out.append([])
+            continue
+        keep = torch.ones_like(seq, dtype=torch.bool)
+        keep[1:] = seq[1:] != seq[:-1]
+        seq = seq[keep]
+        out.append(seq[seq != blank].tolist())
+    return out
+
+
+def score(refs: list[str], hyps: list[str]) -> dict[str, Any]:
+    """WER and CER in percent, with substitution/deletion/insertion counts (jiwer)."""
+    import jiwer
+
+    if not refs:
+        raise ValueError("nothing to score")
+    # jiwer rejects empty references; score such utterances against a placeholder-free form
+    w = jiwer.process_words(refs, [h for h in hyps])
+    c = jiwer.process_characters(refs, hyps)
+    nref = w.hits + w.substitutions + w.deletions
+    return {
+        "wer": round(100 * w.wer, 2), "cer": round(100 * c.cer, 2),
+        "substitutions": w.substitutions, "deletions": w.deletions, "insertions": w.insertions,
+        "ref_words": nref, "utterances": len(refs),
+        "char_substitutions": c.substitutions, "char_deletions": c.deletions, "char_insertions": c.insertions,
+    }
+
+
+def _aligned_line(ref: str, hyp: str) -> str:
+    import jiwer
+
+    out = jiwer.process_words(ref, hyp)
+    r, h = out.references[0], out.hypotheses[0]
+    parts = []
+    for ch in out.alignments[0]:
+        if ch.type == "equal":
+            parts.extend(r[ch.ref_start_idx : ch.ref_end_idx])
+        elif ch.type == "substitute":
+            parts.extend(f"({a}->{b})" for a, b in zip(r[ch.ref_start_idx : ch.ref_end_idx],
+                                                      h[ch.hyp_start_idx : ch.hyp_end_idx]))
+        elif ch.type == "delete":
+            parts.extend(f"({a}->*)" for a in r[ch.ref_start_idx : ch.ref_end_idx])
+        else:
+            parts.extend(f"(*->{b})" for b in h[ch.hyp_start_idx : ch.hyp_end_idx])
+    return " ".join(parts)
+
+
+def write_reports(out_dir: str | Path, name: str, ids: list[str], refs: list[str], hyps: list[str],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``recogs-<name>.txt``, ``errs-<name>.txt`` and ``wer-summary-<name>.json``; return the summary."""
+    out_dir = Path(out_dir)
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    summary = {**score(refs, hyps), **(extra or {})}
+    recogs = "".join(f"{ids[i]}:\tref={refs[i].split()}\n{ids[i]}:\thyp={hyps[i].split()}\n" for i in order)
+    atomic_write_text(out_dir / f"recogs-{name}.txt", recogs)
+    lines = [f"%WER = {summary['wer']:.2f}", f"%CER = {summary['cer']:.2f}",
+             f"Errors: {summary['insertions']} insertions, {summary['deletions']} deletions, "
+             f"{summary['substitutions']} substitutions, over {summary['ref_words']} reference words "
+             f"({summary['utterances']} utterances)", "", "PER-UTT DETAILS: corr or (ref->hyp)"]
+    lines += [f"{ids[i]}:\t{_aligned_line(refs[i], hyps[i])}" for i in order]
+    atomic_write_text(out_dir / f"errs-{name}.txt", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / f"wer-summary-{name}.json", json.dumps(summary, indent=1) + "\n")
+    return summary

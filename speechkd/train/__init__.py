@@ -1,0 +1,1 @@
+"""One trainer for teachers and students: data, bucketing, checkpoints with exact resume, DDP."""

@@ -1,0 +1,184 @@
+"""Trainer: exact resume after SIGKILL, DDP with torchrun, the non-finite guard, checkpoint errors."""
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechkd.stages.runner import run_recipe
+from speechkd.train import checkpoint as ck
+from tests.conftest import REPO
+
+BASE = """
+name: t
+seed: 5
+stages:
+  corpus: {hours: 0.01}
+  featurize: {num_workers: 1}
+  tokenizer: {kind: char}
+"""
+TEACHER = """
+  teacher:
+    type: train
+    model: {bidirectional: true, layers: 2, hidden: 96, stack: 3, dropout: 0.2}
+    epochs: 8
+    max_frames: 1200
+    checkpoint_every: 1
+    keep_last: 2
+    average_last: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """corpus + featurize + tokenizer once; tests copy the exp folder."""
+    root = tmp_path_factory.mktemp("trainer")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(BASE + TEACHER)
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        run_recipe(recipe, exp_root=root / "exp", to_stage="tokenizer")
+    finally:
+        os.chdir(cwd)
+    return recipe, root / "exp"
+
+
+def _copy(prepared, dst: Path) -> Path:
+    shutil.copytree(prepared[1], dst / "exp")
+    return dst / "exp"
+
+
+def _cli(recipe, exp, *extra, **kw):
+    return [sys.executable, "-m", "speechkd.cli", "run", str(recipe), "--exp-root", str(exp), *extra]
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(prepared, tmp_path):
+    recipe, _ = prepared
+    a = _copy(prepared, tmp_path / "a")
+    b = _copy(prepared, tmp_path / "b")
+    r = subprocess.run(_cli(recipe, a), cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    ckdir = b / "t" / "teacher" / "checkpoints"
+    proc = subprocess.Popen(_cli(recipe, b), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        cks = ck.list_checkpoints(ckdir)
+        if cks and int(cks[-1].name.split("-")[1]) >= 5:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = cks[-1].name
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed_at, "training finished before it could be killed"
+    assert not (b / "t" / "teacher" / ".done").exists()
+    r = subprocess.run(_cli(recipe, b), cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stderr
+    ta = ck.read_weights(a / "t" / "teacher" / "model.safetensors")[1]
+    tb = ck.read_weights(b / "t" / "teacher" / "model.safetensors")[1]
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    import csv
+
+    def learning_columns(p):  # timing columns differ between runs; learning ones must not
+        rows = list(csv.DictReader(open(p)))
+        return [(r["epoch"], r["step"], r["train_loss"], r["dev_cer"], r["dev_wer"], r["lr"]) for r in rows]
+
+    assert learning_columns(a / "t" / "teacher" / "metrics.csv") == learning_columns(b / "t" / "teacher" / "metrics.csv")
+
+
+def test_torchrun_two_processes_on_cpu(prepared, tmp_path):
+    recipe, _ = prepared
+    exp = _copy(prepared, tmp_path)
+    rec = tmp_path / "recipe.yaml"
+    rec.write_text(BASE + TEACHER.replace("epochs: 8", "epochs: 1"))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "speechkd.cli", "run", str(rec),
+                        "--exp-root", str(exp)], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = exp / "t" / "teacher"
+    assert (out / ".done").exists()
+    last = ck.list_checkpoints(out / "checkpoints")[-1]
+    state = ck.load_train_state(last)
+    assert state["epoch"] == 1 and state["step"] > 0 and "optimizer" in state
+    cfg = __import__("json").loads((last / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    model = ck.load_model(out / "model.safetensors")
+    assert model.cfg.bidirectional and (out / "metrics.csv").exists()
+
+
+def test_nonfinite_losses_are_skipped_and_counted(prepared, tmp_path):
+    from speechkd.config import from_dict
+    from speechkd.stages import train as train_stage
+    from speechkd.stages.runner import StageContext
+    from speechkd.train.trainer import ctc_loss, train
+
+    exp = _copy(prepared, tmp_path)
+    out = exp / "t" / "x"
+    out.mkdir()
+    cfg = from_dict(train_stage.Config, {"model": {"layers": 1, "hidden": 16}, "epochs": 1, "max_frames": 1200})
+    ctx = StageContext("t", exp / "t", out, 0, REPO)
+    tok, tr, dev, model = train_stage.prepare(cfg, ctx)
+    calls = []
+
+    def flaky(m, b, lp, ol):
+        calls.append(1)
+        loss = ctc_loss(lp, ol, b)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    summary = train(cfg, model, tr, dev, tok, out, seed=0, loss_fn=flaky)
+    assert summary["skipped_steps"] == 1 and summary["steps"] == len(calls) > 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    from speechkd.models import ModelConfig, build_model
+
+    m = build_model(ModelConfig(hidden=8, layers=1, vocab_size=5, input_dim=4))
+    p = tmp_path / "m.safetensors"
+    ck.save_weights(m, p)
+    assert isinstance(ck.load_model(p), type(m))
+    with pytest.raises(ck.CheckpointError, match=r"m.safetensors: checkpoint is another architecture: hidden"):
+        ck.load_model(p, expect=ModelConfig(hidden=16, layers=1, vocab_size=5, input_dim=4))
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ck.CheckpointError, match="m.safetensors: corrupt or truncated"):
+        ck.load_model(p)
+    p.write_bytes(b"\x00" * 64)
+    with pytest.raises(ck.CheckpointError, match="m.safetensors"):
+        ck.load_model(p)
+    with pytest.raises(ck.CheckpointError, match="not found"):
+        ck.load_model(tmp_path / "nope.safetensors")
+    d = ck.save_checkpoint(tmp_path / "ckpt-00000001", m, {"step": 1, "t": torch.ones(2)}, {"a": 1})
+    assert ck.load_train_state(d)["step"] == 1
+    (d / "train_state.pt").write_bytes(b"not a zip")
+    with pytest.raises(ck.CheckpointError, match="train_state.pt: corrupt"):
+        ck.load_train_state(d)
+    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
+
+
+def test_average_weights(tmp_path):
+    from speechkd.models import ModelConfig, build_model
+
+    ms = []
+    for s in range(3):
+        torch.manual_seed(s)
+        m = build_model(ModelConfig(hidden=8, layers=1, vocab_size=5, input_dim=4))
+        ck.save_weights(m, tmp_path / f"{s}.safetensors")
+        ms.append(m)
+    _, avg = ck.average_weights([tmp_path / f"{s}.safetensors" for s in range(3)])
+    k = "out.weight"
+    torch.testing.assert_close(avg[k], sum(m.state_dict()[k] for m in ms) / 3)
