@@ -49,6 +49,24 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_decode(a: argparse.Namespace) -> int:
+    from speechkd.eval.scoring import write_reports
+    from speechkd.text.tokenizer import load_tokenizer
+    from speechkd.train.checkpoint import load_model
+    from speechkd.train.data import FeatureDataset
+    from speechkd.train.trainer import evaluate, pick_device
+
+    device = pick_device(a.device)
+    model = load_model(a.model, device=device)
+    tok = load_tokenizer(a.tokenizer or Path(a.model).parent)
+    for manifest in a.manifests:
+        ev = evaluate(model, FeatureDataset(manifest, tok), tok, device, a.max_frames)
+        name = Path(manifest).stem
+        s = write_reports(a.out, name, ev["ids"], ev["refs"], ev["hyps"], {"model": str(a.model)})
+        print(f"{name}: WER {s['wer']:.2f}%  CER {s['cer']:.2f}%  ({s['utterances']} utterances) -> {a.out}")
+    return 0
+
+
 def _cmd_config(a: argparse.Namespace) -> int:
     from speechkd.config import help_text
     from speechkd.stages import STAGE_TYPES, get_stage
@@ -101,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("manifest")
     v.add_argument("--no-audio", action="store_true", help="do not check that audio files exist")
     v.set_defaults(func=_cmd_validate)
+
+    d = sub.add_parser("decode", help="batched greedy CTC decoding + WER/CER reports of featurized manifests")
+    d.add_argument("--model", required=True, help="weights (.safetensors) written by a train stage")
+    d.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
+    d.add_argument("--out", required=True, help="folder for recogs-/errs-/wer-summary- files")
+    d.add_argument("--max-frames", type=int, default=40000, help="padded frames per batch")
+    d.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    d.add_argument("manifests", nargs="+", help="featurize-stage manifests (<split>.jsonl)")
+    d.set_defaults(func=_cmd_decode)
 
     cf = sub.add_parser("config", help="show a stage's config keys with help")
     cf.add_argument("stage", nargs="?")

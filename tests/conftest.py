@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# CUDA kernels run in numba's simulator where no GPU exists; this must happen before numba loads.
+if "NUMBA_ENABLE_CUDASIM" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 import numpy as np
 import pytest

@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, model: LSTMCTC, train_ds: FeatureDataset, dev_ds: Fe
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())

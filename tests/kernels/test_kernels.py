@@ -1,0 +1,234 @@
+"""Kernel parity (CPU and CUDA against the NumPy reference), edge cases, batch consistency and
+peers (torchaudio forced_align, ctc_loss gradient, greedy decoding)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import speechkd.kernels as K
+from speechkd.eval.scoring import greedy_decode
+
+BACKENDS = ["cpu", "cuda"]
+
+
+def posteriors(seed, B, T, V, peaky=0.3):
+    rng = np.random.default_rng(seed)
+    return np.log(rng.dirichlet(np.full(V, peaky), size=(B, T))).astype(np.float32)
+
+
+@st.composite
+def batches(draw, max_t=24, max_v=7):
+    B = draw(st.integers(1, 3))
+    T = draw(st.integers(1, max_t))
+    V = draw(st.integers(3, max_v))
+    lp = posteriors(draw(st.integers(0, 10**6)), B, T, V, draw(st.sampled_from([0.1, 0.5, 2.0])))
+    lens = np.array([draw(st.integers(0, T)) for _ in range(B)])
+    lens[0] = T
+    return lp, lens
+
+
+@st.composite
+def aligned(draw):
+    lp, lens = draw(batches())
+    B, T, V = lp.shape
+    U = draw(st.integers(0, 6))
+    tg = np.array([[draw(st.integers(1, V - 1)) for _ in range(max(U, 1))] for _ in range(B)])
+    tl = np.array([draw(st.integers(0, U)) for _ in range(B)])
+    return lp, lens, tg, tl
+
+
+def _np(x):
+    return x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None)
+@given(data=batches(), k=st.integers(1, 3))
+def test_topk_parity(backend, data, k):
+    lp, lens = data
+    ref = K.topk(lp, lens, k, backend="reference")
+    got = K.topk(lp, lens, k, backend=backend)
+    np.testing.assert_array_equal(_np(got[1]), ref[1])
+    np.testing.assert_allclose(_np(got[0]).astype(np.float32), ref[0].astype(np.float32), atol=1e-3)
+    np.testing.assert_allclose(_np(got[2]), ref[2], atol=1e-5)
+    dense = K.densify(got[0], got[1], lp.shape[2], backend=backend)
+    np.testing.assert_allclose(_np(dense), K.densify(ref[0], ref[1], lp.shape[2], backend="reference"), atol=1e-6)
+
+
+def test_topk_types_and_mass():
+    lp = posteriors(0, 2, 5, 300)
+    p, i, d = K.topk(torch.from_numpy(lp), None, 8)
+    assert p.dtype == torch.float16 and i.dtype == torch.int16 and d.dtype == torch.float32
+    torch.testing.assert_close(p.float().sum(-1), torch.ones(2, 5), atol=2e-3, rtol=0)
+    kept = np.take_along_axis(np.exp(lp), i.numpy().astype(np.int64), -1).sum(-1)
+    np.testing.assert_allclose(1 - kept, d.numpy(), atol=1e-5)
+    assert K.topk(lp[:, :, :29], None, 8)[1].dtype == np.uint8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None)
+@given(data=aligned())
+def test_viterbi_parity(backend, data):
+    lp, lens, tg, tl = data
+    ref = K.viterbi_align(lp, tg, lens, tl, backend="reference")
+    got = K.viterbi_align(lp, tg, lens, tl, backend=backend)
+    np.testing.assert_array_equal(_np(got.path), ref.path)
+    np.testing.assert_array_equal(_np(got.spans), ref.spans)
+    np.testing.assert_allclose(_np(got.scores), ref.scores, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None)
+@given(data=aligned())
+def test_occupancy_parity(backend, data):
+    lp, lens, tg, tl = data
+    g_ref, ll_ref = K.ctc_occupancy(lp, tg, lens, tl, backend="reference")
+    g, ll = K.ctc_occupancy(lp, tg, lens, tl, backend=backend)
+    np.testing.assert_allclose(_np(ll), ll_ref, rtol=1e-10)
+    np.testing.assert_allclose(_np(g), g_ref, atol=1e-6)
+    for b in range(lp.shape[0]):
+        if np.isfinite(ll_ref[b]):
+            np.testing.assert_allclose(g_ref[b, : lens[b]].sum(-1), 1.0, atol=1e-5)
+        else:
+            assert not g_ref[b].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=20, deadline=None)
+@given(data=batches(max_t=14, max_v=5), beam=st.integers(1, 5), bonus=st.sampled_from([0.0, 0.7]),
+       skip=st.sampled_from([1.0, 0.6]))
+def test_beam_search_parity(backend, data, beam, bonus, skip):
+    lp, lens = data
+    kw = dict(beam=beam, insertion_bonus=bonus, blank_skip=skip)
+    ref = K.prefix_beam_search(lp, lens, backend="reference", **kw)
+    got = K.prefix_beam_search(lp, lens, backend=backend, **kw)
+    for b in range(lp.shape[0]):
+        hr, hg = ref.hypotheses(b), got.hypotheses(b)
+        assert [h for h, _ in hg] == [h for h, _ in hr]
+        np.testing.assert_allclose([s for _, s in hg], [s for _, s in hr], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_batched_equals_per_utterance(backend):
+    lp = posteriors(3, 4, 30, 6)
+    lens = np.array([30, 22, 9, 1])
+    tg = np.array([[1, 2, 2, 3], [4, 4, 5, 5], [1, 1, 0, 0], [2, 0, 0, 0]])
+    tl = np.array([4, 4, 2, 1])
+    nb = K.prefix_beam_search(lp, lens, beam=6, backend=backend)
+    al = K.viterbi_align(lp, tg, lens, tl, backend=backend)
+    g, ll = K.ctc_occupancy(lp, tg, lens, tl, backend=backend)
+    for b in range(4):
+        one = slice(b, b + 1)
+        assert K.prefix_beam_search(lp[one], lens[one], beam=6, backend=backend).hypotheses(0) == nb.hypotheses(b)
+        a1 = K.viterbi_align(lp[one], tg[one], lens[one], tl[one], backend=backend)
+        np.testing.assert_array_equal(_np(a1.path)[0], _np(al.path)[b])
+        g1, ll1 = K.ctc_occupancy(lp[one], tg[one], lens[one], tl[one], backend=backend)
+        np.testing.assert_allclose(_np(g1)[0], _np(g)[b], atol=1e-7)
+
+
+def test_edge_cases():
+    lp = posteriors(5, 1, 1, 4)
+    # T = 1
+    a = K.viterbi_align(lp, np.array([[2]]))
+    assert _np(a.path).tolist() == [[2]] and math.isclose(float(_np(a.scores)[0]), float(lp[0, 0, 2]), rel_tol=1e-6)
+    # empty label: the all-blank path
+    lp5 = posteriors(6, 1, 5, 4)
+    a = K.viterbi_align(lp5, np.zeros((1, 0), np.int64), target_lengths=np.array([0]))
+    assert _np(a.path).tolist() == [[0] * 5]
+    g, ll = K.ctc_occupancy(lp5, np.zeros((1, 0), np.int64), target_lengths=np.array([0]))
+    np.testing.assert_allclose(_np(ll)[0], lp5[0, :, 0].astype(np.float64).sum(), rtol=1e-6)
+    # repeated labels need a blank between them: "a a" fits in 3 frames, not in 2
+    lp3 = posteriors(7, 1, 3, 4)
+    a = K.viterbi_align(lp3, np.array([[1, 1]]))
+    assert _np(a.path).tolist() == [[1, 0, 1]] and _np(a.spans).tolist() == [[[0, 1], [2, 3]]]
+    # infeasible: T < U + repeats -> -inf, path -1, zero occupancy (documented, not an error)
+    a = K.viterbi_align(lp3[:, :2], np.array([[1, 1]]))
+    assert _np(a.path).tolist() == [[-1, -1]] and _np(a.scores)[0] == -np.inf
+    g, ll = K.ctc_occupancy(lp3[:, :2], np.array([[1, 1]]))
+    assert _np(ll)[0] == -np.inf and not _np(g).any()
+    with pytest.raises(ValueError, match="blank"):
+        K.viterbi_align(lp3, np.array([[0, 1]]))
+
+
+def test_viterbi_matches_torchaudio_forced_align():
+    from torchaudio.functional import forced_align
+
+    rng = np.random.default_rng(11)
+    B, T, V = 6, 80, 12
+    lp = torch.from_numpy(posteriors(11, B, T, V, 0.2))
+    lens = torch.tensor([80, 75, 60, 44, 30, 80])
+    tg = torch.from_numpy(rng.integers(1, V, size=(B, 12)))
+    tl = torch.tensor([12, 10, 9, 7, 5, 1])
+    al = K.viterbi_align(lp, tg, lens, tl)
+    for b in range(B):
+        ref, _ = forced_align(lp[b : b + 1, : lens[b]], tg[b : b + 1, : tl[b]].int(), blank=0)
+        assert al.path[b, : lens[b]].tolist() == ref[0].tolist()
+
+
+def test_occupancy_matches_ctc_loss_gradient_long_utterance():
+    T, V, U = 3000, 30, 400
+    lp = torch.from_numpy(posteriors(12, 1, T, V, 0.3)).double().requires_grad_(True)
+    rng = np.random.default_rng(12)
+    tg = torch.from_numpy(rng.integers(1, V, size=(1, U)))
+    loss = torch.nn.functional.ctc_loss(lp.transpose(0, 1), tg, torch.tensor([T]), torch.tensor([U]), reduction="sum")
+    loss.backward()
+    expected = lp.detach().exp() - lp.grad  # torch's CTC gradient is exp(log_probs) - occupancy
+    gamma, ll = K.ctc_occupancy(lp.detach().float(), tg)
+    assert torch.isfinite(gamma).all()
+    torch.testing.assert_close(gamma.double(), expected, atol=2e-4, rtol=0)
+    assert math.isclose(float(ll[0]), -float(loss.detach()), rel_tol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), T=st.integers(1, 40))
+def test_beam_one_is_greedy_on_peaky_posteriors(seed, T):
+    rng = np.random.default_rng(seed)
+    V = 6
+    best = rng.integers(0, V, size=T)
+    p = rng.dirichlet(np.ones(V), size=T) * 0.3
+    p[np.arange(T), best] += 0.7  # every frame's best token has probability > 0.5
+    lp = torch.from_numpy(np.log(p / p.sum(-1, keepdims=True)).astype(np.float32))[None]
+    nb = K.prefix_beam_search(lp, beam=1)
+    assert nb.hypotheses(0)[0][0] == greedy_decode(lp, torch.tensor([T]))[0]
+
+
+def test_blank_skip_and_bonus_behave():
+    lp = torch.from_numpy(posteriors(21, 2, 60, 8, 0.15))
+    plain = K.prefix_beam_search(lp, beam=4)
+    bonus = K.prefix_beam_search(lp, beam=4, insertion_bonus=3.0)
+    assert (bonus.lengths[:, 0] >= plain.lengths[:, 0]).all()
+    blanky = lp.clone()
+    blanky[:, :, 0] = math.log(0.9)
+    blanky[:, :, 1:] = math.log(0.1 / 7)
+    blanky[:, 10, 0], blanky[:, 10, 3] = math.log(0.1 / 7), math.log(0.9)  # one frame where token 3 wins
+    skip = K.prefix_beam_search(blanky, beam=4, blank_skip=0.8)  # every frame but one is skipped
+    assert skip.hypotheses(0)[0] == ([3], pytest.approx(math.log(0.9)))
+    assert K.prefix_beam_search(blanky, beam=4).hypotheses(0)[0][0] == [3]
+    s = plain.scores.numpy()
+    assert (np.diff(s, axis=1)[np.isfinite(s[:, 1:])] <= 0).all()
+
+
+def test_spikes_delay_and_shift():
+    rng = np.random.default_rng(4)
+    B, T, V = 3, 120, 9
+    lp = np.full((B, T, V), math.log(0.02 / (V - 1)), np.float32)
+    lp[:, :, 0] = math.log(0.98)
+    for b in range(B):
+        for t in sorted(rng.choice(np.arange(5, 100), 12, replace=False)):
+            lp[b, t] = math.log(0.02 / (V - 1))
+            lp[b, t, rng.integers(1, V)] = math.log(0.98)
+    late = K.shift_posteriors(lp, 3)
+    d, deltas = K.estimate_delay(lp, late)
+    assert d == 3 and (deltas == 3).all() and len(deltas) >= 30
+    back = K.shift_posteriors(late, -3)
+    np.testing.assert_array_equal(back[:, : T - 3], lp[:, : T - 3])
+    for be in BACKENDS:
+        for (fa, ta), (fr, tr) in zip(K.spike_frames(lp, backend=be), K.spike_frames(lp, backend="reference")):
+            np.testing.assert_array_equal(fa, fr)
+            np.testing.assert_array_equal(ta, tr)
+    tlate = K.shift_posteriors(torch.from_numpy(lp), 2, torch.tensor([120, 100, 50]))
+    assert torch.equal(tlate[1, 2:100], torch.from_numpy(lp[1, :98])) and torch.equal(tlate[1, 100:], torch.from_numpy(lp[1, 100:]))
