@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes wordnet-base
 RECIPE ?= pipelines/default
 
-.PHONY: demo test quick deps venv apt clean
+.PHONY: demo test quick deps venv apt clean bench-deps bench
 
 demo: deps
 	$(VENV)/bin/speechkd run $(RECIPE)
@@ -39,6 +39,15 @@ apt:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+
+bench-deps: deps
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
+
+# the full-size benchmarks (each also takes --quick)
+bench: bench-deps
+	$(PY) benchmarks/featurize.py
+	$(PY) benchmarks/ctc_kernels.py
+	$(PY) benchmarks/train_throughput.py
 
 clean:
 	rm -rf exp .pytest_cache

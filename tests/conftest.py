@@ -14,7 +14,6 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ:
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_HOURS = 0.02
@@ -23,6 +22,8 @@ TINY_HOURS = 0.02
 def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, freq: float = 220.0,
                subtype: str | None = None) -> Path:
     """A deterministic tone with a little noise, so fbank has structure everywhere."""
+    import soundfile as sf
+
     t = np.arange(int(seconds * sr)) / sr
     rng = np.random.default_rng(int(seconds * 1000) + channels)
     x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)

@@ -116,7 +116,7 @@ def _check(log_probs):
 
 # -- top-k -----------------------------------------------------------------------------------------
 def topk(log_probs, lengths=None, k: int = 8, *, backend: str = "auto"):
-    """Top-k sparsification per frame.
+    """Top-k sparsification per frame of normalised log-probs (log-softmax output).
 
     Returns ``(probs, ids, dropped)``: ``probs (B,T,k)`` float16 renormalised to sum to 1, ``ids``
     uint8 (vocab <= 256) or int16, in descending probability (ties: lower id first), and ``dropped

@@ -26,26 +26,26 @@ def ext_label(targets_b, s, blank):
 
 
 def topk_frame(lp, k, probs_out, ids_out, vals, idx):
-    """Top-k of one frame ``lp (V,)``; writes renormalised probs and ids; returns the dropped mass."""
+    """Top-k of one frame of normalised log-probs ``lp (V,)``, selected in the log domain (ties: lower
+    id first); writes renormalised probs and ids; returns the dropped mass ``1 - sum(top-k probs)``."""
     V = lp.shape[0]
     n = 0
-    total = 0.0
     for v in range(V):
-        p = math.exp(lp[v])
-        total += p
-        if n < k or p > vals[n - 1]:
+        x = lp[v]
+        if n < k or x > vals[n - 1]:
             j = n if n < k else k - 1
-            while j > 0 and vals[j - 1] < p:
+            while j > 0 and vals[j - 1] < x:
                 if j < k:
                     vals[j] = vals[j - 1]
                     idx[j] = idx[j - 1]
                 j -= 1
-            vals[j] = p
+            vals[j] = x
             idx[j] = v
             if n < k:
                 n += 1
     s = 0.0
     for j in range(n):
+        vals[j] = math.exp(vals[j])
         s += vals[j]
     for j in range(k):
         if j < n:
@@ -54,7 +54,7 @@ def topk_frame(lp, k, probs_out, ids_out, vals, idx):
         else:
             probs_out[j] = 0.0
             ids_out[j] = 0
-    d = 1.0 - s / total
+    d = 1.0 - s
     return d if d > 0.0 else 0.0
 
 
@@ -222,11 +222,11 @@ def _prefix_less(pa, ca, pb, cb, parent, tok, depth, bufa, bufb):
 
 def beam_one(lp, Tb, beam, nbest, blank, log_skip, bonus, min_logp,
              parent, tok, depth, hkeys, hvals, stamp, slot,
-             bnode, bpb, bpnb, cpar, ctok, cnode, cpb, cpnb, cscore, bufa, bufb,
+             bnode, bpb, bpnb, cpar, ctok, cnode, cpb, cpnb, cscore, bufa, bufb, ftoks,
              out_tokens, out_len, out_score):
     """Prefix beam search over one utterance. Workspaces: trie (parent/tok/depth, stamp/slot) of
     capacity C >= Tb * beam + 1; hash (power of 2 >= 2C); beam arrays (beam,); candidate arrays
-    (beam * (V + 1),); bufa/bufb (Tb + 1,). Writes the n-best into out_tokens (nbest, T) / out_len /
+    (beam * (V + 1),); bufa/bufb (Tb + 1,); ftoks (V,). Writes the n-best into out_tokens (nbest, T) / out_len /
     out_score, best first; returns the number of hypotheses written."""
     V = lp.shape[1]
     for i in range(hkeys.shape[0]):
@@ -243,6 +243,11 @@ def beam_one(lp, Tb, beam, nbest, blank, log_skip, bonus, min_logp,
     for t in range(Tb):
         if log_skip < 0.0 and lp[t, blank] > log_skip:
             continue
+        nft = 0
+        for c in range(V):  # tokens worth extending in this frame
+            if c != blank and lp[t, c] >= min_logp:
+                ftoks[nft] = c
+                nft += 1
         nc = 0
         for h in range(nb_):
             node = bnode[h]
@@ -265,9 +270,8 @@ def beam_one(lp, Tb, beam, nbest, blank, log_skip, bonus, min_logp,
             # same prefix through a repeat of its last token
             if last >= 0:
                 cpnb[j] = lse(cpnb[j], pnb + lp[t, last])
-            for c in range(V):
-                if c == blank or lp[t, c] < min_logp:
-                    continue
+            for q in range(nft):
+                c = ftoks[q]
                 child = _hash_find(hkeys, hvals, node * V + c + 1)
                 if c == last:
                     add = pb + lp[t, c] + bonus

@@ -108,7 +108,7 @@ def beam_cpu(log_probs, lengths, beam, nbest, blank, log_skip, bonus, min_logp, 
                  np.empty(beam, np.int64), np.empty(beam, np.float64), np.empty(beam, np.float64),
                  np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64),
                  np.empty(M, np.float64), np.empty(M, np.float64), np.empty(M, np.float64),
-                 np.empty(Tb + 1, np.int64), np.empty(Tb + 1, np.int64),
+                 np.empty(Tb + 1, np.int64), np.empty(Tb + 1, np.int64), np.empty(V, np.int64),
                  out_tokens[b], out_len[b], out_score[b])
 
 

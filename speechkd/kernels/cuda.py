@@ -93,12 +93,12 @@ def _occupancy_kernel(log_probs, lengths, targets, target_lengths, blank, a, be,
 @cuda.jit
 def _beam_kernel(log_probs, lengths, beam, nbest, blank, log_skip, bonus, min_logp,
                  parent, tok, depth, hkeys, hvals, stamp, slot, bnode, bpb, bpnb, cpar, ctok, cnode, cpb, cpnb,
-                 cscore, bufa, bufb, out_tokens, out_len, out_score):
+                 cscore, bufa, bufb, ftoks, out_tokens, out_len, out_score):
     b = cuda.grid(1)
     if b < log_probs.shape[0]:
         beam_one(log_probs[b], lengths[b], beam, nbest, blank, log_skip, bonus, min_logp,
                  parent[b], tok[b], depth[b], hkeys[b], hvals[b], stamp[b], slot[b], bnode[b], bpb[b], bpnb[b],
-                 cpar[b], ctok[b], cnode[b], cpb[b], cpnb[b], cscore[b], bufa[b], bufb[b],
+                 cpar[b], ctok[b], cnode[b], cpb[b], cpnb[b], cscore[b], bufa[b], bufb[b], ftoks[b],
                  out_tokens[b], out_len[b], out_score[b])
 
 
@@ -177,7 +177,7 @@ def beam_search(lp, lengths, beam, nbest, blank, log_skip, bonus, min_logp):
     ws += [cuda.device_array((B, C), i64), cuda.device_array((B, C), i64)]
     ws += [cuda.device_array((B, beam), i64), cuda.device_array((B, beam), f64), cuda.device_array((B, beam), f64)]
     ws += [cuda.device_array((B, M), i64) for _ in range(3)] + [cuda.device_array((B, M), f64) for _ in range(3)]
-    ws += [cuda.device_array((B, T + 1), i64), cuda.device_array((B, T + 1), i64)]
+    ws += [cuda.device_array((B, T + 1), i64), cuda.device_array((B, T + 1), i64), cuda.device_array((B, V), i64)]
     out_tokens = cuda.device_array((B, nbest, T), i64)
     out_len = cuda.device_array((B, nbest), i64)
     out_score = cuda.device_array((B, nbest), f64)

@@ -23,7 +23,8 @@ _lse = lse  # the very same float64 formula the kernels use, so results match bi
 
 # -- top-k -------------------------------------------------------------------------------------
 def topk_ref(log_probs: np.ndarray, lengths: np.ndarray, k: int):
-    """Top-k per frame: ``(probs float16 (B,T,k) renormalised, ids (B,T,k), dropped mass float32 (B,T))``.
+    """Top-k per frame of normalised log-probs: ``(probs float16 (B,T,k) renormalised, ids (B,T,k),
+    dropped mass float32 (B,T) = 1 - sum of the top-k probabilities)``.
 
     Order: descending probability, ties to the lower id. Frames past the length are all zero."""
     B, T, V = log_probs.shape
@@ -37,7 +38,7 @@ def topk_ref(log_probs: np.ndarray, lengths: np.ndarray, k: int):
             s = p[order].sum()
             probs[b, t] = p[order] / s
             ids[b, t] = order
-            dropped[b, t] = max(0.0, 1.0 - s / p.sum())
+            dropped[b, t] = max(0.0, 1.0 - s)
     return probs.astype(np.float16), ids, dropped
 
 
