@@ -11,6 +11,8 @@ STAGE_TYPES = {
     "tokenizer": "speechkd.stages.tokenizer",
     "train": "speechkd.stages.train",
     "decode": "speechkd.stages.decode",
+    "teacher_cache": "speechkd.stages.teacher_cache",
+    "distill": "speechkd.stages.distill",
 }
 
 

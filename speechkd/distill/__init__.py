@@ -1,0 +1,1 @@
+"""Knowledge distillation: the teacher cache (sparse posteriors + N-best on disk) and KD losses."""

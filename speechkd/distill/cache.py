@@ -1,0 +1,171 @@
+"""The teacher cache: per utterance, top-k posteriors (float16 probabilities, small-int ids, the
+dropped mass) and the N-best hypotheses with scores, sharded on disk.
+
+A shard ``cache-NNNNN.npz`` (written atomically) holds the concatenated arrays of its
+utterances; ``cache-NNNNN.json`` (written after it) is its index: per utterance the frame offset
+and count, and the N-best. A split's manifest (``<split>.jsonl``) is the featurize manifest with a
+``cache`` reference added. ``meta.json`` records what must match at training time: vocabulary,
+tokenizer, frame rate (stack), k and N, and the teachers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speechkd.data.manifest import read_manifest
+from speechkd.utils import atomic_write_bytes, atomic_write_text
+
+
+class CacheError(ValueError):
+    """A cache that does not match the manifest, the tokenizer or the model, or a damaged shard."""
+
+
+def tokenizer_fingerprint(tok) -> str:
+    return hashlib.sha256(json.dumps(tok.tokens()).encode()).hexdigest()[:16]
+
+
+def write_shard(path: Path, entries: list[dict[str, Any]], *, min_prob: float = 1e-4) -> dict[str, Any]:
+    """``entries``: dicts with ``id``, ``probs (T,k) f16``, ``ids (T,k)``, ``dropped (T,)``, ``nbest`` list of
+    ``(tokens, score)``. Top-k entries below ``min_prob`` are not stored (rows are CSR: a count per
+    frame), N-bests are stored as flat token arrays. Writes ``path`` (compressed .npz), then its
+    ``.json`` index; returns the index."""
+    counts, flat_p, flat_i, dropped, nb_tok, nb_len, nb_score = [], [], [], [], [], [], []
+    index, off, nb_off = {"frames": 0, "utts": []}, 0, 0
+    for e in entries:
+        p = e["probs"].astype(np.float16)
+        keep = p >= np.float16(min_prob)
+        keep[:, 0] = True  # the best token is always kept
+        counts.append(keep.sum(1).astype(np.uint8))
+        flat_p.append(p[keep])
+        flat_i.append(e["ids"][keep])
+        dropped.append(e["dropped"].astype(np.float16))
+        for toks, sc in e["nbest"]:
+            nb_tok.append(np.asarray(toks, dtype=e["ids"].dtype))
+            nb_len.append(len(toks))
+            nb_score.append(sc)
+        n = int(p.shape[0])
+        index["utts"].append({"id": e["id"], "offset": off, "frames": n, "nbest_offset": nb_off,
+                              "nbest": len(e["nbest"])})
+        off += n
+        nb_off += len(e["nbest"])
+    index["frames"] = off
+    id_dtype = entries[0]["ids"].dtype if entries else np.uint8
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, counts=cat(counts, np.uint8), probs=cat(flat_p, np.float16), ids=cat(flat_i, id_dtype),
+                        dropped=cat(dropped, np.float16), nb_tokens=cat(nb_tok, id_dtype),
+                        nb_lens=np.asarray(nb_len, np.int32), nb_scores=np.asarray(nb_score, np.float64))
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_text(path.with_suffix(".json"), json.dumps(index) + "\n")
+    return index
+
+
+def shard_ok(path: Path) -> bool:
+    """True if the shard and its index exist, load, and agree on the frame count."""
+    idx = path.with_suffix(".json")
+    if not (path.exists() and idx.exists()):
+        return False
+    try:
+        meta = json.loads(idx.read_text())
+        with np.load(path) as z:
+            return int(z["counts"].shape[0]) == int(meta["frames"]) and int(z["counts"].sum()) == int(z["ids"].shape[0])
+    except Exception:
+        return False
+
+
+@dataclass
+class CachedUtt:
+    probs: np.ndarray  # (T, k) float16
+    ids: np.ndarray  # (T, k) small int
+    dropped: np.ndarray  # (T,)
+    nbest: list  # [(tokens, score)]
+
+
+class TeacherCache:
+    """Reads a cache folder; checks it against a manifest, a tokenizer and a frame rate."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.meta = json.loads((self.folder / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CacheError(f"{self.folder / 'meta.json'}: cannot read cache metadata ({e})") from None
+        self._index: dict[str, tuple[str, dict]] = {}
+        self._shards: dict[str, Any] = {}
+        for idx in sorted(self.folder.glob("shards/*/cache-*.json")):
+            shard = idx.with_suffix(".npz")
+            for u in json.loads(idx.read_text())["utts"]:
+                self._index[u["id"]] = (str(shard), u)
+
+    def check(self, manifest: str | Path, tokenizer, stack: int) -> None:
+        """Clear errors, before training starts, for a cache that does not fit."""
+        m = self.meta
+        if m["vocab_size"] != tokenizer.vocab_size or m["tokenizer"] != tokenizer_fingerprint(tokenizer):
+            raise CacheError(f"{self.folder}: cache was made with another vocabulary ({m['vocab_size']} tokens, "
+                             f"tokenizer {m['tokenizer']}); the student's tokenizer has {tokenizer.vocab_size} "
+                             f"tokens ({tokenizer_fingerprint(tokenizer)})")
+        if m["stack"] != stack:
+            raise CacheError(f"{self.folder}: cache frame rate is {10 * m['stack']} ms (stack {m['stack']}), the "
+                             f"student's is {10 * stack} ms (stack {stack}); they must match")
+        for u in read_manifest(manifest):
+            if u.id not in self._index:
+                raise CacheError(f"{self.folder}: utterance {u.id!r} of {manifest} is not in the cache "
+                                 "(rebuild it: rerun the teacher_cache stage)")
+            want = u.extra["feats"]["frames"] // stack
+            have = self._index[u.id][1]["frames"]
+            if have != want:
+                raise CacheError(f"{self.folder}: utterance {u.id!r} has {have} cached frames, the features give "
+                                 f"{want} at stack {stack}")
+
+    def __contains__(self, uid: str) -> bool:
+        return uid in self._index
+
+    def get(self, uid: str) -> CachedUtt:
+        shard, u = self._index[uid]
+        z = self._shards.get(shard)
+        if z is None:
+            try:
+                with np.load(shard) as f:
+                    z = {k: f[k] for k in f.files}
+            except Exception as e:
+                raise CacheError(f"{shard}: damaged cache shard ({e}); rerun the teacher_cache stage") from None
+            z["row_start"] = np.concatenate([[0], np.cumsum(z["counts"].astype(np.int64))])
+            z["nb_start"] = np.concatenate([[0], np.cumsum(z["nb_lens"].astype(np.int64))])
+            self._shards[shard] = z
+        k = self.meta["k"]
+        f0, n = u["offset"], u["frames"]
+        counts = z["counts"][f0 : f0 + n]
+        a, b = z["row_start"][f0], z["row_start"][f0 + n]
+        mask = np.arange(k)[None, :] < counts[:, None]
+        probs = np.zeros((n, k), np.float16)
+        ids = np.zeros((n, k), z["ids"].dtype)
+        probs[mask] = z["probs"][a:b]
+        ids[mask] = z["ids"][a:b]
+        nb = []
+        for h in range(u["nbest_offset"], u["nbest_offset"] + u["nbest"]):
+            t0, t1 = z["nb_start"][h], z["nb_start"][h + 1]
+            nb.append((z["nb_tokens"][t0:t1].astype(np.int64).tolist(), float(z["nb_scores"][h])))
+        return CachedUtt(probs, ids, z["dropped"][f0 : f0 + n].astype(np.float32), nb)
+
+    def batch(self, ids: list[str], frames: int, device=None) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Padded ``probs (B, frames, k)`` float32 and ``ids (B, frames, k)`` int64 (padding: blank, p=1), and N-bests."""
+        k = self.meta["k"]
+        probs = np.zeros((len(ids), frames, k), np.float32)
+        tok = np.zeros((len(ids), frames, k), np.int64)
+        probs[:, :, 0] = 1.0
+        nb = []
+        for i, uid in enumerate(ids):
+            c = self.get(uid)
+            n = min(frames, c.probs.shape[0])
+            probs[i, :n] = c.probs[:n]
+            tok[i, :n] = c.ids[:n]
+            nb.append(c.nbest)
+        return torch.from_numpy(probs).to(device), torch.from_numpy(tok).to(device), nb

@@ -1,0 +1,130 @@
+"""Teacher cache: round trip, mismatch errors, truncated shards, resume of the stage, a KD student."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from speechkd.distill.cache import CacheError, TeacherCache, shard_ok, write_shard
+from speechkd.stages.runner import run_recipe
+from tests.conftest import REPO
+
+RECIPE = """
+name: kd
+seed: 3
+stages:
+  corpus: {hours: 0.01}
+  featurize: {num_workers: 1}
+  tokenizer: {kind: char}
+  teacher:
+    type: train
+    model: {bidirectional: true, layers: 1, hidden: 32, stack: 3}
+    epochs: 1
+    max_frames: 3000
+  baseline:
+    type: train
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 1
+    max_frames: 3000
+  teacher_cache: {shard_size: 6, k: 4, nbest: 3, beam: 4}
+  student:
+    type: distill
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 1
+    max_frames: 3000
+    kd: {alpha: 0.5, delay: null, seq: nbest, nbest: 2, window: 1}
+"""
+
+
+def test_shard_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    entries = []
+    for u in range(3):
+        T = 5 + u
+        p = rng.dirichlet(np.ones(4) * 0.3, size=T)
+        order = np.argsort(-p, axis=1)
+        probs = np.take_along_axis(p, order, 1).astype(np.float16)
+        entries.append({"id": f"u{u}", "probs": probs, "ids": order.astype(np.uint8),
+                        "dropped": np.zeros(T, np.float32), "nbest": [([1, 2, u], -1.5), ([3], -2.0)]})
+    d = tmp_path / "c"
+    write_shard(d / "shards" / "train" / "cache-00000.npz", entries, min_prob=1e-4)
+    (d / "meta.json").write_text(json.dumps({"vocab_size": 4, "tokenizer": "x", "stack": 3, "k": 4}))
+    c = TeacherCache(d)
+    for e in entries:
+        got = c.get(e["id"])
+        keep = e["probs"] >= np.float16(1e-4)
+        np.testing.assert_array_equal(got.probs[keep], e["probs"][keep])
+        np.testing.assert_array_equal(got.ids[keep], e["ids"][keep])
+        assert (got.probs[~keep] == 0).all()
+        assert got.nbest == [(list(t), s) for t, s in e["nbest"]]
+    assert shard_ok(d / "shards" / "train" / "cache-00000.npz")
+
+
+@pytest.fixture(scope="module")
+def kd_exp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        res = run_recipe(recipe, exp_root=root / "exp")
+    finally:
+        os.chdir(cwd)
+    return recipe, root / "exp" / "kd", res
+
+
+def test_pipeline_with_cache_and_student(kd_exp):
+    _, d, res = kd_exp
+    assert dict(res)["student"] == "ran"
+    out = json.loads((d / "teacher_cache" / "outputs.json").read_text())
+    assert out["splits"]["train"]["utterances"] > 0 and out["cache_bytes"] > 0
+    st = json.loads((d / "student" / "outputs.json").read_text())
+    assert "delay_frames" in st and (d / "student" / "model.safetensors").exists()
+
+
+def test_cache_mismatch_errors(kd_exp):
+    from speechkd.text.tokenizer import CharTokenizer, train_tokenizer
+
+    _, d, _ = kd_exp
+    cache = TeacherCache(d / "teacher_cache")
+    manifest = d / "featurize" / "train.jsonl"
+    cache.check(manifest, CharTokenizer(), 3)
+    with pytest.raises(CacheError, match="frame rate is 30 ms"):
+        cache.check(manifest, CharTokenizer(), 4)
+    spm = train_tokenizer("sentencepiece", ["hello world there"] * 20, vocab_size=20)
+    with pytest.raises(CacheError, match="another vocabulary"):
+        cache.check(manifest, spm, 3)
+    other = d.parent / "other.jsonl"
+    other.write_text(manifest.read_text().splitlines()[0].replace('"id": "', '"id": "zz-') + "\n")
+    with pytest.raises(CacheError, match="is not in the cache"):
+        cache.check(other, CharTokenizer(), 3)
+
+
+def test_cache_stage_resumes_and_rebuilds_truncated_shard(kd_exp, tmp_path):
+    recipe, d, _ = kd_exp
+    exp = tmp_path / "exp"
+    shutil.copytree(d.parent, exp)
+    cdir = exp / "kd" / "teacher_cache"
+    shards = sorted((cdir / "shards" / "train").glob("cache-*.npz"))
+    assert len(shards) >= 2
+    before = {p: p.stat().st_mtime_ns for p in shards}
+    # crash mid-stage: no .done, one shard truncated, one shard's index gone
+    (cdir / ".done").unlink()
+    shards[0].write_bytes(shards[0].read_bytes()[:100])
+    shards[1].with_suffix(".json").unlink()
+    assert not shard_ok(shards[0]) and not shard_ok(shards[1])
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        res = run_recipe(recipe, exp_root=exp, to_stage="teacher_cache")
+    finally:
+        os.chdir(cwd)
+    assert dict(res)["teacher_cache"] == "ran"
+    for p in shards:
+        assert shard_ok(p)
+        if p not in shards[:2]:
+            assert p.stat().st_mtime_ns == before[p], f"{p.name} was redone"
+    assert (cdir / "train.jsonl").read_text() == (d / "teacher_cache" / "train.jsonl").read_text()
