@@ -79,39 +79,8 @@ def estimate_delay(cache: TeacherCache, manifest, reference_model, tok, device, 
     return (int(np.round(np.median(allv))) if allv.size else 0), int(allv.size)
 
 
-def run(cfg: Config, ctx) -> dict[str, Any]:
-    kd = cfg.kd
-    if kd.seq not in ("none", "1best", "nbest", "occupancy"):
-        raise ConfigError(f"distill.kd.seq must be none, 1best, nbest or occupancy; got {kd.seq!r}")
-    if kd.hint_weight and not kd.online:
-        raise ConfigError("distill.kd.hint_weight needs kd.online: true (hidden states come from a live teacher)")
-    tok, train_ds, dev_ds, model = prepare(cfg, ctx)
-    if model.cfg.bidirectional:
-        log.warning("distilling into a bidirectional student: it will not stream")
-    device = pick_device(cfg.device)
-    cache_dir = ctx.stage_dir(cfg.cache)
-    cache = TeacherCache(cache_dir)
-    feat_dir = ctx.stage_dir(cfg.featurize)
-    cache.check(feat_dir / f"{cfg.train_split}.jsonl", tok, model.cfg.stack)  # before any training
-
-    delay, pairs = kd.delay, 0
-    if delay is None:
-        ref = load_model(ctx.stage_dir(kd.delay_reference) / "model.safetensors", device=device).eval()
-        delay, pairs = estimate_delay(cache, feat_dir / f"{cfg.dev_split}.jsonl", ref, tok, device)
-        log.info("estimated teacher delay: %d frames (%d ms) from %d matched spikes", delay,
-                 delay * 10 * model.cfg.stack, pairs)
-
-    teacher = None
-    proj = None
-    if kd.online:
-        teacher = load_model(ctx.stage_dir(kd.teacher) / "model.safetensors", device=device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if kd.hint_weight:
-            t_dim = (teacher.cfg.proj or teacher.cfg.hidden) * (2 if teacher.cfg.bidirectional else 1)
-            s_dim = (model.cfg.proj or model.cfg.hidden) * (2 if model.cfg.bidirectional else 1)
-            proj = torch.nn.Linear(s_dim, t_dim)
-            model.add_module("hint_proj", proj)  # trained and checkpointed with the student
+def make_loss_fn(kd: KDConfig, tok, delay: int, *, cache: TeacherCache | None = None, teacher=None, proj=None):
+    """The student's loss ``loss_fn(model, batch, log_probs, out_lens)`` for :func:`speechkd.train.trainer.train`."""
 
     def loss_fn(m, batch, lp, ol):
         terms = {}
@@ -146,6 +115,45 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         if "hint" in terms:
             loss = loss + kd.hint_weight * terms["hint"]
         return loss
+
+    return loss_fn
+
+
+def run(cfg: Config, ctx) -> dict[str, Any]:
+    kd = cfg.kd
+    if kd.seq not in ("none", "1best", "nbest", "occupancy"):
+        raise ConfigError(f"distill.kd.seq must be none, 1best, nbest or occupancy; got {kd.seq!r}")
+    if kd.hint_weight and not kd.online:
+        raise ConfigError("distill.kd.hint_weight needs kd.online: true (hidden states come from a live teacher)")
+    tok, train_ds, dev_ds, model = prepare(cfg, ctx)
+    if model.cfg.bidirectional:
+        log.warning("distilling into a bidirectional student: it will not stream")
+    device = pick_device(cfg.device)
+    cache_dir = ctx.stage_dir(cfg.cache)
+    cache = TeacherCache(cache_dir)
+    feat_dir = ctx.stage_dir(cfg.featurize)
+    cache.check(feat_dir / f"{cfg.train_split}.jsonl", tok, model.cfg.stack)  # before any training
+
+    delay, pairs = kd.delay, 0
+    if delay is None:
+        ref = load_model(ctx.stage_dir(kd.delay_reference) / "model.safetensors", device=device).eval()
+        delay, pairs = estimate_delay(cache, feat_dir / f"{cfg.dev_split}.jsonl", ref, tok, device)
+        log.info("estimated teacher delay: %d frames (%d ms) from %d matched spikes", delay,
+                 delay * 10 * model.cfg.stack, pairs)
+
+    teacher = None
+    proj = None
+    if kd.online:
+        teacher = load_model(ctx.stage_dir(kd.teacher) / "model.safetensors", device=device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if kd.hint_weight:
+            t_dim = (teacher.cfg.proj or teacher.cfg.hidden) * (2 if teacher.cfg.bidirectional else 1)
+            s_dim = (model.cfg.proj or model.cfg.hidden) * (2 if model.cfg.bidirectional else 1)
+            proj = torch.nn.Linear(s_dim, t_dim)
+            model.add_module("hint_proj", proj)  # trained and checkpointed with the student
+
+    loss_fn = make_loss_fn(kd, tok, delay, cache=cache, teacher=teacher, proj=proj)
 
     summary = train(cfg, model, train_ds, dev_ds, tok, ctx.out_dir, seed=ctx.seed, loss_fn=loss_fn)
     summary.update(delay_frames=delay, delay_pairs=pairs, kd={k: getattr(kd, k) for k in kd.__dataclass_fields__})

@@ -41,6 +41,7 @@ class Config:
     k: int = field(8, help="posteriors kept per frame")
     nbest: int = field(8, help="hypotheses kept per utterance")
     beam: int = field(8, help="prefix beam search width")
+    min_prob: float = field(1e-4, help="top-k entries below this probability are not stored")
     shard_size: int = field(500, help="utterances per shard")
     max_frames: int = field(40000, help="padded input frames per teacher batch")
     device: str = field("auto", help="auto | cpu | cuda")
@@ -100,7 +101,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                     entries[i] = {"id": batch.ids[j], "probs": probs[j, :n].numpy(), "ids": ids[j, :n].numpy(),
                                   "dropped": dropped[j, :n].numpy(), "nbest": nb.hypotheses(j)}
                 bar.update(len(b))
-            write_shard(shard_dir / f"cache-{si:05d}.npz", [entries[i] for i in sorted(entries)])
+            write_shard(shard_dir / f"cache-{si:05d}.npz", [entries[i] for i in sorted(entries)], min_prob=cfg.min_prob)
         bar.close()
         if world > 1:
             dist.barrier()

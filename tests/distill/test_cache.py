@@ -128,3 +128,26 @@ def test_cache_stage_resumes_and_rebuilds_truncated_shard(kd_exp, tmp_path):
         if p not in shards[:2]:
             assert p.stat().st_mtime_ns == before[p], f"{p.name} was redone"
     assert (cdir / "train.jsonl").read_text() == (d / "teacher_cache" / "train.jsonl").read_text()
+
+
+def test_cache_stage_under_torchrun_each_rank_writes_its_shards(kd_exp, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe, d, _ = kd_exp
+    exp = tmp_path / "exp"
+    shutil.copytree(d.parent, exp)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "speechkd.cli", "run", str(recipe),
+                        "--exp-root", str(exp), "--from", "teacher_cache", "--to", "teacher_cache", "--force"],
+                       cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cdir = exp / "kd" / "teacher_cache"
+    shards = sorted((cdir / "shards" / "train").glob("cache-*.npz"))
+    assert len(shards) >= 2 and all(shard_ok(p) for p in shards)
+    # same content as the single-process cache, and every utterance present
+    assert (cdir / "train.jsonl").read_text() == (d / "teacher_cache" / "train.jsonl").read_text()
+    TeacherCache(cdir).check(exp / "kd" / "featurize" / "train.jsonl", __import__("speechkd.text.tokenizer",
+                             fromlist=["CharTokenizer"]).CharTokenizer(), 3)
