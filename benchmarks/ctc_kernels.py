@@ -104,7 +104,6 @@ def run_size(lp, lens, labels, a, res: dict, tag: str) -> None:
 
     B, T, V = lp.shape
     lp_np = lp.numpy()
-    lens_np = lens.numpy()
     beam = a.beam
     n_peer = min(B, a.peer_utts)
     ours_kw = dict(beam=beam, nbest=1, token_min_logp=-5.0)

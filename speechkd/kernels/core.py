@@ -6,8 +6,19 @@ both targets. Log-space arithmetic in float64.
 from __future__ import annotations
 
 import math
+import types
 
 NEG = -math.inf
+
+
+def retarget(fn, namespace: dict, decorate):
+    """Compile ``fn`` with ``decorate`` (``njit`` or ``cuda.jit(device=True)``) after re-binding the
+    helpers it calls to their compiled versions in ``namespace``; registers the result there too."""
+    g = dict(fn.__globals__)
+    g.update(namespace)
+    out = decorate(types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__))
+    namespace[fn.__name__] = out
+    return out
 
 
 def lse(a, b):

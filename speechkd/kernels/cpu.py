@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit, prange
@@ -13,18 +12,11 @@ _j = dict(cache=True, nogil=True)
 lse = njit(inline="always", **_j)(core.lse)
 ext_label = njit(inline="always", **_j)(core.ext_label)
 # the bodies reference the helpers by module-level name; re-bind them to the jitted versions
-core_ns = {"lse": lse, "ext_label": ext_label}
+_ns = {"lse": lse, "ext_label": ext_label}
 
 
-def _jit(fn, **kw):
-    g = dict(fn.__globals__)
-    g.update(core_ns)
-    import types
-
-    f = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
-    out = njit(**_j, **kw)(f)
-    core_ns[fn.__name__] = out
-    return out
+def _jit(fn):
+    return core.retarget(fn, _ns, njit(**_j))
 
 
 topk_frame = _jit(core.topk_frame)

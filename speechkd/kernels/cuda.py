@@ -9,7 +9,6 @@ utterance with workspaces in global memory. Inputs may be torch CUDA tensors (ta
 from __future__ import annotations
 
 import math
-import types
 
 import numpy as np
 from numba import cuda
@@ -20,12 +19,7 @@ _ns: dict = {}
 
 
 def _dev(fn):
-    g = dict(fn.__globals__)
-    g.update(_ns)
-    f = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
-    out = cuda.jit(device=True)(f)
-    _ns[fn.__name__] = out
-    return out
+    return core.retarget(fn, _ns, cuda.jit(device=True))
 
 
 lse = _dev(core.lse)

@@ -1,6 +1,5 @@
 """Trainer: exact resume after SIGKILL, DDP with torchrun, the non-finite guard, checkpoint errors."""
 
-import math
 import os
 import shutil
 import signal
