@@ -89,17 +89,18 @@ def test_killed_build_resumes_without_redoing_files(tmp_path):
            "--workers", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.rglob("*.flac"))) < 15:
+    finished = lambda: list(out.glob("audio/**/*.flac"))  # not the in-flight temp files under .tmp/
+    while time.time() < deadline and len(finished()) < 15:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "train.jsonl").exists(), "the build finished before it could be killed"
-    done = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
+    done = {p: p.stat().st_mtime_ns for p in finished()}
     assert len(done) >= 15
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     for p, mtime in done.items():
         assert p.stat().st_mtime_ns == mtime, f"{p} was redone"
     n = sum(len(read_manifest(out / f"{s}.jsonl")) for s in SPLITS)
-    assert n == len(list(out.rglob("*.flac"))) and n > len(done)
+    assert n == len(finished()) and n > len(done)
     assert not (out / ".tmp").exists()
