@@ -37,12 +37,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def tmp_path_for(path: Path) -> Path:
-    """A sibling temp name for writers that need a path (e.g. external programs)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (the one seed at entry)."""
     import numpy as np

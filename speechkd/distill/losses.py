@@ -117,9 +117,9 @@ def nbest_ctc(student_lp, lengths, nbest: list, n: int = 1, blank: int = 0) -> t
 
 def occupancy_targets(probs, ids, lengths, nbest: list, vocab: int, blank: int = 0) -> torch.Tensor:
     """``(B, T, V)`` forward-backward occupancies of the (densified) teacher constrained to its 1-best."""
-    from speechkd.kernels import ctc_occupancy
+    from speechkd.kernels import ctc_occupancy, densify
 
-    dense = torch.zeros(*probs.shape[:2], vocab, dtype=torch.float32).scatter_add_(2, ids.cpu(), probs.float().cpu())
+    dense = densify(probs.cpu(), ids.cpu(), vocab)
     lp = (dense + 1e-6).log().log_softmax(-1)
     tg = [list(h[0][0]) if h else [] for h in nbest]
     U = max([len(t) for t in tg] + [1])

@@ -33,8 +33,7 @@ def score(refs: list[str], hyps: list[str]) -> dict[str, Any]:
 
     if not refs:
         raise ValueError("nothing to score")
-    # jiwer rejects empty references; score such utterances against a placeholder-free form
-    w = jiwer.process_words(refs, [h for h in hyps])
+    w = jiwer.process_words(refs, hyps)
     c = jiwer.process_characters(refs, hyps)
     nref = w.hits + w.substitutions + w.deletions
     return {

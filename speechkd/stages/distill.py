@@ -67,13 +67,12 @@ def estimate_delay(cache: TeacherCache, manifest, reference_model, tok, device, 
     for i in range(len(ds)):
         uid, feats, _, _ = ds[i]
         with torch.no_grad():
-            slp, ol = reference_model(torch.from_numpy(np.asarray(feats))[None].to(device),
+            slp, ol = reference_model(torch.tensor(np.asarray(feats))[None].to(device),
                                       torch.tensor([feats.shape[0]], device=device))
         c = cache.get(uid)
         n = min(int(ol[0]), c.probs.shape[0])
-        dense = np.full((1, n, slp.shape[-1]), 1e-8, np.float32)
-        np.put_along_axis(dense[0], c.ids[:n].astype(np.int64), np.maximum(c.probs[:n].astype(np.float32), 1e-8), axis=-1)
-        _, d = K.estimate_delay(np.log(dense), slp[:, :n].float().cpu().numpy(), blank=tok.blank_id)
+        dense = K.densify(c.probs[None, :n].astype(np.float32), c.ids[None, :n].astype(np.int64), slp.shape[-1])
+        _, d = K.estimate_delay(np.log(np.maximum(dense, 1e-8)), slp[:, :n].float().cpu().numpy(), blank=tok.blank_id)
         deltas.append(d)
     allv = np.concatenate(deltas) if deltas else np.zeros(0)
     return (int(np.round(np.median(allv))) if allv.size else 0), int(allv.size)
