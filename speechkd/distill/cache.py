@@ -1,5 +1,6 @@
-"""The teacher cache: per utterance, top-k posteriors (float16 probabilities, small-int ids, the
-dropped mass) and the N-best hypotheses with scores, sharded on disk.
+"""The teacher cache: per utterance, top-k posteriors (float16 probabilities, small-int ids) and the
+N-best hypotheses with scores, sharded on disk. The mass not stored (beyond k, or below
+``min_prob``) is not kept: it is ``1 - sum(probs)`` and :meth:`TeacherCache.get` derives it.
 
 A shard ``cache-NNNNN.npz`` (written atomically) holds the concatenated arrays of its
 utterances; ``cache-NNNNN.json`` (written after it) is its index: per utterance the frame offset
@@ -33,11 +34,11 @@ def tokenizer_fingerprint(tok) -> str:
 
 
 def write_shard(path: Path, entries: list[dict[str, Any]], *, min_prob: float = 1e-4) -> dict[str, Any]:
-    """``entries``: dicts with ``id``, ``probs (T,k) f16``, ``ids (T,k)``, ``dropped (T,)``, ``nbest`` list of
+    """``entries``: dicts with ``id``, ``probs (T,k) f16``, ``ids (T,k)``, ``nbest`` list of
     ``(tokens, score)``. Top-k entries below ``min_prob`` are not stored (rows are CSR: a count per
     frame), N-bests are stored as flat token arrays. Writes ``path`` (compressed .npz), then its
     ``.json`` index; returns the index."""
-    counts, flat_p, flat_i, dropped, nb_tok, nb_len, nb_score = [], [], [], [], [], [], []
+    counts, flat_p, flat_i, nb_tok, nb_len, nb_score = [], [], [], [], [], []
     index, off, nb_off = {"frames": 0, "utts": []}, 0, 0
     for e in entries:
         p = e["probs"].astype(np.float16)
@@ -46,7 +47,6 @@ def write_shard(path: Path, entries: list[dict[str, Any]], *, min_prob: float = 
         counts.append(keep.sum(1).astype(np.uint8))
         flat_p.append(p[keep])
         flat_i.append(e["ids"][keep])
-        dropped.append(e["dropped"].astype(np.float16))
         for toks, sc in e["nbest"]:
             nb_tok.append(np.asarray(toks, dtype=e["ids"].dtype))
             nb_len.append(len(toks))
@@ -61,7 +61,7 @@ def write_shard(path: Path, entries: list[dict[str, Any]], *, min_prob: float = 
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)
     buf = io.BytesIO()
     np.savez_compressed(buf, counts=cat(counts, np.uint8), probs=cat(flat_p, np.float16), ids=cat(flat_i, id_dtype),
-                        dropped=cat(dropped, np.float16), nb_tokens=cat(nb_tok, id_dtype),
+                        nb_tokens=cat(nb_tok, id_dtype),
                         nb_lens=np.asarray(nb_len, np.int32), nb_scores=np.asarray(nb_score, np.float64))
     atomic_write_bytes(path, buf.getvalue())
     atomic_write_text(path.with_suffix(".json"), json.dumps(index) + "\n")
@@ -85,7 +85,7 @@ def shard_ok(path: Path) -> bool:
 class CachedUtt:
     probs: np.ndarray  # (T, k) float16
     ids: np.ndarray  # (T, k) small int
-    dropped: np.ndarray  # (T,)
+    dropped: np.ndarray  # (T,) teacher mass not stored: 1 - sum(probs)
     nbest: list  # [(tokens, score)]
 
 
@@ -153,7 +153,8 @@ class TeacherCache:
         for h in range(u["nbest_offset"], u["nbest_offset"] + u["nbest"]):
             t0, t1 = z["nb_start"][h], z["nb_start"][h + 1]
             nb.append((z["nb_tokens"][t0:t1].astype(np.int64).tolist(), float(z["nb_scores"][h])))
-        return CachedUtt(probs, ids, z["dropped"][f0 : f0 + n].astype(np.float32), nb)
+        dropped = np.clip(1.0 - probs.astype(np.float32).sum(1), 0.0, 1.0)
+        return CachedUtt(probs, ids, dropped, nb)
 
     def batch(self, ids: list[str], frames: int, device=None) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Padded ``probs (B, frames, k)`` float32 and ``ids (B, frames, k)`` int64 (padding: blank, p=1), and N-bests."""

@@ -44,6 +44,8 @@ class KDConfig:
     alpha: float = field(0.5, help="weight of frame-level KD (the rest goes to CTC / sequence KD)")
     temperature: float = field(1.0, help="KD temperature tau (loss scaled by tau^2)")
     delay: int | None = field(None, help="teacher delay in frames; null = estimate from the data")
+    extra_delay: int = field(0, help="look-ahead frames added to the delay: the student emits this much later "
+                                     "than the estimated spike lag, trading latency for accuracy")
     delay_reference: str = field("baseline", help="stage whose streaming model gives the student-side spikes")
     window: int = field(0, help="match the best teacher frame within +-window (0 = off)")
     seq: str = field("none", help="sequence KD: none | 1best | nbest | occupancy")
@@ -139,6 +141,11 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         delay, pairs = estimate_delay(cache, feat_dir / f"{cfg.dev_split}.jsonl", ref, tok, device)
         log.info("estimated teacher delay: %d frames (%d ms) from %d matched spikes", delay,
                  delay * 10 * model.cfg.stack, pairs)
+    estimated = delay
+    delay += kd.extra_delay
+    if kd.extra_delay:
+        log.info("teacher delay used: %d frames (%d ms), %d of them extra look-ahead", delay,
+                 delay * 10 * model.cfg.stack, kd.extra_delay)
 
     teacher = None
     proj = None
@@ -155,5 +162,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     loss_fn = make_loss_fn(kd, tok, delay, cache=cache, teacher=teacher, proj=proj)
 
     summary = train(cfg, model, train_ds, dev_ds, tok, ctx.out_dir, seed=ctx.seed, loss_fn=loss_fn)
-    summary.update(delay_frames=delay, delay_pairs=pairs, kd={k: getattr(kd, k) for k in kd.__dataclass_fields__})
+    summary.update(delay_frames=delay, delay_estimated_frames=estimated if kd.delay is None else None,
+                   delay_ms=delay * 10 * model.cfg.stack, delay_pairs=pairs,
+                   kd={k: getattr(kd, k) for k in kd.__dataclass_fields__})
     return summary

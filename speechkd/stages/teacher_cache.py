@@ -94,12 +94,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                 with torch.no_grad():
                     lp, ol = teacher_log_probs(models, batch.feats, batch.feat_lens)
                 lp, ol = lp.float().cpu(), ol.cpu()
-                probs, ids, dropped = K.topk(lp, ol, cfg.k)
+                probs, ids, _ = K.topk(lp, ol, cfg.k)
                 nb = K.prefix_beam_search(lp, ol, beam=cfg.beam, nbest=min(cfg.nbest, cfg.beam), blank=tok.blank_id)
                 for j, i in enumerate(b):
                     n = int(ol[j])
                     entries[i] = {"id": batch.ids[j], "probs": probs[j, :n].numpy(), "ids": ids[j, :n].numpy(),
-                                  "dropped": dropped[j, :n].numpy(), "nbest": nb.hypotheses(j)}
+                                  "nbest": nb.hypotheses(j)}
                 bar.update(len(b))
             write_shard(shard_dir / f"cache-{si:05d}.npz", [entries[i] for i in sorted(entries)], min_prob=cfg.min_prob)
         bar.close()

@@ -34,7 +34,7 @@ stages:
     model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
     epochs: 1
     max_frames: 3000
-    kd: {alpha: 0.5, delay: null, seq: nbest, nbest: 2, window: 1}
+    kd: {alpha: 0.5, delay: null, extra_delay: 1, seq: nbest, nbest: 2, window: 1}
 """
 
 
@@ -47,17 +47,21 @@ def test_shard_round_trip(tmp_path):
         order = np.argsort(-p, axis=1)
         probs = np.take_along_axis(p, order, 1).astype(np.float16)
         entries.append({"id": f"u{u}", "probs": probs, "ids": order.astype(np.uint8),
-                        "dropped": np.zeros(T, np.float32), "nbest": [([1, 2, u], -1.5), ([3], -2.0)]})
+                        "nbest": [([1, 2, u], -1.5), ([3], -2.0)]})
     d = tmp_path / "c"
-    write_shard(d / "shards" / "train" / "cache-00000.npz", entries, min_prob=1e-4)
+    write_shard(d / "shards" / "train" / "cache-00000.npz", entries, min_prob=0.05)
     (d / "meta.json").write_text(json.dumps({"vocab_size": 4, "tokenizer": "x", "stack": 3, "k": 4}))
     c = TeacherCache(d)
     for e in entries:
         got = c.get(e["id"])
-        keep = e["probs"] >= np.float16(1e-4)
+        keep = e["probs"] >= np.float16(0.05)
+        keep[:, 0] = True  # the best token is always stored
+        assert (~keep).any()  # the threshold did drop entries
         np.testing.assert_array_equal(got.probs[keep], e["probs"][keep])
         np.testing.assert_array_equal(got.ids[keep], e["ids"][keep])
         assert (got.probs[~keep] == 0).all()
+        # the mass not stored is derived on read: what min_prob left out
+        np.testing.assert_allclose(got.dropped, np.where(~keep, e["probs"], 0).astype(np.float32).sum(1), atol=3e-3)
         assert got.nbest == [(list(t), s) for t, s in e["nbest"]]
     assert shard_ok(d / "shards" / "train" / "cache-00000.npz")
 
@@ -82,7 +86,10 @@ def test_pipeline_with_cache_and_student(kd_exp):
     out = json.loads((d / "teacher_cache" / "outputs.json").read_text())
     assert out["splits"]["train"]["utterances"] > 0 and out["cache_bytes"] > 0
     st = json.loads((d / "student" / "outputs.json").read_text())
-    assert "delay_frames" in st and (d / "student" / "model.safetensors").exists()
+    assert (d / "student" / "model.safetensors").exists()
+    # the delay used is the estimate plus the look-ahead budget
+    assert st["delay_frames"] == st["delay_estimated_frames"] + 1
+    assert st["delay_ms"] == 30 * st["delay_frames"]
 
 
 def test_cache_mismatch_errors(kd_exp):
