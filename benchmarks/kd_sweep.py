@@ -1,0 +1,106 @@
+"""The KD settings sweep behind the default recipe's students (README.md, "How the KD settings were
+chosen").
+
+Each point is ``student_frame`` of ``pipelines/default`` with some ``kd`` keys changed, trained from
+the default run's teacher cache and decoded on dev and test. Settings are picked on dev; test is
+printed beside it. Needs ``speechkd run pipelines/default --to teacher_cache`` first (or
+``make demo``); the points are added as extra stages ``sweep_<point>`` of the same experiment, so
+a rerun skips the points already trained. About 5 minutes per point on 2 CPU cores
+(``--threads 1 --jobs 2`` runs two points side by side). The last line printed is one JSON object.
+
+    python benchmarks/kd_sweep.py                       # the default grid
+    python benchmarks/kd_sweep.py --point a9_d3=alpha:0.9,extra_delay:2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# name -> kd overrides on top of the default student_frame (delay: null = estimated, 1 frame here)
+GRID = {
+    "a5_d0": {"alpha": 0.5, "delay": 0},
+    "a5_est": {"alpha": 0.5, "extra_delay": 0},
+    "a9_est": {"alpha": 0.9, "extra_delay": 0},
+    "a5_est+1": {"alpha": 0.5, "extra_delay": 1},
+    "a9_est+1": {"alpha": 0.9, "extra_delay": 1},
+    "a9_est+2": {"alpha": 0.9, "extra_delay": 2},
+    "a10_est+2": {"alpha": 1.0, "extra_delay": 2},
+    "a9_est+1_tau2": {"alpha": 0.9, "extra_delay": 1, "temperature": 2.0},
+    "a9_est+1_nbest": {"alpha": 0.9, "extra_delay": 1, "seq": "nbest", "nbest": 4, "seq_weight": 0.5},
+}
+
+
+def parse_point(text: str) -> tuple[str, dict]:
+    name, _, body = text.partition("=")
+    kd = {}
+    for item in filter(None, body.split(",")):
+        k, _, v = item.partition(":")
+        kd[k] = yaml.safe_load(v)
+    return name, kd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default=str(REPO / "pipelines" / "default" / "recipe.yaml"))
+    ap.add_argument("--point", action="append", help="NAME=key:value,... (repeatable; default: the grid)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per point")
+    ap.add_argument("--jobs", type=int, default=2, help="points trained side by side")
+    ap.add_argument("--exp-root", help="as speechkd run --exp-root")
+    a = ap.parse_args()
+
+    recipe = yaml.safe_load(Path(a.recipe).read_text())
+    base = recipe["stages"]["student_frame"]
+    points = dict(parse_point(p) for p in a.point) if a.point else GRID
+    stages = {}
+    for name, kd in points.items():
+        st = {k: v for k, v in base.items()}
+        st["kd"] = {**{"delay": None}, **base.get("kd", {}), **kd}
+        st["threads"] = a.threads
+        safe = name.replace("+", "p").replace(".", "_")
+        stages[f"sweep_{safe}"] = st
+        stages[f"decode_sweep_{safe}"] = {"type": "decode", "model": f"sweep_{safe}", "splits": ["dev", "test"]}
+    # the sweep is the default recipe plus extra stages: earlier stages keep their fingerprints
+    recipe["stages"] = {**recipe["stages"], **stages}
+    exp_root = Path(a.exp_root) if a.exp_root else REPO / "exp"
+    out = exp_root / recipe["name"] / "kd_sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    rf = out / "recipe.yaml"
+    rf.write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+    cmd = [sys.executable, "-m", "speechkd.cli", "run", str(rf), "--exp-root", str(exp_root)]
+    names = [n for n in stages if not n.startswith("decode_")]
+    for i in range(0, len(names), a.jobs):  # train a.jobs points side by side, then decode them
+        procs = [subprocess.Popen(cmd + ["--from", n, "--to", n], cwd=REPO) for n in names[i : i + a.jobs]]
+        if any(p.wait() for p in procs):
+            sys.exit("a sweep point failed; see the log above")
+        for n in names[i : i + a.jobs]:
+            subprocess.run(cmd + ["--from", f"decode_{n}", "--to", f"decode_{n}"], cwd=REPO, check=True)
+
+    rows = {}
+    for name in points:
+        safe = name.replace("+", "p").replace(".", "_")
+        d = exp_root / recipe["name"]
+        s = json.loads((d / f"decode_sweep_{safe}" / "summary.json").read_text())["splits"]
+        trained = json.loads((d / f"sweep_{safe}" / "outputs.json").read_text())
+        rows[name] = {"kd": points[name], "delay_frames": trained.get("delay_frames"),
+                      "dev_wer": s["dev"]["wer"], "dev_cer": s["dev"]["cer"],
+                      "test_wer": s["test"]["wer"], "test_cer": s["test"]["cer"]}
+    print(f"{'point':<18} {'delay':>5} {'dev WER':>8} {'dev CER':>8} {'test WER':>9} {'test CER':>9}")
+    for name, r in rows.items():
+        print(f"{name:<18} {r['delay_frames']:>5} {r['dev_wer']:>8.2f} {r['dev_cer']:>8.2f} {r['test_wer']:>9.2f} "
+              f"{r['test_cer']:>9.2f}")
+    best = min(rows, key=lambda n: (rows[n]["dev_wer"], rows[n]["dev_cer"]))
+    print(json.dumps({"points": rows, "best_on_dev": best}))
+
+
+if __name__ == "__main__":
+    main()
