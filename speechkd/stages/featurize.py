@@ -87,24 +87,30 @@ def _shard_job(args: tuple) -> dict[str, Any]:
     utts, audio_paths, cfg, shard_path, index_path = args
     import torch
 
+    # one thread per worker; restored because a single-shard split runs this in the stage's own process,
+    # and later stages there (training) must keep their thread count
+    prev = torch.get_num_threads()
     torch.set_num_threads(1)
-    feats, kept, rejected = [], [], []
-    seconds = 0.0
-    for u, ap in zip(utts, audio_paths):
-        f, problem = featurize_utterance(u, Path(ap), cfg)
-        if problem is not None:
-            rejected.append({"id": u.id, "path": ap, "reason": problem[0], "detail": problem[1]})
-            if cfg.bad_input == "fail":
-                return {"entries": [], "rejected": rejected, "written": False, "seconds": seconds}
-            continue
-        feats.append(f)
-        kept.append(u.id)
-        seconds += u.duration
-    offsets = write_shard(shard_path, feats, cfg.dtype)
-    index = {"entries": [{"id": i, "offset": o, "frames": n} for i, (o, n) in zip(kept, offsets)],
-             "rejected": rejected, "written": True, "seconds": seconds}
-    atomic_write_text(Path(index_path), json.dumps(index) + "\n")
-    return index
+    try:
+        feats, kept, rejected = [], [], []
+        seconds = 0.0
+        for u, ap in zip(utts, audio_paths):
+            f, problem = featurize_utterance(u, Path(ap), cfg)
+            if problem is not None:
+                rejected.append({"id": u.id, "path": ap, "reason": problem[0], "detail": problem[1]})
+                if cfg.bad_input == "fail":
+                    return {"entries": [], "rejected": rejected, "written": False, "seconds": seconds}
+                continue
+            feats.append(f)
+            kept.append(u.id)
+            seconds += u.duration
+        offsets = write_shard(shard_path, feats, cfg.dtype)
+        index = {"entries": [{"id": i, "offset": o, "frames": n} for i, (o, n) in zip(kept, offsets)],
+                 "rejected": rejected, "written": True, "seconds": seconds}
+        atomic_write_text(Path(index_path), json.dumps(index) + "\n")
+        return index
+    finally:
+        torch.set_num_threads(prev)
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:

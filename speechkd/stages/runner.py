@@ -138,6 +138,9 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
     exp_dir = Path(exp_root) / meta["name"] if exp_root else Path(meta.get("exp_dir") or f"exp/{meta['name']}")
     exp_dir.mkdir(parents=True, exist_ok=True)
     rank = _init_distributed()
+    import torch
+
+    threads = torch.get_num_threads()  # every stage starts with the process's thread count
     results = []
     for idx, st in enumerate(planned):
         out = exp_dir / st.name
@@ -163,6 +166,7 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
         _barrier()
         ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"], repo_root=repo_root)
         seed_everything(meta["seed"])
+        torch.set_num_threads(threads)
         mod = get_stage(st.type)
         t0 = time.time()
         outputs: dict[str, Any] = {}

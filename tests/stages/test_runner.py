@@ -132,3 +132,18 @@ def test_editing_the_corpus_spec_reruns_the_corpus(tmp_path, monkeypatch):
     assert run_recipe(r) == [("corpus", "skipped")]
     spec.write_text(spec.read_text().replace("seed: 1234", "seed: 99"))
     assert run_recipe(r) == [("corpus", "ran")]
+
+
+def test_stages_keep_the_process_thread_count(recipe, tmp_path, monkeypatch):
+    """featurize pins one thread per shard job; run in-process (one worker) it must not leave the
+    process at one thread for the training stages after it."""
+    import torch
+
+    monkeypatch.chdir(REPO)
+    n0 = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_recipe(recipe, exp_root=tmp_path / "exp", to_stage="featurize")[-1] == ("featurize", "ran")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n0)
