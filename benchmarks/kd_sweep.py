@@ -3,13 +3,15 @@ chosen").
 
 Each point is ``student_frame`` of ``pipelines/default`` with some ``kd`` keys changed, trained from
 the default run's teacher cache and decoded on dev and test. Settings are picked on dev; test is
-printed beside it. Needs ``speechkd run pipelines/default --to teacher_cache`` first (or
-``make demo``); the points are added as extra stages ``sweep_<point>`` of the same experiment, so
-a rerun skips the points already trained. About 5 minutes per point on 2 CPU cores
-(``--threads 1 --jobs 2`` runs two points side by side). The last line printed is one JSON object.
+printed beside it. The recipe is first run up to its ``teacher_cache`` stage (skipped when
+``make demo`` has run; otherwise that is the teacher, ~15 minutes); the points are added as extra
+stages ``sweep_<point>`` of the same experiment, so a rerun skips the points already trained. About
+5 minutes per point on 2 CPU cores (``--threads 1 --jobs 2`` runs two points side by side).
+``--quick`` does one point on ``pipelines/quick`` (seconds). The last line printed is one JSON object.
 
     python benchmarks/kd_sweep.py                       # the default grid
     python benchmarks/kd_sweep.py --point a9_d3=alpha:0.9,extra_delay:2
+    python benchmarks/kd_sweep.py --quick
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ def parse_point(text: str) -> tuple[str, dict]:
     return name, kd
 
 
+def stage_name(point: str) -> str:
+    return "sweep_" + point.replace("+", "p").replace(".", "_")
+
+
+def result_row(exp: Path, train_stage: str, decode_stage: str) -> dict:
+    """What a sweep point (or a recipe student) got: its kd config, delay, dev and test WER/CER."""
+    splits = json.loads((exp / decode_stage / "summary.json").read_text())["splits"]
+    trained = json.loads((exp / train_stage / "outputs.json").read_text())
+    row = {"kd": trained.get("kd"), "delay_frames": trained.get("delay_frames")}
+    for split in ("dev", "test"):
+        row.update({f"{split}_wer": splits[split]["wer"], f"{split}_cer": splits[split]["cer"]})
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default=str(REPO / "pipelines" / "default" / "recipe.yaml"))
@@ -55,19 +71,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per point")
     ap.add_argument("--jobs", type=int, default=2, help="points trained side by side")
     ap.add_argument("--exp-root", help="as speechkd run --exp-root")
+    ap.add_argument("--quick", action="store_true", help="one point on pipelines/quick")
     a = ap.parse_args()
+    if a.quick:
+        a.recipe = str(REPO / "pipelines" / "quick" / "recipe.yaml")
+        a.point = a.point or ["a9_est+1=alpha:0.9,extra_delay:1"]
 
     recipe = yaml.safe_load(Path(a.recipe).read_text())
     base = recipe["stages"]["student_frame"]
     points = dict(parse_point(p) for p in a.point) if a.point else GRID
     stages = {}
     for name, kd in points.items():
-        st = {k: v for k, v in base.items()}
-        st["kd"] = {**{"delay": None}, **base.get("kd", {}), **kd}
-        st["threads"] = a.threads
-        safe = name.replace("+", "p").replace(".", "_")
-        stages[f"sweep_{safe}"] = st
-        stages[f"decode_sweep_{safe}"] = {"type": "decode", "model": f"sweep_{safe}", "splits": ["dev", "test"]}
+        st = dict(base, kd={"delay": None, **base.get("kd", {}), **kd}, threads=a.threads)
+        stages[stage_name(name)] = st
+        stages["decode_" + stage_name(name)] = {"type": "decode", "model": stage_name(name), "splits": ["dev", "test"]}
     # the sweep is the default recipe plus extra stages: earlier stages keep their fingerprints
     recipe["stages"] = {**recipe["stages"], **stages}
     exp_root = Path(a.exp_root) if a.exp_root else REPO / "exp"
@@ -77,6 +94,7 @@ def main() -> None:
     rf.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
     cmd = [sys.executable, "-m", "speechkd.cli", "run", str(rf), "--exp-root", str(exp_root)]
+    subprocess.run(cmd + ["--to", base.get("cache", "teacher_cache")], cwd=REPO, check=True)
     names = [n for n in stages if not n.startswith("decode_")]
     for i in range(0, len(names), a.jobs):  # train a.jobs points side by side, then decode them
         procs = [subprocess.Popen(cmd + ["--from", n, "--to", n], cwd=REPO) for n in names[i : i + a.jobs]]
@@ -89,18 +107,9 @@ def main() -> None:
     d = exp_root / recipe["name"]
     for stage, label in RECIPE_STUDENTS.items():
         if not a.point and (d / f"decode_{stage}" / ".done").exists():
-            s = json.loads((d / f"decode_{stage}" / "summary.json").read_text())["splits"]
-            trained = json.loads((d / stage / "outputs.json").read_text())
-            rows[label] = {"kd": trained.get("kd"), "delay_frames": trained.get("delay_frames"),
-                           "dev_wer": s["dev"]["wer"], "dev_cer": s["dev"]["cer"],
-                           "test_wer": s["test"]["wer"], "test_cer": s["test"]["cer"]}
+            rows[label] = result_row(d, stage, f"decode_{stage}")
     for name in points:
-        safe = name.replace("+", "p").replace(".", "_")
-        s = json.loads((d / f"decode_sweep_{safe}" / "summary.json").read_text())["splits"]
-        trained = json.loads((d / f"sweep_{safe}" / "outputs.json").read_text())
-        rows[name] = {"kd": points[name], "delay_frames": trained.get("delay_frames"),
-                      "dev_wer": s["dev"]["wer"], "dev_cer": s["dev"]["cer"],
-                      "test_wer": s["test"]["wer"], "test_cer": s["test"]["cer"]}
+        rows[name] = result_row(d, stage_name(name), "decode_" + stage_name(name))
     print(f"{'point':<30} {'delay':>5} {'dev WER':>8} {'dev CER':>8} {'test WER':>9} {'test CER':>9}")
     for name, r in rows.items():
         print(f"{name:<30} {r['delay_frames']:>5} {r['dev_wer']:>8.2f} {r['dev_cer']:>8.2f} {r['test_wer']:>9.2f} "

@@ -85,8 +85,12 @@ def shard_ok(path: Path) -> bool:
 class CachedUtt:
     probs: np.ndarray  # (T, k) float16
     ids: np.ndarray  # (T, k) small int
-    dropped: np.ndarray  # (T,) teacher mass not stored: 1 - sum(probs)
     nbest: list  # [(tokens, score)]
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """``(T,)`` teacher mass not stored (beyond k or under ``min_prob``): ``1 - sum(probs)``."""
+        return np.clip(1.0 - self.probs.astype(np.float32).sum(1), 0.0, 1.0)
 
 
 class TeacherCache:
@@ -153,8 +157,7 @@ class TeacherCache:
         for h in range(u["nbest_offset"], u["nbest_offset"] + u["nbest"]):
             t0, t1 = z["nb_start"][h], z["nb_start"][h + 1]
             nb.append((z["nb_tokens"][t0:t1].astype(np.int64).tolist(), float(z["nb_scores"][h])))
-        dropped = np.clip(1.0 - probs.astype(np.float32).sum(1), 0.0, 1.0)
-        return CachedUtt(probs, ids, dropped, nb)
+        return CachedUtt(probs, ids, nb)
 
     def batch(self, ids: list[str], frames: int, device=None) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Padded ``probs (B, frames, k)`` float32 and ``ids (B, frames, k)`` int64 (padding: blank, p=1), and N-bests."""
