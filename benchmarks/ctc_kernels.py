@@ -52,8 +52,8 @@ def teacher_posteriors(n_utts: int, frames: int):
     feats_manifest = REPO / "exp" / "default" / "featurize" / "train.jsonl"
     if model_path.exists() and feats_manifest.exists():
         from speechkd.text.tokenizer import load_tokenizer
-        from speechkd.train.checkpoint import load_model
-        from speechkd.train.data import FeatureDataset
+        from speechkd.models.io import load_model
+        from speechkd.data.dataset import FeatureDataset
 
         model = load_model(model_path).eval()
         ds = FeatureDataset(feats_manifest, load_tokenizer(model_path.parent))

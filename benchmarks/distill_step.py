@@ -35,11 +35,12 @@ def main() -> None:
     from speechkd.distill.cache import TeacherCache
     from speechkd.features.cmvn import CMVNStats
     from speechkd.models import ModelConfig, build_model
-    from speechkd.stages.distill import KDConfig, make_loss_fn
+    from speechkd.distill.compose import KDConfig, KDObjective
     from speechkd.text.tokenizer import load_tokenizer
-    from speechkd.train.checkpoint import load_model
-    from speechkd.train.data import BucketingSampler, FeatureDataset
-    from speechkd.train.trainer import ctc_loss
+    from speechkd.models.io import load_model
+    from speechkd.data.dataset import FeatureDataset
+    from speechkd.data.sampler import BucketingSampler
+    from speechkd.train.trainer import Forward, Objective
 
     torch.set_num_threads(a.threads)
     exp = Path(a.exp)
@@ -70,11 +71,12 @@ def main() -> None:
         m.set_cmvn(stats.mean, stats.std)
         return m
 
+    blank = tok.blank_id
     contenders = {
-        "ctc": lambda m, b, lp, ol: ctc_loss(lp, ol, b),
-        "cache_both": make_loss_fn(KDConfig(alpha=0.5, delay=delay, seq="nbest", nbest=4), tok, delay, cache=cache),
-        "cache_frame": make_loss_fn(KDConfig(alpha=0.5, delay=delay), tok, delay, cache=cache),
-        "online_frame": make_loss_fn(KDConfig(alpha=0.5, delay=delay, online=True), tok, delay, teacher=teacher),
+        "ctc": Objective(blank),
+        "cache_both": KDObjective(KDConfig(alpha=0.5, delay=delay, seq="nbest", nbest=4), blank, delay, cache=cache),
+        "cache_frame": KDObjective(KDConfig(alpha=0.5, delay=delay), blank, delay, cache=cache),
+        "online_frame": KDObjective(KDConfig(alpha=0.5, delay=delay, online=True), blank, delay, teacher=teacher),
     }
     per_step: dict[str, list[float]] = {k: [] for k in contenders}
     models = {k: student() for k in contenders}
@@ -84,8 +86,7 @@ def main() -> None:
         for name, fn in contenders.items():  # interleaved, so machine noise hits all alike
             m, opt = models[name], opts[name]
             t0 = time.perf_counter()
-            lp, ol = m(batch.feats, batch.feat_lens)
-            loss = fn(m, batch, lp, ol)
+            loss = fn(batch, Forward(*m(batch.feats, batch.feat_lens)))
             opt.zero_grad()
             loss.backward()
             opt.step()

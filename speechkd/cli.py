@@ -50,19 +50,21 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 
 def _cmd_decode(a: argparse.Namespace) -> int:
-    from speechkd.eval.scoring import write_reports
+    from speechkd.data.dataset import FeatureDataset
+    from speechkd.eval.decode import evaluate, pick_device
+    from speechkd.eval.scoring import report_names, write_reports
+    from speechkd.models.io import check_vocabulary, load_model
     from speechkd.text.tokenizer import load_tokenizer
-    from speechkd.train.checkpoint import load_model
-    from speechkd.train.data import FeatureDataset
-    from speechkd.train.trainer import evaluate, pick_device
 
     device = pick_device(a.device)
     model = load_model(a.model, device=device)
     tok = load_tokenizer(a.tokenizer or Path(a.model).parent)
-    for manifest in a.manifests:
+    check_vocabulary(model, tok, a.model)
+    names = report_names(a.manifests)  # two test.jsonl from different folders get different report names
+    for manifest, name in zip(a.manifests, names):
         ev = evaluate(model, FeatureDataset(manifest, tok), tok, device, a.max_frames)
-        name = Path(manifest).stem
-        s = write_reports(a.out, name, ev["ids"], ev["refs"], ev["hyps"], {"model": str(a.model)})
+        s = write_reports(a.out, name, ev["ids"], ev["refs"], ev["hyps"], {"model": str(a.model),
+                                                                           "manifest": str(manifest)})
         print(f"{name}: WER {s['wer']:.2f}%  CER {s['cer']:.2f}%  ({s['utterances']} utterances) -> {a.out}")
     return 0
 
@@ -79,6 +81,8 @@ def _cmd_config(a: argparse.Namespace) -> int:
         mod = get_stage(n)
         print(f"{n}: {(mod.__doc__ or '').strip().splitlines()[0]}")
         print(help_text(mod.Config))
+        if len(names) > 1:
+            print()
     return 0
 
 
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
     d.add_argument("--out", required=True, help="folder for recogs-/errs-/wer-summary- files")
     d.add_argument("--max-frames", type=int, default=40000, help="padded frames per batch")
-    d.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to decode")
     d.add_argument("manifests", nargs="+", help="featurize-stage manifests (<split>.jsonl)")
     d.set_defaults(func=_cmd_decode)
 
@@ -138,18 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from speechkd.utils import setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `run` overrides may come after options: `run R --exp-root X a.b=1`
+        if args.cmd == "run" and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, FileNotFoundError, OSError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug, or a library error type we do not know: still one line
+        if args.verbose:
+            raise
+        print(f"error: {type(e).__name__}: {_one_line(e)} (internal error; rerun with -v for the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -91,6 +92,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError`."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__} {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -105,6 +108,28 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "con
         return cls(**kwargs)
     except TypeError as e:  # missing required fields
         raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:  # a rule checked in __post_init__ (its message starts with the key)
+        raise ConfigError(f"{where}.{e}") from None
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """For ``__post_init__`` rules: raise ``ConfigError("<key>: <message>")`` unless ``ok``.
+
+    :func:`from_dict` prefixes the error with where the config came from (file and dotted path)."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def check_name(value: str, key: str, what: str = "name") -> str:
+    """A name that becomes a file or folder name: letters, digits, ``_ - .``, not starting with a dot,
+    so it can never climb out of (``..``) or escape (``/abs``) the folder it is joined to."""
+    if not isinstance(value, str) or not _NAME.match(value) or len(value) > 128:
+        raise ConfigError(f"{key}: {what} {value!r} must be plain: letters, digits, '_', '-', '.', "
+                          "not starting with a dot, at most 128 characters")
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -181,11 +206,18 @@ def save_yaml(data: Mapping[str, Any], path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(_plain(dict(data)), sort_keys=False))
 
 
-def help_text(cls: type) -> str:
-    """One line per field: ``name (type, default): help``."""
+def help_text(cls: type, prefix: str = "") -> str:
+    """One line per field, nested dataclasses expanded as dotted keys: ``  a.b = default: help``."""
     lines = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        tp = hints.get(f.name)
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"  {prefix}{f.name}.*: {f.metadata.get('help', '')}")
+            lines.append(help_text(tp, f"{prefix}{f.name}."))
+            continue
         d = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        lines.append(f"  {f.name} = {d!r}: {f.metadata.get('help', '')}")
+        choices = f" (one of {', '.join(map(str, typing.get_args(tp)))})" if typing.get_origin(tp) is typing.Literal else ""
+        lines.append(f"  {prefix}{f.name} = {d!r}: {f.metadata.get('help', '')}{choices}")
     return "\n".join(lines)

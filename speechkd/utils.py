@@ -14,8 +14,30 @@ from typing import Any, Iterable
 log = logging.getLogger("speechkd")
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)  # elsewhere: the classic read-and-restore
+    os.umask(old)
+    return old
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file or folder under the current umask.
+    ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 regardless; atomic writes restore this."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, then rename."""
+    """Write ``data`` to ``path`` via a temp file in the same folder, then rename.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (the umask applies)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,6 +46,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), default_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

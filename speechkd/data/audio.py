@@ -33,12 +33,13 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.
     return out.numpy()
 
 
-def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None = None,
-               target_sr: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | Path, *, offset: float | None = None, duration: float | None = None,
+               target_sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """Load ``path`` (any format libsndfile reads) as mono float32 at ``target_sr``.
 
-    ``offset`` and ``duration`` are in seconds (``duration=None`` reads to the end).
-    Raises :class:`AudioError` with reason ``missing``, ``empty_file``, ``unreadable``,
+    ``offset`` and ``duration`` are in seconds (``duration=None`` reads to the end). The header is
+    read first: if what would be read is longer than ``max_seconds``, nothing is decoded and the
+    error's reason is ``too_long``. Other reasons: ``missing``, ``empty_file``, ``unreadable``,
     ``no_samples`` or ``non_finite``.
     """
     import soundfile as sf
@@ -48,15 +49,21 @@ def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None 
         raise AudioError(path, "missing", "audio file does not exist")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty_file", "audio file is empty (0 bytes)")
+    offset = offset or 0.0
     try:
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
-            start = int(round(offset * sr))
+            start = min(int(round(offset * sr)), f.frames)
+            frames = f.frames - start if duration is None else min(int(round(duration * sr)), f.frames - start)
+            if max_seconds is not None and frames / sr > max_seconds:
+                raise AudioError(path, "too_long", f"{frames / sr:.2f}s is longer than max_duration={max_seconds}s "
+                                                   "(header; not decoded)")
             if start:
-                f.seek(min(start, f.frames))
-            frames = -1 if duration is None else int(round(duration * sr))
+                f.seek(start)
             data = f.read(frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        if isinstance(e, AudioError):
+            raise
         raise AudioError(path, "unreadable", f"cannot decode audio: {e}") from None
     if data.shape[0] == 0:
         raise AudioError(path, "no_samples", "audio has no samples" + (f" at offset {offset}s" if offset else ""))

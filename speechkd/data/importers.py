@@ -8,19 +8,24 @@ Supported layouts:
 * Common Voice TSV (``client_id``, ``path``, ``sentence``; audio under ``clips/``).
 
 Transcripts are normalised with :func:`speechkd.text.normalize_text`; the original is kept as
-``raw_text`` when it differs. Durations come from the audio header (seconds).
+``raw_text`` when it differs. Durations come from the audio header (seconds). Text inputs must be
+UTF-8; errors name ``file:line``. Entries that cannot be used (missing audio, a repeated id, a bad
+segment) are handled by the bad-input policy and listed in ``rejected/<manifest stem>.jsonl``
+beside the written manifest, where no reader of manifests mistakes them for data.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
 from speechkd.data.audio import audio_info
 from speechkd.data.checks import BadInputLog
-from speechkd.data.manifest import ManifestError, Utterance, iter_manifest, relative_to_manifest, write_manifest
+from speechkd.data.manifest import (ManifestError, Utterance, iter_manifest, relative_to_manifest, text_lines,
+                                    write_manifest)
 from speechkd.text.normalize import normalize_text
 
 log = logging.getLogger(__name__)
@@ -31,7 +36,7 @@ class ImportError_(ValueError):
 
 
 def _make(uid: str, audio: Path, raw_text: str, speaker: str, bad: BadInputLog, *, out_dir: Path | None,
-          offset: float = 0.0, duration: float | None = None) -> Utterance | None:
+          offset: float | None = None, duration: float | None = None) -> Utterance | None:
     if not audio.exists():
         bad.reject(uid, str(audio), "missing", "audio file does not exist")
         return None
@@ -50,7 +55,16 @@ def _make(uid: str, audio: Path, raw_text: str, speaker: str, bad: BadInputLog, 
 
 
 def _finish(utts: list[Utterance], out_manifest: str | Path | None, bad: BadInputLog, name: str) -> list[Utterance]:
-    utts.sort(key=lambda u: u.id)
+    """Drop repeated ids (the first entry wins; later ones are rejected), sort, write."""
+    seen: set[str] = set()
+    unique = []
+    for u in utts:
+        if u.id in seen:
+            bad.reject(u.id, u.audio_filepath, "duplicate_id", "id already used by an earlier entry")
+            continue
+        seen.add(u.id)
+        unique.append(u)
+    utts = sorted(unique, key=lambda u: u.id)
     log.info("%s: imported %d utterances (%.2f h); %s", name, len(utts), sum(u.duration for u in utts) / 3600,
              bad.summary())
     if out_manifest is not None:
@@ -58,27 +72,35 @@ def _finish(utts: list[Utterance], out_manifest: str | Path | None, bad: BadInpu
     return utts
 
 
-def _bad(policy: str, out_manifest: str | Path | None) -> BadInputLog:
-    rej = Path(str(out_manifest) + ".rejected.jsonl") if out_manifest else None
-    if rej is not None and rej.exists():
-        rej.unlink()
-    return BadInputLog(policy, rej)  # type: ignore[arg-type]
+def rejected_path(out_manifest: str | Path) -> Path:
+    """Where the entries rejected while writing ``out_manifest`` are listed."""
+    out = Path(out_manifest)
+    return out.parent / "rejected" / f"{out.stem}.jsonl"
+
+
+def _bad(policy: str, out_manifest: str | Path | None, bad: BadInputLog | None) -> BadInputLog:
+    if bad is None:
+        bad = BadInputLog(policy, rejected_path(out_manifest) if out_manifest else None)  # type: ignore[arg-type]
+    if bad.out_file is not None and bad.out_file.exists():
+        bad.out_file.unlink()  # a rerun lists each rejection once
+    return bad
 
 
 def _out_dir(out_manifest: str | Path | None) -> Path | None:
     return Path(out_manifest).parent if out_manifest else None
 
 
-def import_librispeech(root: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip") -> list[Utterance]:
+def import_librispeech(root: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip",
+        bad: BadInputLog | None = None) -> list[Utterance]:
     """Import a LibriSpeech tree (any subset folder, or the folder holding several subsets)."""
     root = Path(root)
     trans = sorted(root.rglob("*.trans.txt"))
     if not trans:
         raise ImportError_(f"{root}: no '*.trans.txt' files found; is this a LibriSpeech folder?")
-    bad = _bad(policy, out_manifest)
+    bad = _bad(policy, out_manifest, bad)
     utts: list[Utterance] = []
     for tf in trans:
-        for lineno, line in enumerate(tf.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in text_lines(tf, ImportError_, "LibriSpeech transcript"):
             if not line.strip():
                 continue
             parts = line.split(maxsplit=1)
@@ -92,35 +114,47 @@ def import_librispeech(root: str | Path, out_manifest: str | Path | None = None,
     return _finish(utts, out_manifest, bad, f"librispeech {root}")
 
 
-def _read_kv(path: Path, *, required: bool = True) -> dict[str, str]:
+def _read_kv(path: Path, *, required: bool = True) -> dict[str, tuple[str, int]]:
+    """``key -> (rest of the line, line number)`` of a Kaldi table file."""
     if not path.exists():
         if required:
             raise ImportError_(f"{path}: required Kaldi file is missing")
         return {}
-    out: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    out: dict[str, tuple[str, int]] = {}
+    for lineno, line in text_lines(path, ImportError_, "Kaldi file"):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
         key = parts[0]
         if key in out:
-            raise ImportError_(f"{path}:{lineno}: duplicate key {key!r}")
-        out[key] = parts[1] if len(parts) > 1 else ""
+            raise ImportError_(f"{path}:{lineno}: duplicate key {key!r} (first at line {out[key][1]})")
+        out[key] = (parts[1] if len(parts) > 1 else "", lineno)
     return out
 
 
-def import_kaldi(data_dir: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip") -> list[Utterance]:
+def _seconds(text: str, what: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ImportError_(f"{where}: segment {what} {text!r} is not a number (seconds)") from None
+
+
+def import_kaldi(data_dir: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip",
+        bad: BadInputLog | None = None) -> list[Utterance]:
     """Import a Kaldi data dir. ``wav.scp`` entries must be plain file paths (no pipes)."""
     d = Path(data_dir)
-    wav = _read_kv(d / "wav.scp")
-    text = _read_kv(d / "text")
-    utt2spk = _read_kv(d / "utt2spk", required=False)
+    wav_kv = _read_kv(d / "wav.scp")
+    text_kv = _read_kv(d / "text")
+    spk_kv = _read_kv(d / "utt2spk", required=False)
     segments = _read_kv(d / "segments", required=False)
-    for lineno, (rec, p) in enumerate(wav.items(), 1):
+    for rec, (p, lineno) in wav_kv.items():
         if p.rstrip().endswith("|") or p.lstrip().startswith("|"):
-            raise ImportError_(f"{d / 'wav.scp'}: recording {rec!r}: piped commands are not supported; "
+            raise ImportError_(f"{d / 'wav.scp'}:{lineno}: recording {rec!r}: piped commands are not supported; "
                                "give plain file paths (e.g. run the command once and write the audio)")
-    bad = _bad(policy, out_manifest)
+    wav = {k: v for k, (v, _) in wav_kv.items()}
+    text = {k: v for k, (v, _) in text_kv.items()}
+    utt2spk = {k: v for k, (v, _) in spk_kv.items()}
+    bad = _bad(policy, out_manifest, bad)
     utts: list[Utterance] = []
 
     def resolve(p: str) -> Path:
@@ -128,21 +162,27 @@ def import_kaldi(data_dir: str | Path, out_manifest: str | Path | None = None, *
         return pp if pp.is_absolute() else (d / pp)
 
     if segments:
-        for uid, seg in segments.items():
+        for uid, (seg, lineno) in segments.items():
+            where = f"{d / 'segments'}:{lineno}"
             parts = seg.split()
             if len(parts) != 3:
-                raise ImportError_(f"{d / 'segments'}: {uid!r}: expected '<utt> <recording> <start> <end>'")
-            rec, start, end = parts[0], float(parts[1]), float(parts[2])
+                raise ImportError_(f"{where}: {uid!r}: expected '<utt> <recording> <start> <end>'")
+            rec = parts[0]
+            start, end = _seconds(parts[1], "start", where), _seconds(parts[2], "end", where)
             if rec not in wav:
-                raise ImportError_(f"{d / 'segments'}: {uid!r}: recording {rec!r} is not in wav.scp")
+                raise ImportError_(f"{where}: {uid!r}: recording {rec!r} is not in wav.scp")
             if uid not in text:
                 bad.reject(uid, wav[rec], "no_transcript", "utterance has no line in 'text'")
                 continue
+            if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
+                bad.reject(uid, wav[rec], "bad_segment", f"{where}: start {parts[1]} and end {parts[2]} must be "
+                                                         "finite seconds with start >= 0")
+                continue
             if end <= start:
-                bad.reject(uid, wav[rec], "bad_segment", f"segment end {end} <= start {start}")
+                bad.reject(uid, wav[rec], "bad_segment", f"{where}: segment end {end} <= start {start}")
                 continue
             u = _make(uid, resolve(wav[rec]), text[uid], utt2spk.get(uid, "unknown"), bad,
-                      out_dir=_out_dir(out_manifest), offset=start, duration=end - start)
+                      out_dir=_out_dir(out_manifest), offset=start, duration=round(end - start, 4))
             if u:
                 utts.append(u)
     else:
@@ -156,18 +196,14 @@ def import_kaldi(data_dir: str | Path, out_manifest: str | Path | None = None, *
     return _finish(utts, out_manifest, bad, f"kaldi {d}")
 
 
-def import_nemo(manifest: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip") -> list[Utterance]:
+def import_nemo(manifest: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip",
+        bad: BadInputLog | None = None) -> list[Utterance]:
     """Import a NeMo JSONL manifest (paths resolved against its folder; text normalised)."""
     src = Path(manifest)
-    bad = _bad(policy, out_manifest)
+    bad = _bad(policy, out_manifest, bad)
     utts: list[Utterance] = []
-    seen: set[str] = set()
     for u in iter_manifest(src):
         audio = u.resolve_audio(src.parent)
-        if u.id in seen:
-            bad.reject(u.id, str(audio), "duplicate_id", "id already used by an earlier entry")
-            continue
-        seen.add(u.id)
         nu = _make(u.id, audio, u.text, u.speaker, bad, out_dir=_out_dir(out_manifest), offset=u.offset,
                    duration=u.duration)
         if nu:
@@ -177,25 +213,28 @@ def import_nemo(manifest: str | Path, out_manifest: str | Path | None = None, *,
 
 
 def import_commonvoice(tsv: str | Path, out_manifest: str | Path | None = None, *, clips_dir: str | Path | None = None,
-                       policy: str = "skip") -> list[Utterance]:
+                       policy: str = "skip", bad: BadInputLog | None = None) -> list[Utterance]:
     """Import a Common Voice TSV (e.g. ``train.tsv``); audio is looked up in ``clips/`` beside it."""
     tsv = Path(tsv)
     clips = Path(clips_dir) if clips_dir else tsv.parent / "clips"
-    bad = _bad(policy, out_manifest)
+    bad = _bad(policy, out_manifest, bad)
     utts: list[Utterance] = []
-    with open(tsv, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"client_id", "path", "sentence"} - set(reader.fieldnames or [])
-        if missing:
-            raise ImportError_(f"{tsv}:1: header lacks column(s) {sorted(missing)}")
-        for lineno, row in enumerate(reader, 2):
-            name = row["path"]
-            if not name:
-                raise ImportError_(f"{tsv}:{lineno}: empty 'path'")
-            uid = Path(name).stem
-            u = _make(uid, clips / name, row["sentence"] or "", row["client_id"], bad, out_dir=_out_dir(out_manifest))
-            if u:
-                utts.append(u)
+    if not tsv.is_file():
+        raise ImportError_(f"{tsv}: Common Voice TSV not found")
+    lines = [line for _, line in text_lines(tsv, ImportError_, "Common Voice TSV")]
+    reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    missing = {"client_id", "path", "sentence"} - set(reader.fieldnames or [])
+    if missing:
+        raise ImportError_(f"{tsv}:1: header lacks column(s) {sorted(missing)}")
+    for lineno, row in enumerate(reader, 2):
+        name = row["path"]
+        if not name:
+            raise ImportError_(f"{tsv}:{lineno}: empty 'path'")
+        uid = Path(name).stem
+        u = _make(uid, clips / name, row["sentence"] or "", row["client_id"] or "unknown", bad,
+                  out_dir=_out_dir(out_manifest))
+        if u:
+            utts.append(u)
     return _finish(utts, out_manifest, bad, f"commonvoice {tsv}")
 
 
@@ -206,4 +245,4 @@ IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {
     "commonvoice": import_commonvoice,
 }
 
-__all__ = ["IMPORTERS", "import_librispeech", "import_kaldi", "import_nemo", "import_commonvoice", "ManifestError"]
+__all__ = ["IMPORTERS", "rejected_path", "import_librispeech", "import_kaldi", "import_nemo", "import_commonvoice", "ManifestError"]

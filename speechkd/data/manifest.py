@@ -1,8 +1,9 @@
 """JSONL manifests, NeMo-compatible.
 
 One JSON object per line with ``audio_filepath``, ``duration`` (seconds) and ``text``, plus
-``id`` and ``speaker``. Optional ``offset`` (seconds) selects a segment of a longer file
-(Kaldi ``segments``). Any other keys are kept in :attr:`Utterance.extra` and written back,
+``id`` and ``speaker``. Optional ``offset`` (seconds) makes the row a *segment*: ``duration``
+seconds from ``offset`` of a longer file (Kaldi ``segments``, NeMo offsets), ``offset: 0`` included.
+A row without ``offset`` is the whole file. Any other keys are kept in :attr:`Utterance.extra` and written back,
 so a manifest round-trips unchanged. Relative ``audio_filepath`` values resolve against the
 manifest's folder.
 """
@@ -27,20 +28,20 @@ class ManifestError(ValueError):
 
 @dataclass
 class Utterance:
-    """One manifest row. ``duration`` and ``offset`` are in seconds."""
+    """One manifest row. ``duration`` and ``offset`` are in seconds; ``offset=None`` is the whole file."""
 
     id: str
     audio_filepath: str
     duration: float
     text: str
     speaker: str = "unknown"
-    offset: float = 0.0
+    offset: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "audio_filepath": self.audio_filepath,
                              "duration": self.duration, "text": self.text, "speaker": self.speaker}
-        if self.offset:
+        if self.offset is not None:
             d["offset"] = self.offset
         d.update(self.extra)
         return d
@@ -65,8 +66,9 @@ def _parse_line(obj: Any, where: str) -> Utterance:
     text = obj["text"]
     if not isinstance(text, str):
         raise ManifestError(f"{where}: field 'text' must be a string, got {text!r}")
-    off = obj.get("offset", 0.0)
-    if isinstance(off, bool) or not isinstance(off, (int, float)) or not math.isfinite(off) or off < 0:
+    off = obj.get("offset")
+    if off is not None and (isinstance(off, bool) or not isinstance(off, (int, float)) or not math.isfinite(off)
+                            or off < 0):
         raise ManifestError(f"{where}: field 'offset' must be a finite number >= 0 (seconds), got {off!r}")
     uid = obj.get("id")
     if uid is None:
@@ -78,26 +80,43 @@ def _parse_line(obj: Any, where: str) -> Utterance:
         raise ManifestError(f"{where}: field 'speaker' must be a string, got {spk!r}")
     extra = {k: v for k, v in obj.items() if k not in CORE_FIELDS}
     return Utterance(id=uid, audio_filepath=path, duration=float(dur), text=text, speaker=str(spk),
-                     offset=float(off), extra=extra)
+                     offset=None if off is None else float(off), extra=extra)
 
 
 def iter_manifest(path: str | Path) -> Iterator[Utterance]:
     """Yield utterances from a JSONL manifest; malformed lines raise :class:`ManifestError`."""
     path = Path(path)
+    for lineno, line in text_lines(path, ManifestError, "manifest"):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        yield _parse_line(obj, where)
+
+
+def text_lines(path: Path, error: type[Exception], what: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file. A file that is not UTF-8 (UTF-16, Latin-1, ...)
+    is an ``error`` naming ``file:line`` and what to do, not a bare ``UnicodeDecodeError``."""
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")
     except OSError as e:
-        raise ManifestError(f"{path}: cannot open manifest: {e.strerror}") from None
+        raise error(f"{path}: cannot open {what}: {e.strerror}") from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+        for lineno, raw in enumerate(fh, 1):
+            if (lineno == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+                raise error(f"{path}:1: the {what} is UTF-16 encoded; convert it to UTF-8 "
+                            f"(e.g. iconv -f UTF-16 -t UTF-8)")
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            yield _parse_line(obj, where)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{path}:{lineno}: the {what} is not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                            f"{e.start + 1}); convert it to UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            yield lineno, line
 
 
 def read_manifest(path: str | Path, *, check_unique: bool = True) -> list[Utterance]:

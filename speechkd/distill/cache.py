@@ -11,7 +11,6 @@ tokenizer, frame rate (stack), k and N, and the teachers.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -21,7 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+import speechkd.kernels as K
 from speechkd.data.manifest import read_manifest
+from speechkd.data.sampler import BucketingSampler
+from speechkd.text.tokenizer import tokenizer_fingerprint
 from speechkd.utils import atomic_write_bytes, atomic_write_text
 
 
@@ -29,8 +31,45 @@ class CacheError(ValueError):
     """A cache that does not match the manifest, the tokenizer or the model, or a damaged shard."""
 
 
-def tokenizer_fingerprint(tok) -> str:
-    return hashlib.sha256(json.dumps(tok.tokens()).encode()).hexdigest()[:16]
+# -- building --------------------------------------------------------------------------------------
+def teacher_log_probs(models, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several teachers averaged in the probability domain (multi-teacher KD), as log-probs
+    ``(B, T', V)``, and output lengths. The teachers must share the frame rate and vocabulary."""
+    outs = [m(feats, lens) for m in models]
+    if len(outs) == 1:
+        return outs[0]
+    lp = torch.stack([o[0] for o in outs]).logsumexp(0) - np.log(len(outs))
+    return lp, outs[0][1]
+
+
+def check_teachers(models, names) -> None:
+    stacks = {m.cfg.stack for m in models}
+    vocabs = {(m.cfg.vocab_size, m.cfg.tokenizer) for m in models}
+    if len(stacks) > 1 or len(vocabs) > 1:
+        raise CacheError(f"teachers {list(names)} differ in frame rate (stacks {sorted(stacks)}) or vocabulary "
+                         f"({sorted(vocabs)}); averaged teachers must share both")
+
+
+@torch.no_grad()
+def cache_entries(models, ds, indices: list[int], *, k: int, beam: int, nbest: int, blank: int, max_frames: int,
+                  device) -> list[dict[str, Any]]:
+    """Run the (averaged) teachers over utterances ``indices`` of ``ds`` in length-bucketed batches;
+    one entry per utterance, in ``indices`` order: ``id``, top-``k`` ``probs``/``ids (T', k)`` and
+    the prefix-beam ``nbest`` list of ``(tokens, log score)`` (what :func:`write_shard` stores)."""
+    entries: dict[int, dict] = {}
+    sampler = BucketingSampler([ds.lengths[i] for i in indices], max(max_frames, max(ds.lengths)), seed=0,
+                               shuffle=False)
+    for b in sampler.batches(0):
+        batch = ds.batch([indices[j] for j in b]).to(device)
+        lp, ol = teacher_log_probs(models, batch.feats, batch.feat_lens)
+        lp, ol = lp.float().cpu(), ol.cpu()
+        probs, ids, _ = K.topk(lp, ol, k)
+        nb = K.prefix_beam_search(lp, ol, beam=beam, nbest=min(nbest, beam), blank=blank)
+        for j, i in enumerate(b):
+            n = int(ol[j])
+            entries[i] = {"id": batch.ids[j], "probs": probs[j, :n].numpy(), "ids": ids[j, :n].numpy(),
+                          "nbest": nb.hypotheses(j)}
+    return [entries[i] for i in sorted(entries)]
 
 
 def write_shard(path: Path, entries: list[dict[str, Any]], *, min_prob: float = 1e-4) -> dict[str, Any]:
@@ -94,7 +133,11 @@ class CachedUtt:
 
 
 class TeacherCache:
-    """Reads a cache folder; checks it against a manifest, a tokenizer and a frame rate."""
+    """Reads a cache folder; checks it against a manifest, a tokenizer and a frame rate.
+
+    Lookup goes through the cache's own manifests (``<split>.jsonl``, one per split in
+    ``meta.json``), whose rows carry a ``cache`` reference: shard, first frame, frames, and the
+    first and count of the utterance's N-best hypotheses."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -102,12 +145,18 @@ class TeacherCache:
             self.meta = json.loads((self.folder / "meta.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CacheError(f"{self.folder / 'meta.json'}: cannot read cache metadata ({e})") from None
+        if "splits" not in self.meta:
+            raise CacheError(f"{self.folder / 'meta.json'}: no 'splits' (a cache from an older speechkd); "
+                             "rerun the teacher_cache stage")
         self._index: dict[str, tuple[str, dict]] = {}
         self._shards: dict[str, Any] = {}
-        for idx in sorted(self.folder.glob("shards/*/cache-*.json")):
-            shard = idx.with_suffix(".npz")
-            for u in json.loads(idx.read_text())["utts"]:
-                self._index[u["id"]] = (str(shard), u)
+        for split in self.meta["splits"]:
+            manifest = self.folder / f"{split}.jsonl"
+            for lineno, u in enumerate(read_manifest(manifest), 1):
+                ref = u.extra.get("cache")
+                if not isinstance(ref, dict) or not {"shard", "offset", "frames", "nbest_offset", "nbest"} <= set(ref):
+                    raise CacheError(f"{manifest}:{lineno}: utterance {u.id!r} has no valid 'cache' reference")
+                self._index[u.id] = (str(self.folder / ref["shard"]), ref)
 
     def check(self, manifest: str | Path, tokenizer, stack: int) -> None:
         """Clear errors, before training starts, for a cache that does not fit."""
@@ -117,8 +166,8 @@ class TeacherCache:
                              f"tokenizer {m['tokenizer']}); the student's tokenizer has {tokenizer.vocab_size} "
                              f"tokens ({tokenizer_fingerprint(tokenizer)})")
         if m["stack"] != stack:
-            raise CacheError(f"{self.folder}: cache frame rate is {10 * m['stack']} ms (stack {m['stack']}), the "
-                             f"student's is {10 * stack} ms (stack {stack}); they must match")
+            raise CacheError(f"{self.folder}: cache frame rate is stack {m['stack']} (one output frame per "
+                             f"{m['stack']} feature frames), the student's is stack {stack}; they must match")
         for u in read_manifest(manifest):
             if u.id not in self._index:
                 raise CacheError(f"{self.folder}: utterance {u.id!r} of {manifest} is not in the cache "

@@ -3,7 +3,6 @@ top-k ``probs``/``ids`` ``(B, T, k)`` from the cache, ``lengths (B,)`` in output
 
 * :func:`frame_kd` - KL(teacher || student) per frame at temperature ``tau``, times ``tau**2``
   (Hinton et al. 2015), from sparse top-k teacher posteriors; :func:`frame_kd_dense` for an online teacher.
-* :func:`shift_topk` - delay the teacher by ``d`` frames (spike-timing compensation).
 * :func:`window_kd` - each student frame matches its best teacher frame within ``+-w`` frames.
 * :func:`nbest_ctc` - CTC on the teacher's N-best, weighted by normalised scores (1-best: Kim & Rush).
 * :func:`occupancy_kd` - cross-entropy to forward-backward occupancies of the teacher's posteriors
@@ -17,6 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from speechkd.distill.timing import delay_topk
 
 EPS = 1e-8
 
@@ -56,31 +57,11 @@ def frame_kd_dense(student_lp, teacher_lp, lengths, tau: float = 1.0) -> torch.T
     return tau * tau * (kl * m).sum() / m.sum().clamp_min(1)
 
 
-def shift_topk(probs: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, d: int, blank: int = 0):
-    """Delay cached teacher posteriors by ``d`` frames within each length (negative ``d`` advances).
-    Frames shifted in are certain blanks."""
-    if d == 0:
-        return probs, ids
-    B, T, k = probs.shape
-    t = torch.arange(T, device=probs.device)[None, :].expand(B, T)
-    inside = t < lengths[:, None]
-    src = torch.where(inside, t - d, t)  # padding frames stay where they are
-    valid = (src >= 0) & (src < lengths[:, None]) & inside
-    src = src.clamp(0, T - 1)
-    p = probs.gather(1, src[..., None].expand(B, T, k))
-    i = ids.gather(1, src[..., None].expand(B, T, k))
-    blank_p = torch.zeros_like(probs)
-    blank_p[..., 0] = 1.0
-    blank_i = torch.full_like(ids, blank)
-    keep = valid | (t >= lengths[:, None])
-    return torch.where(keep[..., None], p, blank_p), torch.where(keep[..., None], i, blank_i)
-
-
 def window_kd(student_lp, probs, ids, lengths, tau: float = 1.0, window: int = 1) -> torch.Tensor:
     """Each student frame takes the smallest KL against teacher frames ``t-w .. t+w`` (within the length)."""
     best = None
     for d in range(-window, window + 1):
-        p, i = shift_topk(probs, ids, lengths, d)
+        p, i = delay_topk(probs, ids, lengths, d)
         kl = kl_per_frame(student_lp, p, i, tau)
         best = kl if best is None else torch.minimum(best, kl)
     m = _mask(lengths, student_lp.shape[1]).float()
@@ -147,5 +128,5 @@ def hint_loss(student_h, teacher_h, proj: torch.nn.Module, lengths) -> torch.Ten
     return d.sum() / (m.sum() * teacher_h.shape[-1]).clamp_min(1)
 
 
-__all__ = ["frame_kd", "frame_kd_dense", "shift_topk", "window_kd", "nbest_ctc", "occupancy_targets",
+__all__ = ["frame_kd", "frame_kd_dense", "window_kd", "nbest_ctc", "occupancy_targets",
            "occupancy_kd", "hint_loss", "kl_per_frame", "teacher_at_temperature"]

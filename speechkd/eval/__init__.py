@@ -1,5 +1,6 @@
-"""Decoding and scoring: greedy CTC, WER/CER with jiwer, icefall-style reports."""
+"""Decoding and scoring: device choice, greedy CTC over a dataset, WER/CER with jiwer, icefall-style reports."""
 
-from speechkd.eval.scoring import greedy_decode, score, write_reports
+from speechkd.eval.decode import evaluate, pick_device
+from speechkd.eval.scoring import greedy_decode, report_names, score, write_reports
 
-__all__ = ["greedy_decode", "score", "write_reports"]
+__all__ = ["evaluate", "pick_device", "greedy_decode", "score", "write_reports", "report_names"]

@@ -63,6 +63,24 @@ def _aligned_line(ref: str, hyp: str) -> str:
     return " ".join(parts)
 
 
+def report_names(manifests: list) -> list[str]:
+    """Report names for several manifests: the file stem, prefixed with as many parent folder names as it
+    takes to tell them apart (``a/test.jsonl``, ``b/test.jsonl`` -> ``a_test``, ``b_test``), so no
+    report overwrites another. The same manifest given twice is an error."""
+    paths = [Path(m) for m in manifests]
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        dup = next(str(p) for p, r in zip(paths, resolved) if resolved.count(r) > 1)
+        raise ValueError(f"{dup}: the same manifest is given twice")
+    depth = 0
+    while True:
+        names = ["_".join([*r.parent.parts[len(r.parent.parts) - depth:], r.stem]) if depth else r.stem
+                 for r in resolved]
+        if len(set(names)) == len(names):
+            return names
+        depth += 1
+
+
 def write_reports(out_dir: str | Path, name: str, ids: list[str], refs: list[str], hyps: list[str],
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``recogs-<name>.txt``, ``errs-<name>.txt`` and ``wer-summary-<name>.json``; return the summary."""

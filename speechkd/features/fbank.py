@@ -8,11 +8,12 @@ frames at 16 kHz); output is natural-log mel energies, shape ``(frames, num_mel_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
-from speechkd.config import field
+from speechkd.config import field, require
 
 
 @dataclass
@@ -24,8 +25,21 @@ class FbankOptions:
     low_freq: float = field(20.0, help="lowest mel filter edge (Hz)")
     high_freq: float = field(0.0, help="highest edge (Hz); <= 0 means Nyquist + high_freq")
     preemphasis: float = field(0.97, help="pre-emphasis coefficient")
-    window: str = field("povey", help="kaldi window type: povey | hamming | hanning")
+    window: Literal["povey", "hamming", "hanning", "rectangular", "blackman"] = field("povey", help="kaldi window type")
     dither: float = field(0.0, help="dither amount (0 keeps features deterministic)")
+
+    def __post_init__(self):
+        require(self.sample_rate > 0, "sample_rate", f"must be > 0 Hz, got {self.sample_rate}")
+        require(self.num_mel_bins >= 1, "num_mel_bins", f"must be >= 1, got {self.num_mel_bins}")
+        require(self.frame_length_ms > 0, "frame_length_ms", f"must be > 0, got {self.frame_length_ms}")
+        require(0 < self.frame_shift_ms <= self.frame_length_ms, "frame_shift_ms",
+                f"must be in (0, frame_length_ms={self.frame_length_ms}], got {self.frame_shift_ms}")
+        nyquist = self.sample_rate / 2
+        high = self.high_freq if self.high_freq > 0 else nyquist + self.high_freq
+        require(0 <= self.low_freq < high <= nyquist, "low_freq",
+                f"need 0 <= low_freq < high_freq <= Nyquist ({nyquist:g} Hz); got low {self.low_freq}, high {high:g}")
+        require(0 <= self.preemphasis < 1, "preemphasis", f"must be in [0, 1), got {self.preemphasis}")
+        require(self.dither >= 0, "dither", f"must be >= 0, got {self.dither}")
 
     def num_frames(self, num_samples: int) -> int:
         win = int(self.sample_rate * self.frame_length_ms / 1000)

@@ -1,6 +1,6 @@
 """LSTM-CTC: bidirectional (teacher) or unidirectional (streaming student), one family.
 
-Input: log-mel features ``(batch, frames, 80)`` at 10 ms with lengths in frames. The model
+Input: log-mel features ``(batch, frames, 80)`` at ``frame_shift_ms`` (10 ms) with lengths in frames. The model
 applies global CMVN (buffers, so they travel with the weights), stacks ``stack`` consecutive
 frames into one (``(batch, frames // stack, 80 * stack)``, a trailing partial stack is
 dropped), runs the LSTM stack and a linear layer to ``vocab_size`` log-probabilities
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from speechkd.config import field
+from speechkd.config import field, require
 
 
 @dataclass
@@ -31,7 +31,25 @@ class ModelConfig:
     bidirectional: bool = field(True, help="BiLSTM (offline teacher) or unidirectional (streaming)")
     dropout: float = field(0.1, help="dropout between layers and before the output layer")
     proj: int = field(0, help="LSTM projection size per direction (0 = none)")
-    stack: int = field(3, help="frames stacked into one before the LSTM (1-4); output rate = 10 ms * stack")
+    stack: int = field(3, help="frames stacked into one before the LSTM (1-8); output frame = frame_shift_ms * stack")
+    frame_shift_ms: float = field(10.0, help="input feature hop (ms); set from the featurize stage's fbank options")
+    tokenizer: str = field("", help="fingerprint of the tokenizer's symbols; set by training, checked when decoding")
+
+    def __post_init__(self):
+        require(self.input_dim >= 1, "input_dim", f"must be >= 1, got {self.input_dim}")
+        require(self.vocab_size >= 2, "vocab_size", f"must be >= 2 (blank + one token), got {self.vocab_size}")
+        require(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
+        require(self.layers >= 1, "layers", f"must be >= 1, got {self.layers}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(0 <= self.proj < self.hidden or self.proj == 0, "proj",
+                f"must be 0 (none) or in [1, hidden={self.hidden}), got {self.proj}")
+        require(1 <= self.stack <= 8, "stack", f"must be in 1..8, got {self.stack}")
+        require(self.frame_shift_ms > 0, "frame_shift_ms", f"must be > 0, got {self.frame_shift_ms}")
+
+    @property
+    def frame_ms(self) -> float:
+        """Duration of one output frame (ms): the feature hop times the stack."""
+        return self.frame_shift_ms * self.stack
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -46,8 +64,6 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 class LSTMCTC(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if not 1 <= cfg.stack <= 8:
-            raise ValueError(f"model.stack must be in 1..8, got {cfg.stack}")
         self.cfg = cfg
         self.register_buffer("cmvn_mean", torch.zeros(cfg.input_dim))
         self.register_buffer("cmvn_std", torch.ones(cfg.input_dim))
@@ -65,8 +81,8 @@ class LSTMCTC(nn.Module):
         self.out = nn.Linear(in_dim, cfg.vocab_size)
 
     @property
-    def frame_rate_ms(self) -> int:
-        return 10 * self.cfg.stack
+    def frame_rate_ms(self) -> float:
+        return self.cfg.frame_ms
 
     def set_cmvn(self, mean, std) -> None:
         self.cmvn_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -97,12 +113,22 @@ class LSTMCTC(nn.Module):
             x = h
         return hiddens, out_len
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``feats (batch, frames, input_dim)`` -> ``(log_probs (batch, T', vocab), lengths (batch,))``."""
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, return_hidden: bool = False):
+        """``feats (batch, frames, input_dim)`` -> ``(log_probs (batch, T', vocab), lengths (batch,))``.
+
+        With ``return_hidden`` a third item is the last LSTM layer's output ``(batch, T', dim)``
+        (for feature-based KD, so the encoder runs once per step)."""
         if feats.shape[1] < self.cfg.stack:  # not one whole stacked frame yet
-            return feats.new_zeros(feats.shape[0], 0, self.cfg.vocab_size), self.output_lengths(lengths)
+            lp = feats.new_zeros(feats.shape[0], 0, self.cfg.vocab_size)
+            out_len = self.output_lengths(lengths)
+            if return_hidden:
+                dim = (self.cfg.proj or self.cfg.hidden) * (2 if self.cfg.bidirectional else 1)
+                return lp, out_len, feats.new_zeros(feats.shape[0], 0, dim)
+            return lp, out_len
         hiddens, out_len = self.encode(feats, lengths)
         logits = self.out(self.drop(hiddens[-1]))
+        if return_hidden:
+            return logits.log_softmax(-1), out_len, hiddens[-1]
         return logits.log_softmax(-1), out_len
 
     # -- streaming ---------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """Stage ``corpus``: build the embedded ``synth-en`` corpus, or import a user corpus.
 
-Writes one manifest per split (``<split>.jsonl``) into the stage folder, and ``corpus.json``.
+Writes one manifest per split (``<split>.jsonl``) into the stage folder and ``corpus.json``,
+which declares the splits (the only files later stages read as data). Rejected entries and
+synthesis failures are listed under ``rejected/``. Relative paths in the config (the spec, the
+import sources) resolve against the recipe's folder first; the spec then against the toolkit's
+own ``data_manifests/``, import sources against the working directory.
 """
 
 from __future__ import annotations
@@ -10,54 +14,109 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from speechkd.config import ConfigError, field
+from speechkd.config import ConfigError, check_name, field, require
 from speechkd.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds data_manifests/ in a source checkout
+
 
 @dataclass
 class Config:
-    kind: str = field("synth", help="synth | librispeech | kaldi | nemo | commonvoice")
-    spec: str = field("data_manifests/synth-en.yaml", help="synth: corpus spec (relative to the repo root)")
+    kind: Literal["synth", "librispeech", "kaldi", "nemo", "commonvoice"] = field(
+        "synth", help="synth (the embedded corpus) or an importer")
+    spec: str = field("data_manifests/synth-en.yaml", help="synth: corpus spec (relative: to the recipe's folder, "
+                                                           "then the toolkit's)")
     hours: float | None = field(None, help="synth: planned hours (overrides the spec)")
     seed: int | None = field(None, help="synth: corpus seed (default: the spec's seed)")
     num_workers: int = field(0, help="synth: parallel jobs (0 = one per CPU core)")
     splits: dict[str, str] = field(default_factory=dict,
                                    help="importers: split name -> source (folder, data dir, manifest or TSV)")
-    bad_input: str = field("skip", help="importers: skip | fail for missing or unreadable audio")
+    bad_input: Literal["skip", "fail"] = field("skip", help="importers: policy for missing or unreadable audio")
+
+    def __post_init__(self):
+        require(self.hours is None or self.hours > 0, "hours", f"must be > 0, got {self.hours}")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0 (0 = one per core), got {self.num_workers}")
+        for name in self.splits:
+            check_name(name, f"splits.{name}", "split name")
+        if self.kind == "synth":
+            require(not self.splits, "splits", "is for importers; the synth corpus makes its own splits")
+        else:
+            require(bool(self.splits), "splits", f"give at least one 'split: source' for kind {self.kind!r}")
 
 
-def fingerprint_inputs(cfg: Config) -> str | None:
-    """The spec file's content, so editing the spec reruns the stage (paths relative to the cwd)."""
-    p = Path(cfg.spec)
-    if cfg.kind == "synth" and p.exists():
-        return hashlib.sha256(p.read_bytes()).hexdigest()
-    return None
+def resolve_spec(spec: str, base: Path | None) -> Path:
+    """The spec file: absolute as given; else in the recipe's folder, else in the toolkit's tree."""
+    p = Path(spec)
+    if p.is_absolute():
+        return p
+    tried = [b / p for b in (base, PACKAGE_ROOT) if b is not None]
+    for c in tried:
+        if c.exists():
+            return c
+    raise ConfigError(f"corpus.spec: {spec!r} not found (looked in {', '.join(str(c.parent) for c in tried)})")
+
+
+def resolve_source(src: str, base: Path | None) -> Path:
+    """An import source: absolute as given; else in the recipe's folder, else the working directory."""
+    p = Path(src)
+    if p.is_absolute() or base is None or not (base / p).exists():
+        return p
+    return base / p
+
+
+def _text_inputs(kind: str, src: Path) -> list[Path]:
+    """The text files an importer reads (audio is not fingerprinted: it is checked when featurized)."""
+    if kind == "kaldi":
+        return [src / n for n in ("wav.scp", "text", "utt2spk", "segments") if (src / n).exists()]
+    if kind == "librispeech":
+        return sorted(src.rglob("*.trans.txt")) if src.is_dir() else []
+    return [src] if src.is_file() else []
+
+
+def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str | None:
+    """Content of the files this stage reads: the spec (synth), or the importers' manifests, TSVs,
+    Kaldi files and transcripts, so editing any of them reruns the stage."""
+    h = hashlib.sha256()
+    if cfg.kind == "synth":
+        try:
+            h.update(resolve_spec(cfg.spec, base).read_bytes())
+        except (ConfigError, OSError):
+            return None  # reported when the stage runs
+        return h.hexdigest()
+    for split, src in sorted(cfg.splits.items()):
+        root = resolve_source(src, base)
+        h.update(f"{split}\0{root.resolve()}\0".encode())
+        for f in _text_inputs(cfg.kind, root):
+            h.update(f"{f.relative_to(root) if f != root else f.name}\0".encode())
+            try:
+                h.update(f.read_bytes())
+            except OSError:
+                h.update(b"<unreadable>")
+    return h.hexdigest()
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
     if cfg.kind == "synth":
         from speechkd.data.synth import build_corpus, load_spec
 
-        spec_path = Path(cfg.spec)
-        if not spec_path.is_absolute():
-            spec_path = ctx.repo_root / spec_path
-        spec = load_spec(spec_path, hours=cfg.hours, seed=cfg.seed)
+        spec = load_spec(resolve_spec(cfg.spec, ctx.recipe_dir), hours=cfg.hours, seed=cfg.seed)
         return build_corpus(spec, ctx.out_dir, num_workers=cfg.num_workers or None)
 
-    from speechkd.data.importers import IMPORTERS
+    from speechkd.data.checks import BadInputLog
+    from speechkd.data.importers import IMPORTERS, rejected_path
 
-    if cfg.kind not in IMPORTERS:
-        raise ConfigError(f"corpus.kind: unknown kind {cfg.kind!r}; expected synth or one of {sorted(IMPORTERS)}")
-    if not cfg.splits:
-        raise ConfigError(f"corpus.splits: give at least one 'split: source' for kind {cfg.kind!r}")
-    summary: dict[str, Any] = {"kind": cfg.kind, "splits": {}}
+    summary: dict[str, Any] = {"kind": cfg.kind, "splits": {}, "rejected": {}}
     for split, src in cfg.splits.items():
-        utts = IMPORTERS[cfg.kind](src, ctx.out_dir / f"{split}.jsonl", policy=cfg.bad_input)
+        out_manifest = ctx.out_dir / f"{split}.jsonl"
+        bad = BadInputLog(cfg.bad_input, rejected_path(out_manifest))
+        utts = IMPORTERS[cfg.kind](resolve_source(src, ctx.recipe_dir), out_manifest, policy=cfg.bad_input, bad=bad)
         summary["splits"][split] = {"utterances": len(utts), "hours": round(sum(u.duration for u in utts) / 3600, 4),
                                     "speakers": len({u.speaker for u in utts})}
+        if bad.rejected:
+            summary["rejected"][split] = bad.counts()
     atomic_write_text(ctx.out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
     return summary

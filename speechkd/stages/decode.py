@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import torch
-
-from speechkd.config import field
+from speechkd.config import check_name, field, require
+from speechkd.data.dataset import FeatureDataset
+from speechkd.eval.decode import evaluate, pick_device
 from speechkd.eval.scoring import write_reports
+from speechkd.models.io import check_vocabulary, load_model
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.text.tokenizer import load_tokenizer
-from speechkd.train.checkpoint import load_model
-from speechkd.train.data import FeatureDataset
-from speechkd.train.trainer import evaluate, pick_device
 from speechkd.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -29,11 +27,22 @@ log = logging.getLogger(__name__)
 @dataclass
 class Config:
     model: str = field("teacher", help="stage whose model is decoded")
-    checkpoint: str = field("model.safetensors", help="weights file in that stage (model or best)")
+    checkpoint: Literal["model.safetensors", "best.safetensors"] = field(
+        "model.safetensors", help="weights file in that stage (the averaged model or the best epoch)")
     featurize: str = field("featurize", help="featurize stage holding the splits")
     splits: list[str] = field(default_factory=lambda: ["dev", "test", "test_unseen_voice"], help="splits to score")
     max_frames: int = field(40000, help="padded frames per decoding batch")
-    device: str = field("auto", help="auto | cpu | cuda")
+    device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to decode")
+
+    def __post_init__(self):
+        require(len(self.splits) >= 1, "splits", "name at least one split")
+        for i, s in enumerate(self.splits):
+            check_name(s, f"splits[{i}]", "split name")
+        require(self.max_frames >= 1, "max_frames", f"must be >= 1, got {self.max_frames}")
+
+
+def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [("model", cfg.model, ("train", "distill")), ("featurize", cfg.featurize, ("featurize",))]
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
@@ -41,19 +50,21 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     device = pick_device(cfg.device)
     model = load_model(mdir / cfg.checkpoint, device=device)
     tok = load_tokenizer(mdir)
+    check_vocabulary(model, tok, mdir / cfg.checkpoint)
     out: dict[str, Any] = {"model": f"{cfg.model}/{cfg.checkpoint}", "parameters": count_parameters(model),
-                           "bidirectional": model.cfg.bidirectional, "splits": {}}
+                           "bidirectional": model.cfg.bidirectional, "splits": {}, "missing_splits": []}
     for split in cfg.splits:
         path = fdir / f"{split}.jsonl"
         if not path.exists():
             log.warning("decode: %s not found, skipping split %r", path, split)
+            out["missing_splits"].append(split)
             continue
-        ds = FeatureDataset(path, tok)
-        with torch.no_grad():
-            ev = evaluate(model, ds, tok, device, cfg.max_frames)
+        ev = evaluate(model, FeatureDataset(path, tok), tok, device, cfg.max_frames)
         summ = write_reports(ctx.out_dir, split, ev["ids"], ev["refs"], ev["hyps"], {"model": out["model"]})
         out["splits"][split] = {k: summ[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions",
                                                      "ref_words", "utterances")}
         log.info("decode %s: WER %.2f%% CER %.2f%% (%d utterances)", split, summ["wer"], summ["cer"], summ["utterances"])
+    if not out["splits"]:
+        raise FileNotFoundError(f"{fdir}: none of the splits {cfg.splits} was featurized; nothing to decode")
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out

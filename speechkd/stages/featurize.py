@@ -1,9 +1,14 @@
 """Stage ``featurize``: audio -> 80-dim log-mel fbank in a sharded feature store, plus global CMVN.
 
-Reads the corpus stage's ``<split>.jsonl``; writes ``shards/<split>/feats-NNNNN.npy`` (with a
-``.json`` index written after it), ``<split>.jsonl`` manifests whose rows carry a ``feats``
-reference, ``cmvn.json`` (from the train split), ``rejected.jsonl`` and ``summary.json``.
-Shards are the unit of resume: a rerun keeps every shard whose index exists.
+Reads the ``<split>.jsonl`` of every split the corpus stage declares (its ``corpus.json``); writes
+``shards/<split>/feats-NNNNN.npy`` (with a ``.json`` index written after it), ``<split>.jsonl``
+manifests whose rows carry a ``feats`` reference, ``cmvn.json`` (from the train split),
+``features.json`` (the fbank options, for every later stage), ``rejected/<split>.jsonl`` and
+``summary.json`` (which declares the featurized splits). Shards are the unit of resume: a rerun
+keeps every shard whose index exists.
+
+The "too short for CTC" check is not made here: it depends on the tokenizer and the model's
+frame stacking, so the training stages make it (:class:`speechkd.data.dataset.FeatureDataset`).
 """
 
 from __future__ import annotations
@@ -14,21 +19,20 @@ import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from speechkd.config import field
+from speechkd.config import check_name, field, require
 from speechkd.data.audio import AudioError, load_audio
-from speechkd.data.checks import BadInputLog, ctc_min_frames
+from speechkd.data.checks import BadInputLog
 from speechkd.data.manifest import Utterance, read_manifest, relative_to_manifest, write_manifest
 from speechkd.features.cmvn import compute_cmvn
 from speechkd.features.fbank import FbankOptions, compute_fbank
 from speechkd.features.store import FeatureRef, write_shard
 from speechkd.text.normalize import ALPHABET, normalize_text
-from speechkd.text.tokenizer import CharTokenizer
 from speechkd.utils import atomic_write_text, progress
 
 log = logging.getLogger(__name__)
@@ -37,17 +41,42 @@ log = logging.getLogger(__name__)
 @dataclass
 class Config:
     corpus: str = field("corpus", help="upstream stage whose <split>.jsonl manifests are featurized")
-    splits: list[str] = field(default_factory=list, help="splits to featurize (default: every manifest found)")
+    splits: list[str] = field(default_factory=list, help="splits to featurize (default: every split the corpus "
+                                                         "stage declares)")
     fbank: FbankOptions = field(default_factory=FbankOptions, help="fbank options")
     shard_size: int = field(500, help="utterances per shard")
-    dtype: str = field("float32", help="stored feature dtype: float32 | float16")
+    dtype: Literal["float32", "float16"] = field("float32", help="stored feature dtype")
     num_workers: int = field(0, help="worker processes (0 = one per CPU core)")
-    bad_input: str = field("skip", help="skip (count, list, summarise) | fail (stop with a clear error)")
-    max_duration: float = field(30.0, help="longest utterance kept (seconds)")
+    bad_input: Literal["skip", "fail"] = field("skip", help="skip (count, list, summarise) | fail (stop with a "
+                                                           "clear error)")
+    max_duration: float = field(30.0, help="longest utterance kept (seconds; checked on the header, before decoding)")
     duration_tolerance: float = field(0.1, help="allowed |manifest duration - audio duration| (seconds)")
-    ctc_frames_per_token: int = field(3, help="frame stacking assumed by the 'too short for CTC' check")
     cmvn_split: str = field("train", help="split the CMVN statistics come from")
 
+    def __post_init__(self):
+        for i, sp in enumerate(self.splits):
+            check_name(sp, f"splits[{i}]", "split name")
+        check_name(self.cmvn_split, "cmvn_split", "split name")
+        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0 (0 = one per core), got {self.num_workers}")
+        require(self.max_duration > 0, "max_duration", f"must be > 0 seconds, got {self.max_duration}")
+        require(self.duration_tolerance >= 0, "duration_tolerance", f"must be >= 0, got {self.duration_tolerance}")
+
+
+def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [("corpus", cfg.corpus, ("corpus",))]
+
+
+def declared_splits(stage_dir: Path) -> list[str]:
+    """The splits a corpus stage (``corpus.json``) or featurize stage (``summary.json``) declares."""
+    for name in ("corpus.json", "summary.json"):
+        p = stage_dir / name
+        if p.exists():
+            try:
+                return list(json.loads(p.read_text())["splits"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{p}: cannot read the declared splits ({e})") from None
+    raise FileNotFoundError(f"{stage_dir}: neither corpus.json nor summary.json declares its splits")
 
 def text_problem(text: str) -> tuple[str, str] | None:
     """``(reason, detail)`` when a transcript is unusable for character CTC, else ``None``."""
@@ -61,24 +90,21 @@ def text_problem(text: str) -> tuple[str, str] | None:
 
 def featurize_utterance(u: Utterance, audio_path: Path, cfg: Config) -> tuple[np.ndarray | None, tuple[str, str] | None]:
     """Features ``(frames, mels)`` of one utterance, or ``(None, (reason, detail))`` if it is bad input."""
+    segment = u.offset is not None  # a segment reads `duration` seconds from `offset`
     try:
-        wav = load_audio(audio_path, offset=u.offset, duration=u.duration if u.offset else None,
-                         target_sr=cfg.fbank.sample_rate)
+        wav = load_audio(audio_path, offset=u.offset, duration=u.duration if segment else None,
+                         target_sr=cfg.fbank.sample_rate, max_seconds=cfg.max_duration)
     except AudioError as e:
         return None, (e.reason, e.detail)
     actual = wav.shape[0] / cfg.fbank.sample_rate
     if not np.any(wav):
         return None, ("silent", "audio is digital silence (all samples are zero)")
     if abs(actual - u.duration) > cfg.duration_tolerance:
-        return None, ("duration_mismatch", f"manifest says {u.duration:.3f}s, audio has {actual:.3f}s")
-    if actual > cfg.max_duration:
-        return None, ("too_long", f"{actual:.2f}s is longer than max_duration={cfg.max_duration}s")
+        where = f" from offset {u.offset}s" if segment else ""
+        return None, ("duration_mismatch", f"manifest says {u.duration:.3f}s, audio has {actual:.3f}s{where}")
     feats = compute_fbank(wav, cfg.fbank).numpy()
-    need = ctc_min_frames(CharTokenizer().encode(u.text))
-    have = feats.shape[0] // cfg.ctc_frames_per_token
-    if have < need:
-        return None, ("too_short_for_ctc", f"{feats.shape[0]} frames (/{cfg.ctc_frames_per_token} = {have}) "
-                                           f"cannot emit {need} CTC labels")
+    if feats.shape[0] == 0:
+        return None, ("too_short", f"{actual:.3f}s is shorter than one {cfg.fbank.frame_length_ms} ms frame")
     return feats, None
 
 
@@ -114,17 +140,18 @@ def _shard_job(args: tuple) -> dict[str, Any]:
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
-    if cfg.bad_input not in ("skip", "fail"):
-        raise ValueError(f"featurize.bad_input must be 'skip' or 'fail', got {cfg.bad_input!r}")
     src_dir = ctx.stage_dir(cfg.corpus)
-    splits = cfg.splits or sorted(p.stem for p in src_dir.glob("*.jsonl"))
+    declared = declared_splits(src_dir)
+    unknown = [s for s in cfg.splits if s not in declared]
+    if unknown:
+        raise ValueError(f"featurize.splits: {unknown} not among the corpus stage's splits {declared} "
+                         f"({src_dir / 'corpus.json'})")
+    splits = cfg.splits or declared
     if not splits:
-        raise FileNotFoundError(f"{src_dir}: no <split>.jsonl manifests to featurize")
+        raise FileNotFoundError(f"{src_dir}: the corpus stage declares no splits to featurize")
     out = ctx.out_dir
-    rej_file = out / "rejected.jsonl"
-    if rej_file.exists():
-        rej_file.unlink()  # rebuilt below from the shard indexes, so a resumed run lists each once
-    bad = BadInputLog(cfg.bad_input, rej_file)  # type: ignore[arg-type]
+    rej_dir = out / "rejected"
+    bad = BadInputLog(cfg.bad_input)
     workers = cfg.num_workers or os.cpu_count() or 1
     summary: dict[str, Any] = {"splits": {}}
     t_start = time.time()
@@ -132,6 +159,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     for split in splits:
         manifest = src_dir / f"{split}.jsonl"
+        bad.out_file = rej_dir / f"{split}.jsonl"
+        if bad.out_file.exists():
+            bad.out_file.unlink()  # rebuilt below from the shard indexes, so a resumed run lists each once
         utts = read_manifest(manifest, check_unique=False)
         seen: set[str] = set()
         good: list[Utterance] = []
@@ -206,6 +236,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         write_manifest(rows, out / f"{split}.jsonl")
         summary["splits"][split] = {"input": len(utts), "kept": len(rows), "frames": frames,
                                     "hours": round(sum(u.duration for u in rows) / 3600, 4)}
+        if not rows:
+            log.warning("featurize %s: every utterance was rejected (see %s)", split, bad.out_file)
 
     if cfg.cmvn_split in splits:
         split_dir = out / "shards" / cfg.cmvn_split
@@ -214,11 +246,15 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         summary["cmvn_frames"] = stats.count
     else:
         log.warning("no %r split: cmvn.json not written", cfg.cmvn_split)
+    atomic_write_text(out / "features.json", json.dumps({"fbank": asdict(cfg.fbank), "dtype": cfg.dtype,
+                                                         "dim": cfg.fbank.num_mel_bins}, indent=1) + "\n")
     elapsed = time.time() - t_start
+    summary["fbank"] = asdict(cfg.fbank)
     summary["rejected"] = bad.counts()
     summary["seconds"] = round(elapsed, 2)
     if audio_seconds:
         summary["x_real_time"] = round(audio_seconds / elapsed, 1)
-    log.info("featurize: %s", bad.summary())
+    bad.out_file = None
+    log.info("featurize: %s%s", bad.summary(), f" (listed in {rej_dir}/<split>.jsonl)" if bad.rejected else "")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -10,30 +10,43 @@ A recipe is a YAML file (``pipelines/<name>/recipe.yaml``) listing stages in ord
       tokenizer: {kind: char}
 
 A stage's type is its ``type`` key, or else its name (so one stage type can appear under
-several names with different configs). Under ``torchrun`` every rank runs the runner: stages marked ``DISTRIBUTED`` (training) run on
-all ranks, the others on rank 0 while the rest wait; only rank 0 writes markers.
+several names with different configs). The whole recipe is checked before anything runs: every
+stage config (unknown keys, types, allowed values, cross-field rules), stage and recipe names
+(plain names only: they become folders), and every reference from one stage to another (a
+stage's ``upstream(cfg)``: it must name an *earlier* stage of a fitting type).
 
-Each stage writes ``exp/<recipe>/<stage>/``: its
-resolved ``config.yaml`` first, then its outputs, then a ``.done`` marker holding the
-stage's fingerprint (a hash of its config, the seed and every earlier stage's fingerprint).
+Each stage writes ``exp/<recipe>/<stage>/``: its resolved ``config.yaml`` first, then its
+outputs, then ``outputs.json`` and a ``.done`` marker. The stages form a graph, not a chain: a
+stage's fingerprint covers its type, config and the seed, the content of files it reads outside
+the experiment (``fingerprint_inputs``, e.g. the corpus spec or an imported manifest), and the
+fingerprints of the stages it reads, and nothing else. A rerun skips a stage whose fingerprint
+matches and whose inputs have not been rebuilt since (each ``.done`` holds a stamp of that run,
+and a stage records the stamps it read). A stage whose config or inputs changed reruns from an
+empty folder; an interrupted stage (no ``.done``, same config) reruns in place so resumable stages
+continue; a stage that finished with failures (e.g. utterances that failed to synthesize) is
+rerun in place next time, retrying just those; ``--force`` reruns from scratch.
 
-A stage module may define ``fingerprint_inputs(cfg)`` to fold the content of files it reads
-(e.g. the corpus spec) into its fingerprint. A rerun skips a stage whose ``.done`` fingerprint matches. A stage whose config (or an
-earlier stage) changed reruns from an empty folder; an interrupted stage (no ``.done``,
-same config) reruns in place so resumable stages continue; ``--force`` reruns from scratch.
+One run at a time per experiment folder: the runner holds an exclusive lock on
+``exp/<recipe>/.lock`` (naming its holder) for as long as it runs. Under ``torchrun`` every rank
+runs the runner: stages marked ``DISTRIBUTED`` (training) run on all ranks, the others on rank 0
+while the rest wait; only rank 0 takes the lock and writes markers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
+import sys
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speechkd.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from speechkd.config import ConfigError, apply_overrides, check_name, from_dict, load_yaml, save_yaml, to_dict
 from speechkd.stages import STAGE_TYPES, get_stage
 from speechkd.utils import atomic_write_text, seed_everything, stable_hash
 
@@ -42,17 +55,26 @@ log = logging.getLogger(__name__)
 RECIPE_KEYS = {"name", "seed", "exp_dir", "description", "stages"}
 
 
+class LockedError(RuntimeError):
+    """Another run holds the experiment folder."""
+
+
 @dataclass
 class StageContext:
-    """What a stage knows besides its config: where to write and where earlier stages wrote."""
+    """What a stage knows besides its config: where to write, and the earlier stages it may read."""
 
     recipe: str
     exp_dir: Path
     out_dir: Path
     seed: int
     repo_root: Path
+    recipe_dir: Path | None = None
+    reads: set[str] | None = None  # the stages this one declared (None: no restriction)
 
     def stage_dir(self, name: str) -> Path:
+        if self.reads is not None and name not in self.reads:
+            raise RuntimeError(f"stage {self.out_dir.name!r} read stage {name!r}, which its config does not name "
+                               f"(it names {sorted(self.reads)})")
         d = self.exp_dir / name
         if not (d / ".done").exists():
             raise RuntimeError(f"stage {name!r} has not finished ({d / '.done'} is missing); run it first")
@@ -65,6 +87,7 @@ class PlannedStage:
     type: str
     cfg: Any
     fingerprint: str
+    reads: list[str] = field(default_factory=list)
 
 
 def recipe_file(path: str | Path) -> Path:
@@ -72,11 +95,24 @@ def recipe_file(path: str | Path) -> Path:
     return p / "recipe.yaml" if p.is_dir() else p
 
 
+def _upstream(mod, cfg, where: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    if not hasattr(mod, "upstream"):
+        return []
+    try:
+        return list(mod.upstream(cfg))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[PlannedStage]]:
-    """Parse and validate a recipe (every stage config) without running anything."""
+    """Parse and check a whole recipe (every stage config and every stage reference) without running anything."""
     rf = recipe_file(path)
     data = load_yaml(rf)
-    stage_names = set((data.get("stages") or {}).keys())
+    raw_stages = data.get("stages")
+    if raw_stages is not None and not isinstance(raw_stages, dict):
+        raise ConfigError(f"{rf}: 'stages' must be a mapping of stage name -> config (got a "
+                          f"{type(raw_stages).__name__}); write 'corpus: {{...}}', not '- corpus: {{...}}'")
+    stage_names = set((raw_stages or {}).keys())
     fixed = []
     for ov in overrides or []:  # allow the short form `corpus.hours=0.1`
         head = ov.split("=", 1)[0].split(".", 1)[0]
@@ -89,38 +125,98 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
     if not isinstance(stages, dict) or not stages:
         raise ConfigError(f"{rf}: 'stages' must be a non-empty mapping of stage name -> config")
     seed = data.get("seed", 1234)
-    if not isinstance(seed, int):
-        raise ConfigError(f"{rf}: 'seed' must be an integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{rf}: 'seed' must be a non-negative integer, got {seed!r}")
+    name = data.setdefault("name", rf.resolve().parent.name)
+    check_name(name, f"{rf}: name", "recipe name")
     planned: list[PlannedStage] = []
-    upstream = ""
-    for name, raw in stages.items():
+    by_name: dict[str, PlannedStage] = {}
+    for sname, raw in stages.items():
+        where = f"{rf}: stages.{sname}"
+        check_name(str(sname), where, "stage name")
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping of config keys, got {type(raw).__name__} {raw!r}")
         raw = dict(raw or {})
-        stype = raw.pop("type", name)
+        stype = raw.pop("type", sname)
         if stype not in STAGE_TYPES:
-            raise ConfigError(f"{rf}: stages.{name}: unknown stage type {stype!r}; known: {sorted(STAGE_TYPES)}")
+            raise ConfigError(f"{where}: unknown stage type {stype!r}; known: {sorted(STAGE_TYPES)}")
         mod = get_stage(stype)
-        cfg = from_dict(mod.Config, raw, where=f"{rf}: stages.{name}")
-        extra = mod.fingerprint_inputs(cfg) if hasattr(mod, "fingerprint_inputs") else None
-        fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "upstream": upstream, "inputs": extra})
-        planned.append(PlannedStage(name, stype, cfg, fp))
-        upstream = fp
-    data.setdefault("name", rf.parent.name)
+        cfg = from_dict(mod.Config, raw, where=where)
+        reads: list[str] = []
+        for key, ref, types in _upstream(mod, cfg, where):
+            up = by_name.get(ref)
+            if up is None:
+                earlier = ", ".join(by_name) or "none"
+                raise ConfigError(f"{where}.{key}: {ref!r} is not an earlier stage of this recipe "
+                                  f"(earlier stages: {earlier})")
+            if up.type not in types:
+                raise ConfigError(f"{where}.{key}: stage {ref!r} is a {up.type!r} stage; expected "
+                                  f"{' or '.join(repr(t) for t in types)}")
+            if ref not in reads:
+                reads.append(ref)
+        extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
+        fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "inputs": extra,
+                          "upstream": {r: by_name[r].fingerprint for r in reads}})
+        st = PlannedStage(sname, stype, cfg, fp, reads)
+        planned.append(st)
+        by_name[sname] = st
     data["seed"] = seed
     return data, planned
 
 
-def _done_fingerprint(d: Path) -> str | None:
+def _marker(d: Path) -> dict[str, Any]:
     try:
-        return json.loads((d / ".done").read_text()).get("fingerprint")
+        m = json.loads((d / ".done").read_text())
+        return m if isinstance(m, dict) else {}
     except (OSError, json.JSONDecodeError):
-        return None
+        return {}
 
 
-def _started_fingerprint(d: Path) -> str | None:
+def _started(d: Path) -> tuple[str | None, dict | None]:
+    """Fingerprint and input stamps recorded when a stage started (its ``config.yaml``)."""
     try:
-        return (load_yaml(d / "config.yaml").get("_meta") or {}).get("fingerprint")
+        m = load_yaml(d / "config.yaml").get("_meta") or {}
+        return m.get("fingerprint"), m.get("inputs")
     except ConfigError:
-        return None
+        return None, None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+@contextmanager
+def exp_lock(exp_dir: Path):
+    """Hold an exclusive lock on ``exp_dir/.lock`` (released when the process ends, even on SIGKILL).
+    A second run into the same folder fails at once with a message naming the holder."""
+    import fcntl
+
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    path = exp_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode().split("\n")[0] or "{}")
+            except (ValueError, OSError):
+                holder = {}
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}: "
+                   f"{holder.get('command', '?')}")
+            raise LockedError(f"{exp_dir} is in use by another speechkd run ({who}); wait for it to finish, or "
+                              "give this run another --exp-root") from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:500]})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (info + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str | None = None, force: bool = False,
@@ -134,37 +230,62 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
             raise ConfigError(f"{opt} {val!r}: no such stage in {rf}; stages: {', '.join(names)}")
     i0 = names.index(from_stage) if from_stage else 0
     i1 = names.index(to_stage) if to_stage else len(names) - 1
-    repo_root = Path.cwd()
+    if i0 > i1:
+        raise ConfigError(f"--from {from_stage!r} comes after --to {to_stage!r} in {rf}; nothing to run "
+                          f"(stage order: {', '.join(names)})")
     exp_dir = Path(exp_root) / meta["name"] if exp_root else Path(meta.get("exp_dir") or f"exp/{meta['name']}")
-    exp_dir.mkdir(parents=True, exist_ok=True)
     rank = _init_distributed()
+    if rank == 0:
+        with exp_lock(exp_dir):
+            return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
+    return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
+
+
+def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: int, i1: int, force: bool,
+         rank: int) -> list[tuple[str, str]]:
     import torch
 
     threads = torch.get_num_threads()  # every stage starts with the process's thread count
     results = []
     for idx, st in enumerate(planned):
-        out = exp_dir / st.name
         if idx < i0:
             continue
         if idx > i1:
             break
-        done_fp = _done_fingerprint(out)
-        if not force and done_fp == st.fingerprint:
+        out = exp_dir / st.name
+        if not _inside(out, exp_dir) or out.resolve() == exp_dir.resolve():
+            raise ConfigError(f"stage {st.name!r}: its folder {out} is not inside {exp_dir}")
+        done = _marker(out)
+        inputs_now = {r: _marker(exp_dir / r).get("stamp") for r in st.reads}
+        same_config = done.get("fingerprint") == st.fingerprint
+        same_inputs = done.get("inputs", {}) == inputs_now
+        failures = int(done.get("failures", 0) or 0)
+        if not force and same_config and same_inputs and not failures:
             log.info("stage %s: up to date, skipping (%s)", st.name, out)
             results.append((st.name, "skipped"))
             continue
         if rank == 0:
-            if force or (done_fp is not None) or (out.exists() and _started_fingerprint(out) not in (None, st.fingerprint)):
+            started_fp, started_inputs = _started(out)
+            if force or (done and not (same_config and same_inputs)) or (
+                    out.exists() and started_fp is not None and (started_fp, started_inputs) != (st.fingerprint,
+                                                                                                 inputs_now)):
                 if out.exists():
-                    why = "--force" if force else "its config or an earlier stage changed"
+                    why = ("--force" if force else "its config changed" if not same_config else
+                           "a stage it reads was rebuilt" if done else "its config changed")
                     log.info("stage %s: rerunning from scratch (%s)", st.name, why)
                     shutil.rmtree(out)
+            elif failures:
+                log.info("stage %s: rerunning in place to retry its %d failure(s)", st.name, failures)
+            if (out / ".done").exists():
+                (out / ".done").unlink()
             out.mkdir(parents=True, exist_ok=True)
             save_yaml({**to_dict(st.cfg), "_meta": {"stage": st.name, "type": st.type, "recipe": str(rf),
-                                                     "seed": meta["seed"], "fingerprint": st.fingerprint}},
+                                                     "seed": meta["seed"], "fingerprint": st.fingerprint,
+                                                     "reads": st.reads, "inputs": inputs_now}},
                       out / "config.yaml")
         _barrier()
-        ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"], repo_root=repo_root)
+        ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"], repo_root=Path.cwd(),
+                           recipe_dir=rf.parent, reads=set(st.reads))
         seed_everything(meta["seed"])
         torch.set_num_threads(threads)
         mod = get_stage(st.type)
@@ -176,10 +297,20 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
         elapsed = time.time() - t0
         _barrier()
         if rank == 0:
-            atomic_write_text(out / "outputs.json", json.dumps(outputs, indent=1, default=str) + "\n")
-            atomic_write_text(out / ".done", json.dumps({"fingerprint": st.fingerprint, "seconds": round(elapsed, 2),
-                                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-            log.info("stage %s: done in %.1f s", st.name, elapsed)
+            failed = int(outputs.get("failures", 0) or 0) if isinstance(outputs, dict) else 0
+            text = json.dumps(outputs, indent=1, default=str) + "\n"
+            atomic_write_text(out / "outputs.json", text)
+            finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+            stamp = stable_hash({"fingerprint": st.fingerprint, "finished": finished, "t": time.time(),
+                                 "outputs": text})[:16]
+            atomic_write_text(out / ".done", json.dumps({"fingerprint": st.fingerprint, "stamp": stamp,
+                                                        "inputs": inputs_now, "failures": failed,
+                                                        "seconds": round(elapsed, 2), "finished": finished}) + "\n")
+            if failed:
+                log.warning("stage %s: done in %.1f s with %d failure(s) (see its outputs.json); the next run "
+                            "retries them", st.name, elapsed, failed)
+            else:
+                log.info("stage %s: done in %.1f s", st.name, elapsed)
         _barrier()
         results.append((st.name, "ran"))
     return results
@@ -187,8 +318,6 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
 
 def _init_distributed() -> int:
     """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on the CPU, nccl on CUDA."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0
     import torch

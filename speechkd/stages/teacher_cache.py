@@ -12,20 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
-import torch
 import torch.distributed as dist
 
-import speechkd.kernels as K
-from speechkd.config import field
+from speechkd.config import check_name, field, require
+from speechkd.data.dataset import FeatureDataset
 from speechkd.data.manifest import read_manifest, write_manifest
-from speechkd.distill.cache import CacheError, shard_ok, tokenizer_fingerprint, write_shard
+from speechkd.distill.cache import cache_entries, check_teachers, shard_ok, tokenizer_fingerprint, write_shard
+from speechkd.eval.decode import pick_device
+from speechkd.models.io import check_vocabulary, load_model
 from speechkd.text.tokenizer import load_tokenizer
-from speechkd.train.checkpoint import load_model
-from speechkd.train.data import BucketingSampler, FeatureDataset
-from speechkd.train.trainer import pick_device
 from speechkd.utils import atomic_write_text, progress
 
 log = logging.getLogger(__name__)
@@ -44,16 +41,23 @@ class Config:
     min_prob: float = field(1e-4, help="top-k entries below this probability are not stored")
     shard_size: int = field(500, help="utterances per shard")
     max_frames: int = field(40000, help="padded input frames per teacher batch")
-    device: str = field("auto", help="auto | cpu | cuda")
+    device: Literal["auto", "cpu", "cuda"] = field("auto", help="where the teachers run")
+
+    def __post_init__(self):
+        require(len(self.teachers) >= 1, "teachers", "name at least one teacher stage")
+        require(len(self.splits) >= 1, "splits", "name at least one split")
+        for i, s in enumerate(self.splits):
+            check_name(s, f"splits[{i}]", "split name")
+        require(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        require(1 <= self.nbest <= self.beam, "nbest", f"must be in [1, beam={self.beam}], got {self.nbest}")
+        require(0.0 <= self.min_prob < 1.0, "min_prob", f"must be in [0, 1), got {self.min_prob}")
+        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+        require(self.max_frames >= 1, "max_frames", f"must be >= 1, got {self.max_frames}")
 
 
-def teacher_log_probs(models, feats, lens) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average of the teachers' posteriors, as log-probs ``(B, T, V)``, and output lengths."""
-    outs = [m(feats, lens) for m in models]
-    if len(outs) == 1:
-        return outs[0]
-    lp = torch.stack([o[0] for o in outs]).logsumexp(0) - np.log(len(outs))
-    return lp, outs[0][1]
+def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [("featurize", cfg.featurize, ("featurize",))] + [
+        (f"teachers[{i}]", t, ("train", "distill")) for i, t in enumerate(cfg.teachers)]
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
@@ -62,18 +66,19 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     device = pick_device(cfg.device)
     tdirs = [ctx.stage_dir(t) for t in cfg.teachers]
     models = [load_model(d / "model.safetensors", device=device).eval() for d in tdirs]
-    stacks = {m.cfg.stack for m in models}
-    vocabs = {m.cfg.vocab_size for m in models}
-    if len(stacks) > 1 or len(vocabs) > 1:
-        raise CacheError(f"teachers {cfg.teachers} differ in frame rate {stacks} or vocabulary {vocabs}")
+    check_teachers(models, cfg.teachers)
     tok = load_tokenizer(tdirs[0])
+    for d, m in zip(tdirs, models):
+        check_vocabulary(m, tok, d / "model.safetensors")
     fdir = ctx.stage_dir(cfg.featurize)
     out = ctx.out_dir
-    V = vocabs.pop()
+    V = models[0].cfg.vocab_size
     summary: dict[str, Any] = {"splits": {}}
     total_bytes = dense_bytes = 0
     for split in cfg.splits:
         manifest = fdir / f"{split}.jsonl"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{manifest}: split {split!r} was not featurized")
         ds = FeatureDataset(manifest, tok)
         shard_dir = out / "shards" / split
         shard_dir.mkdir(parents=True, exist_ok=True)
@@ -85,23 +90,10 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         bar = progress(total=sum(len(chunks[si]) for si in todo), desc=f"cache {split}", unit="utt",
                        disable=rank != 0)
         for si in todo:
-            idx = chunks[si]
-            entries: dict[int, dict] = {}
-            sampler = BucketingSampler([ds.lengths[i] for i in idx], max(cfg.max_frames, max(ds.lengths)), seed=0,
-                                       shuffle=False)
-            for b in sampler.batches(0):
-                batch = ds.batch([idx[j] for j in b]).to(device)
-                with torch.no_grad():
-                    lp, ol = teacher_log_probs(models, batch.feats, batch.feat_lens)
-                lp, ol = lp.float().cpu(), ol.cpu()
-                probs, ids, _ = K.topk(lp, ol, cfg.k)
-                nb = K.prefix_beam_search(lp, ol, beam=cfg.beam, nbest=min(cfg.nbest, cfg.beam), blank=tok.blank_id)
-                for j, i in enumerate(b):
-                    n = int(ol[j])
-                    entries[i] = {"id": batch.ids[j], "probs": probs[j, :n].numpy(), "ids": ids[j, :n].numpy(),
-                                  "nbest": nb.hypotheses(j)}
-                bar.update(len(b))
-            write_shard(shard_dir / f"cache-{si:05d}.npz", [entries[i] for i in sorted(entries)], min_prob=cfg.min_prob)
+            entries = cache_entries(models, ds, chunks[si], k=cfg.k, beam=cfg.beam, nbest=cfg.nbest,
+                                    blank=tok.blank_id, max_frames=cfg.max_frames, device=device)
+            write_shard(shard_dir / f"cache-{si:05d}.npz", entries, min_prob=cfg.min_prob)
+            bar.update(len(chunks[si]))
         bar.close()
         if world > 1:
             dist.barrier()
@@ -119,14 +111,14 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                 si, e = index[u.id]
                 frames += e["frames"]
                 u.extra["cache"] = {"shard": f"shards/{split}/cache-{si:05d}.npz", "offset": e["offset"],
-                                    "frames": e["frames"]}
+                                    "frames": e["frames"], "nbest_offset": e["nbest_offset"], "nbest": e["nbest"]}
                 rows.append(u)
             write_manifest(rows, out / f"{split}.jsonl")
             dense_bytes += frames * V * 4
             summary["splits"][split] = {"utterances": len(rows), "frames": frames}
     if rank == 0:
         meta = {"vocab_size": V, "tokenizer": tokenizer_fingerprint(tok), "stack": models[0].cfg.stack,
-                "k": cfg.k, "nbest": cfg.nbest, "teachers": cfg.teachers}
+                "k": cfg.k, "nbest": cfg.nbest, "teachers": cfg.teachers, "splits": cfg.splits}
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=1) + "\n")
         summary.update(cache_bytes=total_bytes, dense_float32_bytes=dense_bytes,
                        compression=round(dense_bytes / max(total_bytes, 1), 2))

@@ -9,6 +9,7 @@ next to the model, and :func:`load_tokenizer` reads either back.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -146,16 +147,41 @@ def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int = 256,
     raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'sentencepiece'")
 
 
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    """16 hex digits identifying the symbol inventory (kind-independent: the ids are what matter)."""
+    return hashlib.sha256(json.dumps(tok.tokens()).encode()).hexdigest()[:16]
+
+
 def load_tokenizer(folder: str | Path) -> Tokenizer:
-    """Load what :meth:`Tokenizer.save` wrote into ``folder``."""
+    """Load what :meth:`Tokenizer.save` wrote into ``folder``; errors name the file and the problem."""
     folder = Path(folder)
     meta_path = folder / "tokenizer.json"
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"{meta_path}: cannot read tokenizer: {e}") from None
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{meta_path}: expected a JSON object with 'kind'")
     if meta.get("kind") == "char":
-        return CharTokenizer(meta["symbols"])
+        syms = meta.get("symbols")
+        if not isinstance(syms, list) or len(syms) < 2 or not all(isinstance(x, str) and x for x in syms) \
+                or len(set(syms)) != len(syms):
+            raise TokenizerError(f"{meta_path}: a char tokenizer needs 'symbols': a list of distinct non-empty "
+                                 f"strings, the blank {BLANK!r} first; got {syms!r:.200}")
+        try:
+            return CharTokenizer(syms)
+        except TokenizerError as e:
+            raise TokenizerError(f"{meta_path}: {e}") from None
     if meta.get("kind") == "sentencepiece":
-        return SentencePieceTokenizer((folder / meta["model"]).read_bytes())
-    raise TokenizerError(f"{meta_path}: unknown tokenizer kind {meta.get('kind')!r}")
+        name = meta.get("model")
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise TokenizerError(f"{meta_path}: 'model' must name the sentencepiece file beside it, got {name!r}")
+        try:
+            return SentencePieceTokenizer((folder / name).read_bytes())
+        except OSError as e:
+            raise TokenizerError(f"{folder / name}: cannot read sentencepiece model: {e.strerror}") from None
+        except TokenizerError as e:
+            raise TokenizerError(f"{folder / name}: {e}") from None
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError on a corrupt model
+            raise TokenizerError(f"{folder / name}: not a sentencepiece model ({str(e)[:200]})") from None
+    raise TokenizerError(f"{meta_path}: unknown tokenizer kind {meta.get('kind')!r}; expected 'char' or 'sentencepiece'")

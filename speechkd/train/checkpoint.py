@@ -13,85 +13,44 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from speechkd.config import ConfigError, from_dict
-from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, build_model
+from speechkd.models.io import CheckpointError, load_model, read_tensors, read_weights, save_tensors, save_weights
+from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig
+from speechkd.utils import default_mode
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_train_state", "list_checkpoints", "prune", "average_weights",
+           "save_weights", "read_weights", "load_model", "save_tensors", "read_tensors"]
 
 
-class CheckpointError(ValueError):
-    pass
-
-
-def save_weights(model: LSTMCTC, path: str | Path) -> None:
-    """Weights as safetensors with the model config in the metadata (atomic)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"model_config": json.dumps(asdict(model.cfg)), "format": "speechkd-lstm-ctc"})
-    os.replace(tmp, path)
-
-
-def read_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint weights not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
-    if "model_config" not in meta:
-        raise CheckpointError(f"{path}: not a speechkd model (no model_config in the safetensors metadata)")
-    try:
-        cfg = from_dict(ModelConfig, json.loads(meta["model_config"]), where=f"{path}: model_config")
-    except (ConfigError, json.JSONDecodeError) as e:
-        raise CheckpointError(str(e)) from None
-    return cfg, tensors
-
-
-def load_model(path: str | Path, *, expect: ModelConfig | None = None, device: str | torch.device = "cpu") -> LSTMCTC:
-    """Build the model from a weights file's stored config and load the weights.
-
-    With ``expect``, a checkpoint of another architecture is an error naming the file and the
-    differing fields."""
-    cfg, tensors = read_weights(path)
-    if expect is not None and cfg != expect:
-        diff = {k: (v, getattr(cfg, k)) for k, v in asdict(expect).items() if getattr(cfg, k) != v}
-        raise CheckpointError(f"{path}: checkpoint is another architecture: "
-                              + ", ".join(f"{k}: expected {a!r}, file has {b!r}" for k, (a, b) in diff.items()))
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the stored model config: {str(e)[:300]}") from None
-    return model.to(device)
-
-
-def save_checkpoint(folder: str | Path, model: LSTMCTC, train_state: dict[str, Any], config: dict[str, Any]) -> Path:
-    """Write ``folder`` atomically (temp folder + rename)."""
+def save_checkpoint(folder: str | Path, model: LSTMCTC, train_state: dict[str, Any], config: dict[str, Any],
+                    heads: torch.nn.Module | None = None) -> Path:
+    """Write ``folder`` atomically (temp folder + rename). ``heads``: modules trained beside the model
+    (KD projection heads), saved apart in ``heads.safetensors`` so they never enter the model's weights.
+    A failure (disk full, ...) is a :class:`CheckpointError` naming the folder; the last complete
+    checkpoint stays."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))
         save_weights(model, tmp / "model.safetensors")
+        if heads is not None:
+            save_tensors(heads.state_dict(), tmp / "heads.safetensors", {"format": "speechkd-kd-heads"})
         torch.save(train_state, tmp / "train_state.pt")
         (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, CheckpointError):
+            raise CheckpointError(f"{folder}: cannot write checkpoint: {e}") from None
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as RuntimeError
+            raise CheckpointError(f"{folder}: cannot write checkpoint: {str(e)[:300]}") from None
         raise
     return folder
 

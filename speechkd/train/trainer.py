@@ -1,11 +1,15 @@
 """One training loop for every LSTM-CTC model (teachers, baselines, students).
 
 AdamW with linear warm-up and cosine decay, gradient clipping, a guard that skips
-non-finite losses (and counts them), SpecAugment, dev greedy CER/WER every epoch, a
-metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA is chosen
-automatically. Checkpoints every ``checkpoint_every`` steps and at every epoch end make
-resume exact: after SIGKILL, a rerun continues from the last checkpoint and, on the CPU,
-ends with the same weights as an uninterrupted run.
+non-finite losses (and counts them), SpecAugment (on the model's device), dev greedy CER/WER
+every epoch, a metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA
+is chosen automatically. Checkpoints every ``checkpoint_every`` steps and at every epoch end make
+resume exact: after SIGKILL, a rerun continues from the last checkpoint and, on the CPU, ends
+with the same weights as an uninterrupted run.
+
+The loss is an :class:`Objective`: plain CTC by default; distillation passes its own, which may
+carry ``heads`` (e.g. a FitNets projection) that are trained and checkpointed beside the model
+but never written into its deployable weights.
 
 Under ``torchrun`` (a process group is initialised by the caller), the model is wrapped in
 DistributedDataParallel, each rank trains on its share of the batches, and rank 0 evaluates
@@ -19,20 +23,21 @@ import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from speechkd.config import field
-from speechkd.eval.scoring import greedy_decode, score
+from speechkd.config import field, require
+from speechkd.data.dataset import Batch, FeatureDataset
+from speechkd.data.sampler import BucketingSampler
+from speechkd.eval.decode import evaluate, pick_device
 from speechkd.features.specaug import spec_augment
 from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, count_parameters
 from speechkd.train import checkpoint as ck
-from speechkd.train.data import Batch, BucketingSampler, FeatureDataset
 from speechkd.utils import atomic_write_text, progress
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,13 @@ class OptimConfig:
     min_lr_ratio: float = field(0.05, help="cosine decay floor, as a fraction of lr")
     grad_clip: float = field(5.0, help="gradient norm clip (0 = off)")
 
+    def __post_init__(self):
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+
 
 @dataclass
 class TrainConfig:
@@ -58,17 +70,67 @@ class TrainConfig:
     keep_last: int = field(2, help="resume checkpoints kept")
     average_last: int = field(3, help="final model = average of the last k epoch weights (1 = last)")
     dev_limit: int = field(0, help="score only the first N dev utterances each epoch (0 = all)")
-    device: str = field("auto", help="auto | cpu | cuda")
+    device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to train")
     threads: int = field(0, help="torch CPU threads (0 = torch default)")
     max_steps: int = field(0, help="stop after this many steps in total (0 = no limit)")
 
+    def __post_init__(self):
+        for k in ("epochs", "max_frames", "keep_last", "average_last"):
+            require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        for k in ("checkpoint_every", "dev_limit", "threads", "max_steps"):
+            require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if dist.is_initialized() and torch.cuda.is_available():
-            return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+
+@dataclass
+class Forward:
+    """What the model produced for a batch: ``log_probs (B, T', V)``, ``lengths (B,)`` in output
+    frames and, when the objective asks for it, the last LSTM layer ``hidden (B, T', dim)``."""
+
+    log_probs: torch.Tensor
+    lengths: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+def ctc_loss(log_probs: torch.Tensor, out_lens: torch.Tensor, batch: Batch, blank: int = 0) -> torch.Tensor:
+    """Mean over the batch of per-utterance CTC loss divided by target length (torch's 'mean')."""
+    return F.ctc_loss(log_probs.transpose(0, 1), batch.targets, out_lens, batch.target_lens, blank=blank,
+                      reduction="mean", zero_infinity=True)
+
+
+class Objective:
+    """A training loss. Subclasses set ``needs_hidden`` (the trainer then returns hidden states
+    from the same forward pass) and ``heads`` (modules trained beside the model, never part of it)."""
+
+    needs_hidden: bool = False
+    heads: torch.nn.Module | None = None
+
+    def __init__(self, blank: int = 0):
+        self.blank = blank
+
+    def __call__(self, batch: Batch, fwd: Forward) -> torch.Tensor:
+        return ctc_loss(fwd.log_probs, fwd.lengths, batch, self.blank)
+
+
+class FunctionObjective(Objective):
+    """Wraps ``fn(model, batch, log_probs, out_lens)`` (the older loss-function form)."""
+
+    def __init__(self, fn: Callable, model: LSTMCTC):
+        self.fn, self.model = fn, model
+
+    def __call__(self, batch: Batch, fwd: Forward) -> torch.Tensor:
+        return self.fn(self.model, batch, fwd.log_probs, fwd.lengths)
+
+
+class _WithHeads(torch.nn.Module):
+    """The unit DDP wraps and the optimizer updates: the model plus the objective's heads."""
+
+    def __init__(self, model: LSTMCTC, heads: torch.nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.heads = heads
+
+    def forward(self, feats, lens, return_hidden: bool = False):
+        return self.model(feats, lens, return_hidden=return_hidden)
 
 
 def lr_lambda(total_steps: int, warmup: int, floor: float) -> Callable[[int], float]:
@@ -79,26 +141,6 @@ def lr_lambda(total_steps: int, warmup: int, floor: float) -> Callable[[int], fl
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog))
 
     return f
-
-
-@torch.no_grad()
-def evaluate(model: LSTMCTC, ds: FeatureDataset, tokenizer, device, max_frames: int, limit: int = 0) -> dict[str, Any]:
-    """Greedy CER/WER (percent) on ``ds``; returns the score dict plus ``ids``/``hyps``."""
-    model.eval()
-    idx = list(range(len(ds) if not limit else min(limit, len(ds))))
-    idx.sort(key=lambda i: ds.lengths[i])
-    ids, refs, hyps = [], [], []
-    sampler = BucketingSampler([ds.lengths[i] for i in idx], max(max_frames, max(ds.lengths)), seed=0, shuffle=False)
-    for b in sampler.batches(0):
-        batch = ds.batch([idx[j] for j in b]).to(device)
-        lp, ol = model(batch.feats, batch.feat_lens)
-        for uid, text, seq in zip(batch.ids, batch.texts, greedy_decode(lp, ol, tokenizer.blank_id)):
-            ids.append(uid)
-            refs.append(text)
-            hyps.append(tokenizer.decode(seq))
-    out = score(refs, hyps)
-    out.update(ids=ids, refs=refs, hyps=hyps)
-    return out
 
 
 def _rng_state() -> dict[str, Any]:
@@ -114,170 +156,233 @@ def _set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def ctc_loss(log_probs: torch.Tensor, out_lens: torch.Tensor, batch: Batch, blank: int = 0) -> torch.Tensor:
-    """Mean over the batch of per-utterance CTC loss divided by target length (torch's 'mean')."""
-    return F.ctc_loss(log_probs.transpose(0, 1), batch.targets, out_lens, batch.target_lens, blank=blank,
-                      reduction="mean", zero_infinity=True)
+@dataclass
+class TrainState:
+    """Everything about a run's progress that a checkpoint must hold besides weights and optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    skipped: int = 0
+    history: list[dict[str, Any]] = dc_field(default_factory=list)
+    best: dict[str, Any] = dc_field(default_factory=lambda: {"cer": float("inf")})
+    # this epoch's running counters (continue across a resume within the epoch)
+    utt: int = 0
+    sec: float = 0.0
+    loss_sum: float = 0.0
+    n_loss: int = 0
+    elapsed: float = 0.0
+    t0: float = dc_field(default_factory=time.time)
+
+    def start_epoch(self) -> None:
+        self.t0 = time.time() - self.elapsed
+
+    def reset_counters(self) -> None:
+        self.utt, self.sec, self.loss_sum, self.n_loss, self.elapsed = 0, 0.0, 0.0, 0, 0.0
+        self.t0 = time.time()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "skipped": self.skipped, "history": self.history,
+                "best": self.best, "running": {"utt": self.utt, "sec": self.sec, "loss_sum": self.loss_sum,
+                                               "n_loss": self.n_loss, "elapsed": time.time() - self.t0}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        r = d.get("running", {})
+        return cls(step=int(d["step"]), epoch=int(d["epoch"]), skipped=int(d["skipped"]), history=list(d["history"]),
+                   best=dict(d["best"]), utt=int(r.get("utt", 0)), sec=float(r.get("sec", 0.0)),
+                   loss_sum=float(r.get("loss_sum", 0.0)), n_loss=int(r.get("n_loss", 0)),
+                   elapsed=float(r.get("elapsed", 0.0)))
 
 
-LossFn = Callable[[LSTMCTC, Batch, torch.Tensor, torch.Tensor], torch.Tensor]
+class Trainer:
+    """One training run: built from a config, resumed from its newest checkpoint, then :meth:`fit`."""
+
+    def __init__(self, cfg: TrainConfig, model: LSTMCTC, train_ds: FeatureDataset, dev_ds: FeatureDataset, tokenizer,
+                 out_dir: str | Path, *, seed: int, objective: Objective | None = None):
+        self.cfg, self.model, self.train_ds, self.dev_ds, self.tok = cfg, model, train_ds, dev_ds, tokenizer
+        self.out_dir = Path(out_dir)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = pick_device(cfg.device)
+        self.objective = objective or Objective(tokenizer.blank_id)
+        self.unit = _WithHeads(model, self.objective.heads).to(self.device)
+        self.net: torch.nn.Module = self.unit
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.unit, device_ids=ids)
+        self.sampler = BucketingSampler(train_ds.lengths, cfg.max_frames, seed=seed, rank=self.rank,
+                                        world_size=self.world)
+        self.steps_per_epoch = len(self.sampler.batches(0))
+        total = self.steps_per_epoch * cfg.epochs
+        self.total_steps = min(cfg.max_steps, total) if cfg.max_steps else total
+        self.opt = torch.optim.AdamW(self.unit.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
+        self.gen = torch.Generator().manual_seed(seed + 1000 * self.rank)  # SpecAugment draws
+        self.state = TrainState()
+        self.run_cfg = {"train": asdict(cfg), "seed": seed, "world_size": self.world}
+        self.ckpt_dir, self.epoch_dir = self.out_dir / "checkpoints", self.out_dir / "epochs"
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def resume(self) -> bool:
+        existing = ck.list_checkpoints(self.ckpt_dir)
+        if not existing:
+            return False
+        last = existing[-1]
+        self.model.load_state_dict(ck.read_weights(last / "model.safetensors")[1])
+        if self.objective.heads is not None:
+            self.objective.heads.load_state_dict(ck.read_tensors(last / "heads.safetensors")[1])
+        st = ck.load_train_state(last)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.sampler.load_state_dict(st["sampler"])
+        _set_rng_state(st["rng"])
+        self.gen.set_state(st["specaug_rng"])
+        self.state = TrainState.from_dict(st)
+        if self.rank == 0:
+            log.info("resuming from %s (epoch %d, step %d)", last, self.state.epoch, self.state.step)
+        return True
+
+    def save(self, epoch: int) -> None:
+        if self.rank != 0:
+            return
+        self.state.epoch = epoch
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "sampler": self.sampler.state_dict(), "rng": _rng_state(), "specaug_rng": self.gen.get_state(),
+                 **self.state.to_dict()}
+        ck.save_checkpoint(self.ckpt_dir / f"ckpt-{self.state.step:08d}", self.model, state, self.run_cfg,
+                           heads=self.objective.heads)
+        ck.prune(self.ckpt_dir, self.cfg.keep_last)
+
+    # -- one step and one epoch ----------------------------------------------------------------
+    def step(self, b: list[int]) -> None:
+        cfg, st = self.cfg, self.state
+        batch = self.train_ds.batch(b).to(self.device)
+        feats = batch.feats
+        if cfg.specaug:
+            feats = spec_augment(feats, batch.feat_lens, generator=self.gen)
+        out = self.net(feats, batch.feat_lens, return_hidden=self.objective.needs_hidden)
+        loss = self.objective(batch, Forward(*out))
+        finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        self.opt.zero_grad(set_to_none=True)
+        if finite.item() > 0:
+            loss.backward()
+            ok = True
+            if cfg.optim.grad_clip:
+                gn = torch.nn.utils.clip_grad_norm_(self.unit.parameters(), cfg.optim.grad_clip)
+                ok = bool(torch.isfinite(gn))
+            if ok:
+                self.opt.step()
+            else:
+                self.opt.zero_grad(set_to_none=True)
+                st.skipped += 1
+            st.loss_sum += float(loss.detach())
+            st.n_loss += 1
+        else:
+            st.skipped += 1
+            log.warning("step %d: non-finite loss, skipped (%d so far)", st.step, st.skipped)
+        self.sched.step()
+        st.step += 1
+        st.utt += len(batch.ids)
+        st.sec += batch.seconds
+
+    def end_epoch(self, epoch: int) -> None:
+        """Dev scoring, the metrics row, epoch weights and keep-best (rank 0)."""
+        st, cfg = self.state, self.cfg
+        elapsed = time.time() - st.t0
+        counts = torch.tensor([st.utt, st.sec, st.loss_sum, st.n_loss], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(counts)
+        if self.rank != 0:
+            return
+        ev = evaluate(self.model, self.dev_ds, self.tok, self.device, cfg.max_frames, cfg.dev_limit)
+        row = {"epoch": epoch + 1, "step": st.step, "train_loss": round(float(counts[2] / max(counts[3], 1)), 4),
+               "dev_cer": ev["cer"], "dev_wer": ev["wer"], "lr": f"{self.sched.get_last_lr()[0]:.3e}",
+               "utt_per_s": round(float(counts[0]) / elapsed, 2),
+               "audio_s_per_s": round(float(counts[1]) / elapsed, 1), "epoch_seconds": round(elapsed, 1),
+               "skipped_steps": st.skipped}
+        st.history.append(row)
+        log.info("epoch %d: loss %.3f, dev CER %.2f%% WER %.2f%%, %.0f s audio/s", epoch + 1, row["train_loss"],
+                 ev["cer"], ev["wer"], row["audio_s_per_s"])
+        ck.save_weights(self.model, self.epoch_dir / f"epoch-{epoch + 1:03d}.safetensors")
+        for old in sorted(self.epoch_dir.glob("epoch-*.safetensors"))[:-cfg.average_last]:
+            old.unlink()
+        if ev["cer"] < st.best["cer"]:
+            st.best = {"cer": ev["cer"], "wer": ev["wer"], "epoch": epoch + 1}
+            ck.save_weights(self.model, self.out_dir / "best.safetensors")
+        _write_csv(self.out_dir / "metrics.csv", st.history)
+
+    def fit(self) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        if self.rank == 0:
+            log.info("training %s: %d parameters, %d steps/epoch, device %s, world %d",
+                     "BiLSTM" if self.model.cfg.bidirectional else "LSTM", count_parameters(self.model),
+                     self.steps_per_epoch, self.device, self.world)
+        stop = False
+        for epoch in range(st.epoch, cfg.epochs):
+            if self.sampler.epoch != epoch:
+                self.sampler.set_epoch(epoch)
+            self.net.train()
+            st.start_epoch()
+            bar = progress(total=self.steps_per_epoch, initial=self.sampler.position,
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=self.rank != 0)
+            for b in self.sampler:
+                self.step(b)
+                bar.update(1)
+                if st.n_loss:
+                    bar.set_postfix(loss=f"{st.loss_sum / st.n_loss:.3f}", refresh=False)
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                    self.save(epoch)
+                if cfg.max_steps and st.step >= cfg.max_steps:
+                    stop = True
+                    break
+            bar.close()
+            self.end_epoch(epoch)
+            self.sampler.set_epoch(epoch + 1)
+            st.reset_counters()
+            self.save(epoch + 1)
+            if self.world > 1:
+                dist.barrier()
+            if stop:
+                break
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Average the last epochs into ``model.safetensors`` and score it (rank 0)."""
+        st = self.state
+        summary: dict[str, Any] = {"parameters": count_parameters(self.model), "steps": st.step,
+                                   "skipped_steps": st.skipped, "best": st.best, "epochs_run": len(st.history)}
+        if self.rank != 0:
+            return summary
+        eps = sorted(self.epoch_dir.glob("epoch-*.safetensors"))[-self.cfg.average_last:]
+        _, avg = ck.average_weights(eps)
+        self.model.load_state_dict(avg)
+        ck.save_weights(self.model, self.out_dir / "model.safetensors")
+        ev = evaluate(self.model, self.dev_ds, self.tok, self.device, self.cfg.max_frames, self.cfg.dev_limit)
+        summary["final"] = {"dev_cer": ev["cer"], "dev_wer": ev["wer"], "averaged": [p.name for p in eps]}
+        if st.history:
+            summary["audio_s_per_s"] = round(sum(h["audio_s_per_s"] for h in st.history) / len(st.history), 1)
+            summary["utt_per_s"] = round(sum(h["utt_per_s"] for h in st.history) / len(st.history), 2)
+        return summary
 
 
 def train(cfg: TrainConfig, model: LSTMCTC, train_ds: FeatureDataset, dev_ds: FeatureDataset, tokenizer,
-          out_dir: str | Path, *, seed: int, loss_fn: LossFn | None = None) -> dict[str, Any]:
+          out_dir: str | Path, *, seed: int, objective: Objective | None = None,
+          loss_fn: Callable | None = None) -> dict[str, Any]:
     """Train ``model`` and write ``out_dir/{model,best}.safetensors``, ``metrics.csv``, ``checkpoints/``.
 
-    ``loss_fn(model, batch, log_probs, out_lens)`` replaces plain CTC (used by distillation).
+    ``objective`` replaces plain CTC (distillation); ``loss_fn(model, batch, log_probs, out_lens)`` is
+    the same as a plain function. Resumes from the newest checkpoint in ``out_dir`` if there is one.
     Returns a summary (best dev CER/WER, throughput, parameters, skipped steps)."""
-    out_dir = Path(out_dir)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    model.to(device)
-    net: torch.nn.Module = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = BucketingSampler(train_ds.lengths, cfg.max_frames, seed=seed, rank=rank, world_size=world)
-    steps_per_epoch = len(sampler.batches(0))
-    total = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
-    gen = torch.Generator().manual_seed(seed + 1000 * rank)
-    loss_fn = loss_fn or (lambda m, b, lp, ol: ctc_loss(lp, ol, b, tokenizer.blank_id))
-    ckpt_dir, epoch_dir = out_dir / "checkpoints", out_dir / "epochs"
-    step, start_epoch, skipped = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    running = {"utt": 0, "sec": 0.0, "loss_sum": 0.0, "n_loss": 0, "elapsed": 0.0}  # this epoch so far
-    best: dict[str, Any] = {"cer": float("inf")}
-    run_cfg = {"train": asdict(cfg), "seed": seed, "world_size": world}
-
-    existing = ck.list_checkpoints(ckpt_dir)
-    if existing:
-        last = existing[-1]
-        model.load_state_dict(ck.read_weights(last / "model.safetensors")[1])
-        st = ck.load_train_state(last)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        sampler.load_state_dict(st["sampler"])
-        _set_rng_state(st["rng"])
-        gen.set_state(st["specaug_rng"])
-        step, start_epoch, skipped = int(st["step"]), int(st["epoch"]), int(st["skipped"])
-        history, best = list(st["history"]), dict(st["best"])
-        running = dict(st.get("running", running))
-        if rank == 0:
-            log.info("resuming from %s (epoch %d, step %d)", last, start_epoch, step)
-
-    n_utt, n_sec, loss_sum, n_loss, t0 = 0, 0.0, 0.0, 0, time.time()
-
-    def save(epoch: int) -> None:
-        if rank != 0:
-            return
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "sampler": sampler.state_dict(),
-                 "rng": _rng_state(), "specaug_rng": gen.get_state(), "step": step, "epoch": epoch,
-                 "skipped": skipped, "history": history, "best": best,
-                 "running": {"utt": n_utt, "sec": n_sec, "loss_sum": loss_sum, "n_loss": n_loss,
-                             "elapsed": time.time() - t0}}
-        ck.save_checkpoint(ckpt_dir / f"ckpt-{step:08d}", model, state, run_cfg)
-        ck.prune(ckpt_dir, cfg.keep_last)
-
-    if rank == 0:
-        log.info("training %s: %d parameters, %d steps/epoch, device %s, world %d", "BiLSTM" if model.cfg.bidirectional
-                 else "LSTM", count_parameters(model), steps_per_epoch, device, world)
-    stop = False
-    for epoch in range(start_epoch, cfg.epochs):
-        if sampler.epoch != epoch:
-            sampler.set_epoch(epoch)
-        net.train()
-        # counters continue across a resume within the epoch
-        n_utt, n_sec, loss_sum, n_loss = running["utt"], running["sec"], running["loss_sum"], running["n_loss"]
-        t0 = time.time() - running["elapsed"]
-        running = {"utt": 0, "sec": 0.0, "loss_sum": 0.0, "n_loss": 0, "elapsed": 0.0}
-        bar = progress(total=steps_per_epoch, initial=sampler.position, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=rank != 0)
-        for b in sampler:
-            batch = train_ds.batch(b).to(device)
-            feats = batch.feats
-            if cfg.specaug:
-                feats = spec_augment(feats.cpu(), batch.feat_lens.cpu(), generator=gen).to(device)
-            lp, ol = net(feats, batch.feat_lens)
-            loss = loss_fn(model, batch, lp, ol)
-            finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0], device=device)
-            if world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            opt.zero_grad(set_to_none=True)
-            if finite.item() > 0:
-                loss.backward()
-                if cfg.optim.grad_clip:
-                    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                    if not torch.isfinite(gn):
-                        opt.zero_grad(set_to_none=True)
-                        skipped += 1
-                    else:
-                        opt.step()
-                else:
-                    opt.step()
-                loss_sum += float(loss.detach())
-                n_loss += 1
-            else:
-                skipped += 1
-                log.warning("step %d: non-finite loss, skipped (%d so far)", step, skipped)
-            sched.step()
-            step += 1
-            n_utt += len(batch.ids)
-            n_sec += batch.seconds
-            bar.update(1)
-            if n_loss:
-                bar.set_postfix(loss=f"{loss_sum / n_loss:.3f}", refresh=False)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save(epoch)
-            if cfg.max_steps and step >= cfg.max_steps:
-                stop = True
-                break
-        bar.close()
-        elapsed = time.time() - t0
-        counts = torch.tensor([n_utt, n_sec, loss_sum, n_loss], dtype=torch.float64, device=device)
-        if world > 1:
-            dist.all_reduce(counts)
-        if rank == 0:
-            ev = evaluate(model, dev_ds, tokenizer, device, cfg.max_frames, cfg.dev_limit)
-            row = {"epoch": epoch + 1, "step": step, "train_loss": round(float(counts[2] / max(counts[3], 1)), 4),
-                   "dev_cer": ev["cer"], "dev_wer": ev["wer"], "lr": f"{sched.get_last_lr()[0]:.3e}",
-                   "utt_per_s": round(float(counts[0]) / elapsed, 2),
-                   "audio_s_per_s": round(float(counts[1]) / elapsed, 1), "epoch_seconds": round(elapsed, 1),
-                   "skipped_steps": skipped}
-            history.append(row)
-            log.info("epoch %d: loss %.3f, dev CER %.2f%% WER %.2f%%, %.0f s audio/s", epoch + 1, row["train_loss"],
-                     ev["cer"], ev["wer"], row["audio_s_per_s"])
-            ck.save_weights(model, epoch_dir / f"epoch-{epoch + 1:03d}.safetensors")
-            for old in sorted(epoch_dir.glob("epoch-*.safetensors"))[:-max(cfg.average_last, 1)]:
-                old.unlink()
-            if ev["cer"] < best["cer"]:
-                best = {"cer": ev["cer"], "wer": ev["wer"], "epoch": epoch + 1}
-                ck.save_weights(model, out_dir / "best.safetensors")
-            _write_csv(out_dir / "metrics.csv", history)
-        sampler.set_epoch(epoch + 1)
-        n_utt, n_sec, loss_sum, n_loss, t0 = 0, 0.0, 0.0, 0, time.time()
-        save(epoch + 1)
-        if world > 1:
-            dist.barrier()
-        if stop:
-            break
-
-    summary: dict[str, Any] = {"parameters": count_parameters(model), "steps": step, "skipped_steps": skipped,
-                               "best": best, "epochs_run": len(history)}
-    if rank == 0:
-        eps = sorted(epoch_dir.glob("epoch-*.safetensors"))[-max(cfg.average_last, 1):]
-        mcfg, avg = ck.average_weights(eps)
-        model.load_state_dict(avg)
-        ck.save_weights(model, out_dir / "model.safetensors")
-        ev = evaluate(model, dev_ds, tokenizer, device, cfg.max_frames, cfg.dev_limit)
-        summary["final"] = {"dev_cer": ev["cer"], "dev_wer": ev["wer"], "averaged": [p.name for p in eps]}
-        if history:
-            summary["audio_s_per_s"] = round(sum(h["audio_s_per_s"] for h in history) / len(history), 1)
-            summary["utt_per_s"] = round(sum(h["utt_per_s"] for h in history) / len(history), 2)
-    return summary
+    if loss_fn is not None:
+        objective = FunctionObjective(loss_fn, model)
+    t = Trainer(cfg, model, train_ds, dev_ds, tokenizer, out_dir, seed=seed, objective=objective)
+    t.resume()
+    return t.fit()
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -66,7 +66,7 @@ def test_nemo(tmp_path):
     utts = import_nemo(src, out)
     assert len(utts) == 1 and utts[0].text == "hello world" and utts[0].extra["lang"] == "en"
     assert utts[0].extra["raw_text"] == "Hello, world."
-    rejected = [json.loads(l) for l in (tmp_path / "out" / "m.jsonl.rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(l) for l in (tmp_path / "out" / "rejected" / "m.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in rejected] == ["missing"]
 
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from speechkd.data.manifest import Utterance, write_manifest
 from speechkd.distill.cache import CacheError, TeacherCache, shard_ok, write_shard
 from speechkd.stages.runner import run_recipe
 from tests.conftest import REPO
@@ -49,8 +50,13 @@ def test_shard_round_trip(tmp_path):
         entries.append({"id": f"u{u}", "probs": probs, "ids": order.astype(np.uint8),
                         "nbest": [([1, 2, u], -1.5), ([3], -2.0)]})
     d = tmp_path / "c"
-    write_shard(d / "shards" / "train" / "cache-00000.npz", entries, min_prob=0.05)
-    (d / "meta.json").write_text(json.dumps({"vocab_size": 4, "tokenizer": "x", "stack": 3, "k": 4}))
+    index = write_shard(d / "shards" / "train" / "cache-00000.npz", entries, min_prob=0.05)
+    rows = [Utterance(id=u["id"], audio_filepath="x.wav", duration=1.0, text="a",
+                      extra={"cache": {"shard": "shards/train/cache-00000.npz", **{k: u[k] for k in
+                             ("offset", "frames", "nbest_offset", "nbest")}}}) for u in index["utts"]]
+    write_manifest(rows, d / "train.jsonl")
+    (d / "meta.json").write_text(json.dumps({"vocab_size": 4, "tokenizer": "x", "stack": 3, "k": 4,
+                                             "splits": ["train"]}))
     c = TeacherCache(d)
     for e in entries:
         got = c.get(e["id"])
@@ -99,7 +105,7 @@ def test_cache_mismatch_errors(kd_exp):
     cache = TeacherCache(d / "teacher_cache")
     manifest = d / "featurize" / "train.jsonl"
     cache.check(manifest, CharTokenizer(), 3)
-    with pytest.raises(CacheError, match="frame rate is 30 ms"):
+    with pytest.raises(CacheError, match="frame rate is stack 3"):
         cache.check(manifest, CharTokenizer(), 4)
     spm = train_tokenizer("sentencepiece", ["hello world there"] * 20, vocab_size=20)
     with pytest.raises(CacheError, match="another vocabulary"):

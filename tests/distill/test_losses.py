@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from speechkd.distill import losses as L
+from speechkd.distill.timing import delay_topk
 
 
 def _lp(rows):
@@ -45,7 +46,7 @@ def test_shift_and_window():
     probs = torch.tensor([[[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [1.0, 0.0]]])
     ids = torch.tensor([[[2, 0], [1, 0], [3, 0], [0, 0]]])
     lens = torch.tensor([3])
-    p, i = L.shift_topk(probs, ids, lens, 1)
+    p, i = delay_topk(probs, ids, lens, 1)
     assert i[0, :, 0].tolist() == [0, 2, 1, 0] and p[0, 0].tolist() == [1.0, 0.0]
     assert p[0, 1].tolist() == probs[0, 0].tolist()
     # a student that equals the teacher one frame later: window 1 finds KL 0 on the valid frames it can match
@@ -55,7 +56,7 @@ def test_shift_and_window():
     w = L.window_kd(student, probs, ids, lens, window=1)
     f = L.frame_kd(student, probs, ids, lens)
     assert float(w) < float(f)
-    assert float(L.frame_kd(student, *L.shift_topk(probs, ids, lens, 1), lens)) < 0.5
+    assert float(L.frame_kd(student, *delay_topk(probs, ids, lens, 1), lens)) < 0.5
 
 
 def test_nbest_ctc_weights_and_one_best():

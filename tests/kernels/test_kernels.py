@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import speechkd.kernels as K
+from speechkd.distill.timing import delay_log_probs, median_delay
 from speechkd.eval.scoring import greedy_decode
 
 BACKENDS = ["cpu", "cuda"]
@@ -221,14 +222,15 @@ def test_spikes_delay_and_shift():
         for t in sorted(rng.choice(np.arange(5, 100), 12, replace=False)):
             lp[b, t] = math.log(0.02 / (V - 1))
             lp[b, t, rng.integers(1, V)] = math.log(0.98)
-    late = K.shift_posteriors(lp, 3)
-    d, deltas = K.estimate_delay(lp, late)
-    assert d == 3 and (deltas == 3).all() and len(deltas) >= 30
-    back = K.shift_posteriors(late, -3)
+    full = torch.full((B,), T)
+    late = delay_log_probs(torch.from_numpy(lp), 3, full).numpy()
+    deltas = K.spike_lags(lp, late)
+    assert median_delay(deltas) == 3 and (deltas == 3).all() and len(deltas) >= 30
+    back = delay_log_probs(torch.from_numpy(late), -3, full).numpy()
     np.testing.assert_array_equal(back[:, : T - 3], lp[:, : T - 3])
     for be in BACKENDS:
         for (fa, ta), (fr, tr) in zip(K.spike_frames(lp, backend=be), K.spike_frames(lp, backend="reference")):
             np.testing.assert_array_equal(fa, fr)
             np.testing.assert_array_equal(ta, tr)
-    tlate = K.shift_posteriors(torch.from_numpy(lp), 2, torch.tensor([120, 100, 50]))
+    tlate = delay_log_probs(torch.from_numpy(lp), 2, torch.tensor([120, 100, 50]))
     assert torch.equal(tlate[1, 2:100], torch.from_numpy(lp[1, :98])) and torch.equal(tlate[1, 100:], torch.from_numpy(lp[1, 100:]))

@@ -30,7 +30,7 @@ def recipe(tmp_path):
 
 
 def _mtimes(d: Path) -> dict:
-    return {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()}
+    return {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
 def test_runs_skips_and_reruns_on_change(recipe, tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from speechkd.config import field, from_dict, load_yaml
+from speechkd.config import ConfigError, check_name, field, from_dict, load_yaml
 from speechkd.data.audio import audio_info
 from speechkd.data.manifest import Utterance, write_manifest
 from speechkd.data.synth import engines
@@ -92,10 +92,16 @@ def load_spec(path: str | Path = DEFAULT_SPEC, **overrides: Any) -> CorpusSpec:
     data = load_yaml(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     spec = from_dict(CorpusSpec, data, where=str(path))
+    if spec.hours <= 0:
+        raise ConfigError(f"{path}: hours must be > 0, got {spec.hours}")
     unknown = set(spec.split_fractions) - set(SPLITS)
     if unknown:
         raise ValueError(f"{path}: unknown split(s) {sorted(unknown)}; expected {SPLITS}")
-    for v in spec.voices:
+    for i, v in enumerate(spec.voices):
+        check_name(v.name, f"{path}: voices[{i}].name", "voice name")  # becomes a folder name
+        for var in v.variants:
+            if "/" in var or "\\" in var or var.startswith("."):
+                raise ConfigError(f"{path}: voice {v.name!r}: variant {var!r} cannot be part of a file name")
         if v.engine not in engines.ENGINE_BINARIES:
             raise ValueError(f"{path}: voice {v.name!r}: unknown engine {v.engine!r}")
         if v.role not in ("seen", "unseen"):
@@ -175,6 +181,18 @@ def plan_corpus(spec: CorpusSpec, sentences: list[str]) -> list[PlannedUtt]:
     return plan
 
 
+def audio_ok(path: Path) -> bool:
+    """A finished audio file: non-empty, with a header libsndfile reads and at least one sample.
+    A 0-byte or truncated file (a full disk, a killed sox) is not done and is rendered again."""
+    try:
+        if path.stat().st_size == 0:
+            return False
+        sr, frames = audio_info(path)
+        return sr > 0 and frames > 0
+    except Exception:  # missing, or libsndfile cannot read it
+        return False
+
+
 def _render_one(items: list[PlannedUtt], out_dir: Path, tmp_root: Path, sample_rate: int) -> list[tuple[str, str]]:
     """Render a job (one utterance, or a festival chunk). Returns ``(uid, error)`` failures."""
     failures: list[tuple[str, str]] = []
@@ -201,6 +219,9 @@ def _render_one(items: list[PlannedUtt], out_dir: Path, tmp_root: Path, sample_r
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = work / f"{p.render.uid}.out.flac"
                 engines.postprocess(p.render, raw, tmp, sample_rate)
+                if not audio_ok(tmp):  # e.g. the disk filled up under sox: never move a bad file into place
+                    raise SynthError(f"sox {p.render.uid}: wrote no readable audio ({tmp.stat().st_size if tmp.exists() else 0} "
+                                     "bytes; is the disk full?)")
                 os.replace(tmp, final)
             except SynthError as e:
                 failures.append((p.render.uid, str(e)))
@@ -222,7 +243,7 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, *, num_workers: int | No
     sentences = load_sentences(Path(spec.fortunes_dir), spec.fortune_files, Path(spec.wordnet_dir),
                                min_words=spec.min_words, max_words=spec.max_words)
     plan = plan_corpus(spec, sentences)
-    todo = [p for p in plan if not (out_dir / p.path).exists()]
+    todo = [p for p in plan if not audio_ok(out_dir / p.path)]
     log.info("corpus plan: %d utterances, %d to render (%d already on disk)", len(plan), len(todo),
              len(plan) - len(todo))
 
@@ -247,23 +268,26 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, *, num_workers: int | No
     shutil.rmtree(tmp_root, ignore_errors=True)
 
     failed = {uid for uid, _ in failures}
+    fail_file = out_dir / "rejected" / "synth_failures.jsonl"
     if failures:
-        atomic_write_text(out_dir / "synth_failures.jsonl",
-                          "".join(json.dumps({"id": u, "error": e}) + "\n" for u, e in sorted(failures)))
-        log.warning("%d utterance(s) failed to synthesize; listed in %s", len(failures),
-                    out_dir / "synth_failures.jsonl")
+        atomic_write_text(fail_file, "".join(json.dumps({"id": u, "error": e}) + "\n" for u, e in sorted(failures)))
+        log.warning("%d utterance(s) failed to synthesize (listed in %s); they are left out of the manifests and "
+                    "retried on the next run", len(failures), fail_file)
+    elif fail_file.exists():
+        fail_file.unlink()
 
     by_split: dict[str, list[Utterance]] = defaultdict(list)
     for p in plan:
         path = out_dir / p.path
-        if p.render.uid in failed or not path.exists():
+        if p.render.uid in failed or not audio_ok(path):
             continue
         sr, frames = audio_info(path)
         by_split[p.split].append(Utterance(
             id=p.render.uid, audio_filepath=p.path, duration=round(frames / sr, 4), text=p.render.text,
             speaker=p.speaker, extra={"engine": p.render.engine, "voice_model": p.voice_model}))
     summary: dict[str, Any] = {"name": spec.name, "version": spec.version, "seed": spec.seed,
-                               "planned_hours": spec.hours, "splits": {}, "failures": len(failures)}
+                               "planned_hours": spec.hours, "splits": {}, "failures": len(failures),
+                               "planned_utterances": len(plan)}
     for split in SPLITS:
         utts = sorted(by_split.get(split, []), key=lambda u: u.id)
         if not utts:

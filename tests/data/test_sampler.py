@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechkd.train.data import BucketingSampler, DataError
+from speechkd.data.dataset import DataError
+from speechkd.data.sampler import BucketingSampler
 
 
 @settings(max_examples=30, deadline=None)

@@ -1,0 +1,105 @@
+"""Featurized data: features from the feature store, token targets, padded batches.
+
+:class:`FeatureDataset` reads a featurize-stage manifest. Given the model's frame ``stack`` (a
+training set), it leaves out utterances too short for CTC at that output rate with that
+tokenizer, and lists them in :attr:`FeatureDataset.too_short`; decoding keeps every utterance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechkd.data.checks import ctc_min_frames
+from speechkd.data.manifest import read_manifest
+from speechkd.features.store import FeatureRef, FeatureStore
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    feats: torch.Tensor  # (batch, frames, dim) float32, zero-padded
+    feat_lens: torch.Tensor  # (batch,) frames
+    targets: torch.Tensor  # (sum of target lengths,) token ids, concatenated
+    target_lens: torch.Tensor  # (batch,)
+    texts: list[str]
+    seconds: float = 0.0  # audio in the batch (manifest durations)
+
+    def to(self, device) -> "Batch":
+        return Batch(self.ids, self.feats.to(device), self.feat_lens.to(device), self.targets.to(device),
+                     self.target_lens.to(device), self.texts, self.seconds)
+
+
+class FeatureDataset:
+    """Utterances of a featurize-stage manifest with their token ids."""
+
+    def __init__(self, manifest: str | Path, tokenizer, *, limit: int = 0, stack: int | None = None):
+        manifest = Path(manifest)
+        utts = read_manifest(manifest)
+        if limit:
+            utts = utts[:limit]
+        self.manifest = manifest
+        self.store = FeatureStore(manifest.parent)
+        self.ids, self.refs, self.tokens, self.texts, self.durations = [], [], [], [], []
+        self.speakers: list[str] = []
+        self.too_short: list[dict] = []  # left out for CTC (training sets only)
+        for lineno, u in enumerate(utts, 1):
+            if "feats" not in u.extra:
+                raise DataError(f"{manifest}:{lineno}: utterance {u.id!r} has no 'feats' (run the featurize stage)")
+            ref = FeatureRef.from_json(u.extra["feats"], f"{manifest}:{lineno}")
+            try:
+                toks = tokenizer.encode(u.text)
+            except ValueError as e:
+                raise DataError(f"{manifest}:{lineno}: utterance {u.id!r}: {e}") from None
+            if stack:
+                need, have = ctc_min_frames(toks), ref.frames // stack
+                if have < need:
+                    self.too_short.append({"id": u.id, "reason": "too_short_for_ctc",
+                                           "detail": f"{ref.frames} frames (/{stack} = {have}) cannot emit "
+                                                     f"{need} CTC labels ({len(toks)} tokens)"})
+                    continue
+            self.ids.append(u.id)
+            self.refs.append(ref)
+            self.tokens.append(toks)
+            self.texts.append(u.text)
+            self.durations.append(u.duration)
+            self.speakers.append(u.speaker)
+        if not self.ids:
+            why = f" ({len(self.too_short)} too short for CTC at stack {stack})" if self.too_short else ""
+            raise DataError(f"{manifest}: no utterances{why}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [r.frames for r in self.refs]
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray, list[int], str]:
+        return self.ids[i], self.store.get(self.refs[i]), self.tokens[i], self.texts[i]
+
+    def batch(self, indices: list[int]) -> Batch:
+        b = collate([self[i] for i in indices])
+        b.seconds = float(sum(self.durations[i] for i in indices))
+        return b
+
+
+def collate(items: list[tuple[str, np.ndarray, list[int], str]]) -> Batch:
+    lens = [f.shape[0] for _, f, _, _ in items]
+    dim = items[0][1].shape[1]
+    feats = np.zeros((len(items), max(lens), dim), dtype=np.float32)
+    for i, (_, f, _, _) in enumerate(items):
+        feats[i, : f.shape[0]] = f
+    targets = [t for _, _, t, _ in items]
+    return Batch(
+        ids=[i for i, _, _, _ in items], feats=torch.from_numpy(feats), feat_lens=torch.tensor(lens),
+        targets=torch.tensor([x for t in targets for x in t], dtype=torch.long),
+        target_lens=torch.tensor([len(t) for t in targets]), texts=[t for _, _, _, t in items],
+    )

@@ -1,0 +1,112 @@
+"""Model weights on disk: safetensors with the model config in the metadata.
+
+:func:`load_model` is how decode, export, distillation and the CLI get a model: it builds the
+architecture from the stored config (:func:`build_model`) and loads the weights strictly, so
+a file with extra or missing tensors (a KD head, another architecture) is an error naming it.
+Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from speechkd.config import ConfigError, from_dict
+from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, build_model
+
+FORMAT = "speechkd-lstm-ctc"
+
+
+class CheckpointError(ValueError):
+    """A weights file or checkpoint that cannot be read or written; the message names the file."""
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Atomic safetensors write (temp file + rename); any failure (disk full, ...) is a
+    :class:`CheckpointError` naming ``path``, and leaves no temp file behind."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except Exception as e:  # safetensors reports OS errors (ENOSPC, ...) as its own error type
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise CheckpointError(f"{path}: cannot write weights: {str(e)[:300]}") from None
+
+
+def save_weights(model: LSTMCTC, path: str | Path) -> None:
+    """Weights as safetensors with the model config in the metadata (atomic)."""
+    save_tensors(model.state_dict(), path, {"model_config": json.dumps(asdict(model.cfg)), "format": FORMAT})
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """``(metadata, tensors)`` of a safetensors file; errors name the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+    return meta, tensors
+
+
+def read_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    meta, tensors = read_tensors(path)
+    if "model_config" not in meta:
+        raise CheckpointError(f"{path}: not a speechkd model (no model_config in the safetensors metadata)")
+    try:
+        cfg = from_dict(ModelConfig, json.loads(meta["model_config"]), where=f"{path}: model_config")
+    except (ConfigError, json.JSONDecodeError) as e:
+        raise CheckpointError(str(e)) from None
+    return cfg, tensors
+
+
+def load_model(path: str | Path, *, expect: ModelConfig | None = None, device: str | torch.device = "cpu") -> LSTMCTC:
+    """Build the model from a weights file's stored config and load the weights.
+
+    With ``expect``, a checkpoint of another architecture is an error naming the file and the
+    differing fields."""
+    cfg, tensors = read_weights(path)
+    if expect is not None and cfg != expect:
+        diff = {k: (v, getattr(cfg, k)) for k, v in asdict(expect).items() if getattr(cfg, k) != v}
+        raise CheckpointError(f"{path}: checkpoint is another architecture: "
+                              + ", ".join(f"{k}: expected {a!r}, file has {b!r}" for k, (a, b) in diff.items()))
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config: {str(e)[:300]}") from None
+    return model.to(device)
+
+
+def check_vocabulary(model: LSTMCTC, tokenizer, where: str | Path) -> None:
+    """A model scores only with the tokenizer it was trained with: same size (the output layer)."""
+    from speechkd.text.tokenizer import tokenizer_fingerprint
+
+    if model.cfg.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{where}: the model outputs {model.cfg.vocab_size} tokens but the tokenizer "
+            f"({tokenizer.kind}) has {tokenizer.vocab_size}; use the tokenizer the model was trained with "
+            "(the one saved next to it)")
+    fp = tokenizer_fingerprint(tokenizer)
+    if model.cfg.tokenizer and model.cfg.tokenizer != fp:
+        raise CheckpointError(
+            f"{where}: the model was trained with another tokenizer (fingerprint {model.cfg.tokenizer}) than the "
+            f"one given ({tokenizer.kind}, {fp}), though both have {tokenizer.vocab_size} tokens; use the tokenizer "
+            "saved next to the model")
