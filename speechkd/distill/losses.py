@@ -52,7 +52,9 @@ def frame_kd_dense(student_lp, teacher_lp, lengths, tau: float = 1.0) -> torch.T
     """Frame KD against full teacher log-probs ``(B, T, V)`` (an online teacher)."""
     s = (student_lp / tau).log_softmax(-1)
     t = (teacher_lp / tau).log_softmax(-1)
-    kl = (t.exp() * (t - s)).sum(-1)
+    p = t.exp()
+    # 0 * log 0 = 0: a delayed teacher has certain-blank frames whose other entries are log 0 = -inf
+    kl = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)
     m = _mask(lengths, student_lp.shape[1]).float()
     return tau * tau * (kl * m).sum() / m.sum().clamp_min(1)
 

@@ -104,3 +104,63 @@ def test_killed_build_resumes_without_redoing_files(tmp_path):
     n = sum(len(read_manifest(out / f"{s}.jsonl")) for s in SPLITS)
     assert n == len(finished()) and n > len(done)
     assert not (out / ".tmp").exists()
+
+
+@pytest.mark.tts
+def test_empty_or_unreadable_audio_is_rendered_again_and_a_full_disk_never_lands(tmp_path, monkeypatch):
+    """Defect 4: a disk full during synthesis left 0-byte audio that later runs counted as rendered."""
+    from speechkd.data.synth import build as B
+
+    out = tmp_path / "c"
+    spec = load_spec(hours=0.004)
+    real = B.engines.postprocess
+    calls = {"n": 0}
+
+    def disk_full_once(r, raw, dst, sr):  # the first sox call "runs out of space": 0 bytes written
+        calls["n"] += 1
+        if calls["n"] == 1:
+            Path(dst).write_bytes(b"")
+            return
+        real(r, raw, dst, sr)
+
+    monkeypatch.setattr(B.engines, "postprocess", disk_full_once)
+    summary = build_corpus(spec, out, num_workers=1, progress=False)
+    assert summary["failures"] == 1
+    assert not [p for p in out.glob("audio/**/*.flac") if p.stat().st_size == 0]  # never moved into place
+    assert "wrote no readable audio" in (out / "rejected" / "synth_failures.jsonl").read_text()
+    # a 0-byte and a truncated file (left by an older run, say) are not "done"
+    files = sorted(out.glob("audio/**/*.flac"))
+    files[0].write_bytes(b"")
+    files[1].write_bytes(files[1].read_bytes()[:20])
+    kept = {p: p.stat().st_mtime_ns for p in files[2:]}
+    summary = build_corpus(spec, out, num_workers=1, progress=False)
+    assert summary["failures"] == 0 and not (out / "rejected" / "synth_failures.jsonl").exists()
+    assert B.audio_ok(files[0]) and B.audio_ok(files[1])
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    n = sum(len(read_manifest(out / f"{s}.jsonl")) for s in summary["splits"])
+    assert n == summary["planned_utterances"]
+
+
+@pytest.mark.tts
+def test_corpus_stage_with_failures_is_retried_on_the_next_run(tmp_path, monkeypatch):
+    """Defect 5: a stage with failures said so only in a count; its failures must be retried on rerun."""
+    from speechkd.data.synth import engines
+    from speechkd.stages.runner import run_recipe
+
+    recipe = tmp_path / "r" / "recipe.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("name: s\nstages:\n  corpus: {hours: 0.004, num_workers: 1}\n")
+    real = engines.render_espeak
+    monkeypatch.setattr(engines, "render_espeak", lambda r, out: (_ for _ in ()).throw(engines.SynthError("boom")))
+    assert run_recipe(recipe, exp_root=tmp_path / "exp") == [("corpus", "ran")]
+    d = tmp_path / "exp" / "s" / "corpus"
+    import json
+
+    failed = json.loads((d / ".done").read_text())["failures"]
+    assert failed > 0 and json.loads((d / "outputs.json").read_text())["failures"] == failed
+    kept = {p: p.stat().st_mtime_ns for p in d.glob("audio/**/*.flac")}
+    monkeypatch.setattr(engines, "render_espeak", real)
+    assert run_recipe(recipe, exp_root=tmp_path / "exp") == [("corpus", "ran")]  # retried, in place
+    assert json.loads((d / ".done").read_text())["failures"] == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished audio was not redone
+    assert run_recipe(recipe, exp_root=tmp_path / "exp") == [("corpus", "skipped")]

@@ -36,6 +36,35 @@ stages:
     epochs: 1
     max_frames: 3000
     kd: {alpha: 0.5, delay: null, extra_delay: 1, seq: nbest, nbest: 2, window: 1}
+  s_online:
+    type: distill
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 1
+    max_frames: 3000
+    kd: {alpha: 0.5, delay: 1, online: true}
+  s_hint:
+    type: distill
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 1
+    max_frames: 3000
+    checkpoint_every: 1
+    kd: {alpha: 0.5, delay: 1, online: true, hint_weight: 0.5}
+  s_occ:
+    type: distill
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 1
+    max_frames: 3000
+    kd: {alpha: 0.3, delay: 0, seq: occupancy}
+  s_1best:
+    type: distill
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 1
+    max_frames: 3000
+    kd: {alpha: 0.0, delay: 0, seq: 1best}
+  d_online: {type: decode, model: s_online, splits: [dev]}
+  d_hint: {type: decode, model: s_hint, splits: [dev]}
+  d_occ: {type: decode, model: s_occ, splits: [dev]}
+  d_1best: {type: decode, model: s_1best, splits: [dev]}
 """
 
 
@@ -96,6 +125,26 @@ def test_pipeline_with_cache_and_student(kd_exp):
     # the delay used is the estimate plus the look-ahead budget
     assert st["delay_frames"] == st["delay_estimated_frames"] + 1
     assert st["delay_ms"] == 30 * st["delay_frames"]
+
+
+def test_every_kind_of_student_decodes(kd_exp):
+    """Section 5: distill -> decode round trip for online, hint, occupancy and 1-best students. Defect 14: the
+    hint projection was registered on the student, so its model.safetensors failed the strict load."""
+    from speechkd.models.io import load_model, read_tensors
+
+    _, d, res = kd_exp
+    for s in ("online", "hint", "occ", "1best"):
+        assert dict(res)[f"d_{s}"] == "ran"
+        summ = json.loads((d / f"d_{s}" / "summary.json").read_text())
+        assert summ["splits"]["dev"]["utterances"] > 0 and 0 <= summ["splits"]["dev"]["cer"]
+        load_model(d / f"s_{s}" / "model.safetensors")  # strict: no extra tensors
+        assert json.loads((d / f"s_{s}" / "outputs.json").read_text())["skipped_steps"] == 0  # finite losses
+    _, weights = read_tensors(d / "s_hint" / "model.safetensors")
+    assert not [k for k in weights if "hint" in k]
+    # the head is trained and checkpointed beside the student, for resume
+    last = sorted((d / "s_hint" / "checkpoints").iterdir())[-1]
+    _, heads = read_tensors(last / "heads.safetensors")
+    assert set(heads) == {"hint_proj.weight", "hint_proj.bias"} and heads["hint_proj.weight"].shape == (64, 24)
 
 
 def test_cache_mismatch_errors(kd_exp):

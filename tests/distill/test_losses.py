@@ -42,6 +42,19 @@ def test_frame_kd_masks_padding_and_matches_dense():
     torch.testing.assert_close(L.frame_kd(s2, probs, ids, lens), L.frame_kd(s, probs, ids, lens))
 
 
+def test_dense_kd_is_finite_against_a_delayed_teacher():
+    """A delayed teacher has frames of certain blank (log 0 elsewhere); 0 * log 0 must count as 0, not NaN."""
+    from speechkd.distill.timing import delay_log_probs
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 7, 5).log_softmax(-1)
+    s = torch.randn(2, 7, 5, requires_grad=True)
+    lens = torch.tensor([7, 5])
+    loss = L.frame_kd_dense(s.log_softmax(-1), delay_log_probs(t, 2, lens), lens)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
 def test_shift_and_window():
     probs = torch.tensor([[[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [1.0, 0.0]]])
     ids = torch.tensor([[[2, 0], [1, 0], [3, 0], [0, 0]]])

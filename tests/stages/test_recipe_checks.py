@@ -1,0 +1,173 @@
+"""Recipes are checked whole before any stage runs; names are plain; the exp folder is locked;
+imported corpora are fingerprinted; the runner's fingerprints follow the stage graph."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from speechkd.config import ConfigError
+from speechkd.stages.runner import LockedError, exp_lock, load_recipe, run_recipe
+from tests.conftest import REPO, write_tone
+
+QUICK = REPO / "pipelines" / "quick" / "recipe.yaml"
+
+
+def _recipe(tmp: Path, text: str) -> Path:
+    p = tmp / "r" / "recipe.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text,match", [
+    # names become folders: plain only (defect 3)
+    ("stages:\n  ../../victim: {type: corpus}\n", r"stages.../../victim: stage name '../../victim' must be plain"),
+    ("stages:\n  /abs/dir: {type: corpus}\n", r"stage name '/abs/dir' must be plain"),
+    ("name: ../../evil\nstages:\n  corpus: {}\n", r"name: recipe name '../../evil' must be plain"),
+    ("stages:\n  .hidden: {type: corpus}\n", r"stage name '.hidden' must be plain"),
+    # unvalidated values (defect 10)
+    ("stages:\n  corpus: {hours: 0}\n", r"stages.corpus.hours: must be > 0"),
+    ("stages:\n  corpus: {hours: -1}\n", r"stages.corpus.hours: must be > 0"),
+    ("stages:\n  corpus: {}\n  featurize: {dtype: int8}\n", r"stages.featurize.dtype: 'int8' is not one of"),
+    ("stages:\n  corpus: {}\n  featurize: {shard_size: 0}\n", r"stages.featurize.shard_size: must be >= 1"),
+    ("stages:\n  corpus: {}\n  featurize: {fbank: {num_mel_bins: 0}}\n", r"featurize.fbank.num_mel_bins: must be >= 1"),
+    ("seed: true\nstages:\n  corpus: {}\n", r"'seed' must be a non-negative integer, got True"),
+    ("stages:\n  - corpus: {}\n", r"'stages' must be a mapping of stage name -> config \(got a list\)"),
+    ("stages:\n  corpus: [1, 2]\n", r"stages.corpus: expected a mapping of config keys, got list"),
+    ("stages:\n  corpus: {kind: nemo}\n", r"stages.corpus.splits: give at least one"),
+    ("stages:\n  corpus: {kind: mp3}\n", r"stages.corpus.kind: 'mp3' is not one of"),
+    ("stages:\n  corpus: {splits: {'../x': a.json}, kind: nemo}\n", r"split name '../x' must be plain"),
+    # cross-field rules and references (section 2)
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train, model: {layers: 0}}\n",
+     r"stages.t.model.layers: must be >= 1"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {kind: bpe}\n", r"tokenizer.kind: 'bpe' is not one of"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  d: {type: decode, model: teachr}\n",
+     r"stages.d.model: 'teachr' is not an earlier stage of this recipe"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  d: {type: decode, model: tokenizer}\n",
+     r"stages.d.model: stage 'tokenizer' is a 'tokenizer' stage; expected 'train' or 'distill'"),
+    ("stages:\n  corpus: {}\n  d: {type: decode, model: t}\n  featurize: {}\n  t: {type: train}\n",
+     r"stages.d.model: 't' is not an earlier stage"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
+     "  s: {type: distill, kd: {online: true, seq: nbest, delay: 1}}\n", r"stages.s.kd.seq: 'nbest' needs the teacher"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
+     "  s: {type: distill, kd: {online: true, window: 2, delay: 1}}\n", r"stages.s.kd.window: window matching"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
+     "  s: {type: distill, kd: {hint_weight: 1.0, delay: 1}}\n", r"stages.s.kd.hint_weight: the hint loss needs"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n  c: {type: teacher_cache, teachers: [t]}\n"
+     "  s: {type: distill, cache: c, kd: {delay: null}}\n", r"stages.s.kd.delay_reference: 'baseline' is not an earlier"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
+     "  c: {type: teacher_cache, teachers: [t], nbest: 9, beam: 4}\n", r"stages.c.nbest: must be in \[1, beam=4\]"),
+])
+def test_bad_recipes_fail_at_load(tmp_path, text, match):
+    r = _recipe(tmp_path, text)
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(r)
+    with pytest.raises(ConfigError, match=match):  # and run_recipe checks before it creates anything
+        run_recipe(r, exp_root=tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_from_after_to_and_every_bad_value_is_one_line_in_the_cli(tmp_path):
+    bad = _recipe(tmp_path, "stages:\n  corpus: {hours: 0}\n")
+    for args in (["run", str(bad)], ["run", str(QUICK), "--from", "tokenizer", "--to", "corpus"],
+                 ["run", str(QUICK), "featurize.dtype=int8"], ["run", str(QUICK), "seed=true"]):
+        r = subprocess.run([sys.executable, "-m", "speechkd.cli", *args, "--exp-root", str(tmp_path / "e")],
+                           capture_output=True, text=True, cwd=REPO)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_stage_folders_stay_inside_the_exp_root(tmp_path):
+    """Defect 3: `--force` on a stage named ../../victim deleted a folder outside the exp root."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    r = _recipe(tmp_path, "stages:\n  ../../victim: {type: corpus, hours: 0.001}\n")
+    with pytest.raises(ConfigError):
+        run_recipe(r, exp_root=tmp_path / "exp" / "x", force=True)
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+def test_a_second_run_into_the_same_exp_dir_is_refused_naming_the_holder(tmp_path):
+    """Defect 5: two runs into one exp root raced and marked a partial corpus done."""
+    exp = tmp_path / "exp" / "quick"
+    with exp_lock(exp):
+        r = subprocess.run([sys.executable, "-m", "speechkd.cli", "run", str(QUICK), "--exp-root",
+                            str(tmp_path / "exp")], capture_output=True, text=True, cwd=REPO)
+        assert r.returncode == 2
+        assert f"{exp} is in use by another speechkd run (pid " in r.stderr and "--exp-root" in r.stderr
+        with pytest.raises(LockedError):
+            with exp_lock(exp):
+                pass
+    with exp_lock(exp):  # released on exit
+        pass
+
+
+def _nemo_recipe(tmp: Path) -> tuple[Path, Path]:
+    audio = tmp / "data"
+    rows = []
+    for i in range(4):
+        write_tone(audio / f"u{i}.wav", seconds=1.2, freq=180 + 40 * i)
+        rows.append({"audio_filepath": f"u{i}.wav", "duration": 1.2, "text": "hello world", "id": f"u{i}"})
+    rows.append({"audio_filepath": "gone.wav", "duration": 1.2, "text": "lost", "id": "gone"})
+    m = audio / "train.json"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return _recipe(tmp, f"stages:\n  corpus: {{kind: nemo, splits: {{train: {m}}}}}\n  featurize: {{num_workers: 1}}\n"
+                        "  tokenizer: {kind: char}\n"), m
+
+
+def test_imported_corpus_with_a_rejected_row_runs_through(tmp_path):
+    """Defect 1: the importer's rejection list was featurized as a split and stopped the pipeline."""
+    r, _ = _nemo_recipe(tmp_path)
+    res = run_recipe(r, exp_root=tmp_path / "exp")
+    assert res == [("corpus", "ran"), ("featurize", "ran"), ("tokenizer", "ran")]
+    d = tmp_path / "exp" / "r"
+    assert [json.loads(l)["id"] for l in (d / "corpus" / "rejected" / "train.jsonl").read_text().splitlines()] == ["gone"]
+    assert json.loads((d / "corpus" / "corpus.json").read_text())["rejected"] == {"train": {"missing": 1}}
+    assert sorted(p.name for p in (d / "featurize").glob("*.jsonl")) == ["train.jsonl"]
+
+
+def test_editing_an_imported_manifest_reruns_the_corpus(tmp_path):
+    """Defect 6: imported corpora were not fingerprinted, so an edit gave `corpus: skipped` with stale data."""
+    r, m = _nemo_recipe(tmp_path)
+    exp = tmp_path / "exp"
+    assert run_recipe(r, exp_root=exp, to_stage="corpus") == [("corpus", "ran")]
+    assert run_recipe(r, exp_root=exp, to_stage="corpus") == [("corpus", "skipped")]
+    m.write_text(m.read_text().replace('"hello world", "id": "u0"', '"hello there", "id": "u0"'))
+    assert run_recipe(r, exp_root=exp, to_stage="corpus") == [("corpus", "ran")]
+    assert "hello there" in (exp / "r" / "corpus" / "train.jsonl").read_text()
+
+
+def test_corpus_spec_resolves_against_the_recipe_then_the_toolkit(tmp_path, monkeypatch):
+    from speechkd.stages.corpus import resolve_spec
+
+    monkeypatch.chdir(tmp_path)  # not the repo: the working directory must not matter
+    assert resolve_spec("data_manifests/synth-en.yaml", tmp_path) == REPO / "data_manifests" / "synth-en.yaml"
+    own = tmp_path / "data_manifests" / "synth-en.yaml"
+    own.parent.mkdir()
+    own.write_text("x: 1\n")
+    assert resolve_spec("data_manifests/synth-en.yaml", tmp_path) == own
+    with pytest.raises(ConfigError, match="'nope.yaml' not found"):
+        resolve_spec("nope.yaml", tmp_path)
+    _, planned = load_recipe(QUICK)  # the default spec loads from anywhere
+    assert planned[0].name == "corpus"
+
+
+def test_fingerprints_follow_the_graph():
+    """Section 3: a stage's fingerprint covers only the stages it reads."""
+    _, base = load_recipe(QUICK)
+    _, changed = load_recipe(QUICK, ["decode_teacher.splits=[dev]"])
+    differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
+    assert differ == ["decode_teacher"]
+    _, changed = load_recipe(QUICK, ["baseline.epochs=3"])
+    differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
+    # the baseline, its decode, and the students whose delay estimate runs it; not the teacher or its cache
+    assert differ == ["baseline", "decode_baseline", "student_frame", "student_both", "decode_student_frame",
+                      "decode_student_both"]
+    reads = {p.name: p.reads for p in base}
+    assert reads["student_seq"] == ["featurize", "tokenizer", "teacher_cache"]
+    assert reads["student_frame"] == ["featurize", "tokenizer", "teacher_cache", "baseline"]
