@@ -17,6 +17,7 @@ import torch
 
 from speechkd.config import ConfigError, from_dict
 from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, build_model
+from speechkd.utils import default_mode
 
 FORMAT = "speechkd-lstm-ctc"
 
@@ -36,6 +37,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     try:
         save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, default_mode())  # safetensors creates 0600; give it what open() would under the umask
         os.replace(tmp, path)
     except Exception as e:  # safetensors reports OS errors (ENOSPC, ...) as its own error type
         try:

@@ -64,6 +64,7 @@ def test_plan_is_a_function_of_the_seed(plan):
     assert plan_corpus(spec, sents) != p
 
 
+@pytest.mark.tts
 def test_same_seed_gives_byte_identical_manifests(tmp_path, tiny_corpus):
     from tests.conftest import TINY_HOURS
 
@@ -74,6 +75,7 @@ def test_same_seed_gives_byte_identical_manifests(tmp_path, tiny_corpus):
     assert (tiny_corpus / "corpus.json").read_bytes() == (tmp_path / "again" / "corpus.json").read_bytes()
 
 
+@pytest.mark.tts
 def test_manifests_are_valid_and_cover_every_engine(tiny_corpus):
     engines = set()
     for s in SPLITS:
@@ -83,6 +85,8 @@ def test_manifests_are_valid_and_cover_every_engine(tiny_corpus):
     assert engines == {"espeak", "flite", "festival"}
 
 
+@pytest.mark.slow
+@pytest.mark.tts
 def test_killed_build_resumes_without_redoing_files(tmp_path):
     out = tmp_path / "c"
     cmd = [sys.executable, "-m", "speechkd.cli", "corpus", "synth", "--out", str(out), "--hours", "0.04",
@@ -106,6 +110,7 @@ def test_killed_build_resumes_without_redoing_files(tmp_path):
     assert not (out / ".tmp").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.tts
 def test_empty_or_unreadable_audio_is_rendered_again_and_a_full_disk_never_lands(tmp_path, monkeypatch):
     """Defect 4: a disk full during synthesis left 0-byte audio that later runs counted as rendered."""
@@ -141,6 +146,7 @@ def test_empty_or_unreadable_audio_is_rendered_again_and_a_full_disk_never_lands
     assert n == summary["planned_utterances"]
 
 
+@pytest.mark.slow
 @pytest.mark.tts
 def test_corpus_stage_with_failures_is_retried_on_the_next_run(tmp_path, monkeypatch):
     """Defect 5: a stage with failures said so only in a count; its failures must be retried on rerun."""

@@ -113,7 +113,7 @@ def test_beam_search_parity(backend, data, beam, bonus, skip):
         np.testing.assert_allclose([s for _, s in hg], [s for _, s in hr], rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "reference"])
 def test_batched_equals_per_utterance(backend):
     lp = posteriors(3, 4, 30, 6)
     lens = np.array([30, 22, 9, 1])
@@ -129,6 +129,47 @@ def test_batched_equals_per_utterance(backend):
         np.testing.assert_array_equal(_np(a1.path)[0], _np(al.path)[b])
         g1, ll1 = K.ctc_occupancy(lp[one], tg[one], lens[one], tl[one], backend=backend)
         np.testing.assert_allclose(_np(g1)[0], _np(g)[b], atol=1e-7)
+        np.testing.assert_allclose(_np(ll1)[0], _np(ll)[b], rtol=1e-12)
+        p1, i1, _ = K.topk(lp[one], lens[one], 3, backend=backend)
+        p, i, _ = K.topk(lp, lens, 3, backend=backend)
+        np.testing.assert_array_equal(_np(i1)[0], _np(i)[b])
+        np.testing.assert_array_equal(_np(p1)[0], _np(p)[b])
+        sp1 = K.spike_frames(lp[one], lens[one], backend=backend)[0]
+        sp = K.spike_frames(lp, lens, backend=backend)[b]
+        np.testing.assert_array_equal(_np(sp1[0]), _np(sp[0]))
+
+
+def _brute_force_nbest(lp: np.ndarray, n: int) -> list[tuple[list[int], float]]:
+    """Every one of the V**T paths, collapsed (merge repeats, drop blanks), probabilities summed per label
+    sequence: the exact N-best that a prefix beam search with an unbounded beam returns."""
+    import itertools
+
+    T, V = lp.shape
+    totals: dict[tuple, float] = {}
+    for path in itertools.product(range(V), repeat=T):
+        labels, prev = [], None
+        for t in path:
+            if t != prev and t != 0:
+                labels.append(t)
+            prev = t
+        score = float(sum(lp[t, k] for t, k in enumerate(path)))
+        key = tuple(labels)
+        totals[key] = np.logaddexp(totals[key], score) if key in totals else score
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(list(k), v) for k, v in ranked[:n]]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "reference"])
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10**6), T=st.integers(1, 5), V=st.integers(2, 3), peaky=st.sampled_from([0.3, 1.0, 3.0]))
+def test_prefix_beam_search_equals_brute_force_enumeration(backend, seed, T, V, peaky):
+    lp = posteriors(seed, 1, T, V, peaky)
+    n = 4
+    want = _brute_force_nbest(lp[0].astype(np.float64), n)
+    # V <= 3 and T <= 5 give at most 63 distinct label sequences: a beam of 64 never prunes, so the search is exact
+    got = K.prefix_beam_search(lp, beam=64, nbest=n, backend=backend).hypotheses(0)
+    assert [h for h, _ in got] == [h for h, _ in want][: len(got)] and len(got) == min(n, len(want))
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want][: len(got)], rtol=1e-5, atol=1e-5)
 
 
 def test_edge_cases():

@@ -70,6 +70,7 @@ def test_bad_recipes_fail_at_load(tmp_path, text, match):
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow
 def test_from_after_to_and_every_bad_value_is_one_line_in_the_cli(tmp_path):
     bad = _recipe(tmp_path, "stages:\n  corpus: {hours: 0}\n")
     for args in (["run", str(bad)], ["run", str(QUICK), "--from", "tokenizer", "--to", "corpus"],
@@ -92,6 +93,7 @@ def test_stage_folders_stay_inside_the_exp_root(tmp_path):
     assert (victim / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_exp_dir_is_refused_naming_the_holder(tmp_path):
     """Defect 5: two runs into one exp root raced and marked a partial corpus done."""
     exp = tmp_path / "exp" / "quick"

@@ -33,6 +33,8 @@ def _mtimes(d: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
+@pytest.mark.slow
+@pytest.mark.tts
 def test_runs_skips_and_reruns_on_change(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the corpus spec path is relative to the repo root
     exp = tmp_path / "exp"
@@ -50,6 +52,8 @@ def test_runs_skips_and_reruns_on_change(recipe, tmp_path, monkeypatch):
     assert len(list((d / "featurize" / "shards" / "train").glob("*.npy"))) > 1
 
 
+@pytest.mark.slow
+@pytest.mark.tts
 def test_interrupted_stage_reruns_cleanly(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     exp = tmp_path / "exp"
@@ -66,6 +70,8 @@ def test_interrupted_stage_reruns_cleanly(recipe, tmp_path, monkeypatch):
     assert (d / "train.jsonl").read_bytes() == good
 
 
+@pytest.mark.slow
+@pytest.mark.tts
 def test_from_to_and_force(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     exp = tmp_path / "exp"
@@ -91,6 +97,8 @@ def test_bad_recipes_fail_before_running(recipe, tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.tts
 def test_cli_quick_recipe_twice(tmp_path):
     cmd = [sys.executable, "-m", "speechkd.cli", "run", "pipelines/quick", "--to", "tokenizer", "--exp-root", str(tmp_path)]
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -119,6 +127,8 @@ def test_cli_errors_are_one_line_and_name_the_file(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.tts
 def test_editing_the_corpus_spec_reruns_the_corpus(tmp_path, monkeypatch):
     import shutil
 
@@ -134,6 +144,8 @@ def test_editing_the_corpus_spec_reruns_the_corpus(tmp_path, monkeypatch):
     assert run_recipe(r) == [("corpus", "ran")]
 
 
+@pytest.mark.slow
+@pytest.mark.tts
 def test_stages_keep_the_process_thread_count(recipe, tmp_path, monkeypatch):
     """featurize pins one thread per shard job; run in-process (one worker) it must not leave the
     process at one thread for the training stages after it."""

@@ -1,4 +1,5 @@
-"""Trainer: exact resume after SIGKILL, DDP with torchrun, the non-finite guard, checkpoint errors."""
+"""Trainer: exact resume after SIGKILL, DDP with torchrun, the non-finite guard, decode's tokenizer check
+(each trains on a small synthesized corpus: slow, and needs the TTS engines)."""
 
 import os
 import shutil
@@ -14,6 +15,8 @@ import torch
 from speechkd.stages.runner import run_recipe
 from speechkd.train import checkpoint as ck
 from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.tts]
 
 BASE = """
 name: t
@@ -143,41 +146,40 @@ def test_nonfinite_losses_are_skipped_and_counted(prepared, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_checkpoint_errors_name_the_file(tmp_path):
+def test_decode_refuses_a_tokenizer_that_does_not_match_the_model(prepared, tmp_path):
+    """Defect 8: a char model decoded with a sentencepiece tokenizer reported a 126% WER; the reverse raised
+    IndexError. Defect 12: two manifests with one file name overwrote each other's reports."""
+    import json
+    import shutil as sh
+
+    from speechkd.data.dataset import FeatureDataset
     from speechkd.models import ModelConfig, build_model
+    from speechkd.text.tokenizer import CharTokenizer, load_tokenizer, tokenizer_fingerprint, train_tokenizer
 
-    m = build_model(ModelConfig(hidden=8, layers=1, vocab_size=5, input_dim=4))
-    p = tmp_path / "m.safetensors"
-    ck.save_weights(m, p)
-    assert isinstance(ck.load_model(p), type(m))
-    with pytest.raises(ck.CheckpointError, match=r"m.safetensors: checkpoint is another architecture: hidden"):
-        ck.load_model(p, expect=ModelConfig(hidden=16, layers=1, vocab_size=5, input_dim=4))
-    data = p.read_bytes()
-    p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ck.CheckpointError, match="m.safetensors: corrupt or truncated"):
-        ck.load_model(p)
-    p.write_bytes(b"\x00" * 64)
-    with pytest.raises(ck.CheckpointError, match="m.safetensors"):
-        ck.load_model(p)
-    with pytest.raises(ck.CheckpointError, match="not found"):
-        ck.load_model(tmp_path / "nope.safetensors")
-    d = ck.save_checkpoint(tmp_path / "ckpt-00000001", m, {"step": 1, "t": torch.ones(2)}, {"a": 1})
-    assert ck.load_train_state(d)["step"] == 1
-    (d / "train_state.pt").write_bytes(b"not a zip")
-    with pytest.raises(ck.CheckpointError, match="train_state.pt: corrupt"):
-        ck.load_train_state(d)
-    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
-
-
-def test_average_weights(tmp_path):
-    from speechkd.models import ModelConfig, build_model
-
-    ms = []
-    for s in range(3):
-        torch.manual_seed(s)
-        m = build_model(ModelConfig(hidden=8, layers=1, vocab_size=5, input_dim=4))
-        ck.save_weights(m, tmp_path / f"{s}.safetensors")
-        ms.append(m)
-    _, avg = ck.average_weights([tmp_path / f"{s}.safetensors" for s in range(3)])
-    k = "out.weight"
-    torch.testing.assert_close(avg[k], sum(m.state_dict()[k] for m in ms) / 3)
+    _, exp = prepared
+    feat = exp / "t" / "featurize"
+    char = CharTokenizer()
+    model = build_model(ModelConfig(input_dim=80, vocab_size=char.vocab_size, hidden=8, layers=1,
+                                    bidirectional=False, tokenizer=tokenizer_fingerprint(char)))
+    mdir = tmp_path / "m"
+    ck.save_weights(model, mdir / "model.safetensors")
+    texts = [u for u in FeatureDataset(feat / "train.jsonl", char).texts]
+    spm = train_tokenizer("sentencepiece", texts, vocab_size=char.vocab_size)  # the same size: only the fingerprint tells
+    spm.save(tmp_path / "spm")
+    spm_big = train_tokenizer("sentencepiece", texts, vocab_size=60)
+    spm_big.save(tmp_path / "spm_big")
+    cli = [sys.executable, "-m", "speechkd.cli", "decode", "--model", str(mdir / "model.safetensors"), "--out",
+           str(tmp_path / "o")]
+    for tdir, match in ((tmp_path / "spm", "trained with another tokenizer"), (tmp_path / "spm_big", "outputs 29 tokens")):
+        assert load_tokenizer(tdir).vocab_size in (29, 60)
+        r = subprocess.run([*cli, "--tokenizer", str(tdir), str(feat / "dev.jsonl")], capture_output=True, text=True)
+        assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # two manifests both called dev.jsonl: both reports are kept, under different names
+    other = tmp_path / "copy"
+    sh.copytree(feat, other)
+    char.save(mdir)
+    r = subprocess.run([*cli, str(feat / "dev.jsonl"), str(other / "dev.jsonl")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    summaries = sorted(p.name for p in (tmp_path / "o").glob("wer-summary-*.json"))
+    assert summaries == ["wer-summary-copy_dev.json", "wer-summary-featurize_dev.json"]
+    assert json.loads((tmp_path / "o" / "wer-summary-copy_dev.json").read_text())["manifest"] == str(other / "dev.jsonl")
