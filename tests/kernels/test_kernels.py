@@ -275,3 +275,21 @@ def test_spikes_delay_and_shift():
             np.testing.assert_array_equal(ta, tr)
     tlate = delay_log_probs(torch.from_numpy(lp), 2, torch.tensor([120, 100, 50]))
     assert torch.equal(tlate[1, 2:100], torch.from_numpy(lp[1, :98])) and torch.equal(tlate[1, 100:], torch.from_numpy(lp[1, 100:]))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "reference"])
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_every_backend_returns_the_input_type(backend, as_torch):
+    lp = posteriors(2, 2, 12, 5)
+    lens = np.array([12, 7])
+    tg, tl = np.array([[1, 2], [3, 0]]), np.array([2, 1])
+    x = torch.from_numpy(lp) if as_torch else lp
+    kind = torch.Tensor if as_torch else np.ndarray
+    p, i, d = K.topk(x, lens, 3, backend=backend)
+    outs = [p, i, d, K.densify(p, i, 5, backend=backend)]
+    al = K.viterbi_align(x, tg, lens, tl, backend=backend)
+    outs += [al.path, al.scores, al.spans, *K.ctc_occupancy(x, tg, lens, tl, backend=backend)]
+    nb = K.prefix_beam_search(x, lens, beam=3, backend=backend)
+    outs += [nb.tokens, nb.lengths, nb.scores, *K.spike_frames(x, lens, backend=backend)[0]]
+    assert all(isinstance(o, kind) for o in outs), [type(o) for o in outs]
+    assert isinstance(K.spike_lags(x, x, lens, backend=backend), np.ndarray)
