@@ -159,3 +159,15 @@ def test_stages_keep_the_process_thread_count(recipe, tmp_path, monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(n0)
+
+
+@pytest.mark.slow
+@pytest.mark.tts
+def test_quick_recipe_changing_decode_teacher_splits_reruns_only_decode_teacher(tmp_path):
+    """Section 3 of the hardening issue: a stage's fingerprint is its own config and the stages it reads."""
+    quick = REPO / "pipelines" / "quick"
+    first = run_recipe(quick, exp_root=tmp_path)
+    assert {s for _, s in first} == {"ran"}
+    again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_teacher.splits=[dev]"])
+    assert [n for n, s in again if s == "ran"] == ["decode_teacher"]
+    assert json.loads((tmp_path / "quick" / "decode_teacher" / "summary.json").read_text())["splits"].keys() == {"dev"}

@@ -1,0 +1,29 @@
+"""The CLI is thin: decoding imports nothing from the training package; config help shows nested keys."""
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_decode_and_config_do_not_import_the_trainer(tmp_path):
+    code = f"""
+import sys
+from pathlib import Path
+from speechkd.cli import main
+from speechkd.models import ModelConfig, build_model, save_weights
+from speechkd.text.tokenizer import CharTokenizer
+tok = CharTokenizer()
+save_weights(build_model(ModelConfig(input_dim=80, vocab_size=tok.vocab_size, hidden=8, layers=1)), Path({str(tmp_path)!r}) / "model.safetensors")
+tok.save({str(tmp_path)!r})
+rc = main(["decode", "--model", {str(tmp_path / "model.safetensors")!r}, "--out", {str(tmp_path / "o")!r}, {str(tmp_path / "missing.jsonl")!r}])
+assert rc == 2, rc
+loaded = sorted(m for m in sys.modules if m.startswith("speechkd.train"))
+print("LOADED", loaded)
+assert main(["config", "distill"]) == 0  # documents the training stages, so it may load their configs
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "LOADED []" in r.stdout
+    assert "kd.delay_reference = 'baseline'" in r.stdout and "model.layers = 3" in r.stdout
+    assert "missing.jsonl: cannot open manifest" in r.stderr
