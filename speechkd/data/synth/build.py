@@ -93,7 +93,7 @@ def load_spec(path: str | Path = DEFAULT_SPEC, **overrides: Any) -> CorpusSpec:
     data.update({k: v for k, v in overrides.items() if v is not None})
     spec = from_dict(CorpusSpec, data, where=str(path))
     if spec.hours <= 0:
-        raise ConfigError(f"{path}: hours must be > 0, got {spec.hours}")
+        raise ConfigError(f"{path}: hours (from the spec or --hours) must be > 0, got {spec.hours}")
     unknown = set(spec.split_fractions) - set(SPLITS)
     if unknown:
         raise ValueError(f"{path}: unknown split(s) {sorted(unknown)}; expected {SPLITS}")
