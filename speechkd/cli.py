@@ -69,6 +69,76 @@ def _cmd_decode(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from speechkd.export import export_streaming
+
+    meta = export_streaming(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, delay_frames=a.delay)
+    print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB; chunk {meta['chunk_frames']} frames, "
+          f"delay {meta['delay_frames']} frames = {meta['delay_ms']:g} ms) and {Path(a.out) / 'tokens.txt'}")
+    return 0
+
+
+def _cmd_transcribe(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file
+
+    rec = StreamingRecognizer(a.model, num_threads=a.threads)
+    tty = sys.stderr.isatty() and not a.no_partials
+    failed = 0
+    for f in a.files:
+        if f == "-":  # raw 16-bit little-endian mono PCM at the model's rate
+            rec.reset()
+            step = int(rec.sample_rate * a.chunk_ms / 1000) * 2
+            while True:
+                buf = sys.stdin.buffer.read(step)
+                if not buf:
+                    break
+                if len(buf) % 2:
+                    buf = buf[:-1]
+                rec.accept_waveform(np.frombuffer(buf, "<i2").astype(np.float32) / 32768.0, rec.sample_rate)
+                if tty:
+                    print(f"\r\033[K-: {rec.result().text}", end="", file=sys.stderr, flush=True)
+            res = rec.input_finished()
+        else:
+            show = (lambda t, f=f: print(f"\r\033[K{f}: {t}", end="", file=sys.stderr, flush=True)) if tty else None
+            try:
+                res = transcribe_file(rec, f, a.chunk_ms, show)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            if rec.resampled_from:
+                print(f"note: {f}: resampled from {rec.resampled_from} Hz to {rec.sample_rate} Hz", file=sys.stderr)
+        if tty:
+            print("\r\033[K", end="", file=sys.stderr)
+        print(f"{f}\t{res.text}", flush=True)
+    return 1 if failed else 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from speechkd.eval.raw import evaluate_manifest, onnx_transcriber, torch_transcriber
+    from speechkd.eval.scoring import report_names, write_reports
+
+    onnx = str(a.model).endswith(".onnx")
+    run = onnx_transcriber(a.model, a.chunk_ms, a.threads) if onnx else torch_transcriber(a.model, a.tokenizer,
+                                                                                         a.device)
+    bad = 0
+    for manifest, name in zip(a.manifests, report_names(a.manifests)):
+        ev = evaluate_manifest(run, manifest, segments_ok=not onnx)
+        for uid, path, msg in ev["failed"]:
+            print(f"error: utterance {uid!r}: {msg}", file=sys.stderr)
+        bad += len(ev["failed"])
+        if not ev["ids"]:
+            print(f"error: {manifest}: no utterance could be scored", file=sys.stderr)
+            continue
+        s = write_reports(a.out, name, ev["ids"], ev["refs"], ev["hyps"],
+                          {"model": str(a.model), "manifest": str(manifest), "failed": len(ev["failed"])})
+        print(f"{name}: WER {s['wer']:.2f}%  CER {s['cer']:.2f}%  ({s['utterances']} utterances"
+              + (f", {len(ev['failed'])} failed" if ev["failed"] else "") + f") -> {a.out}")
+    return 1 if bad else 0
+
+
 def _cmd_config(a: argparse.Namespace) -> int:
     from speechkd.config import help_text
     from speechkd.stages import STAGE_TYPES, get_stage
@@ -132,6 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to decode")
     d.add_argument("manifests", nargs="+", help="featurize-stage manifests (<split>.jsonl)")
     d.set_defaults(func=_cmd_decode)
+
+    e = sub.add_parser("export", help="export a unidirectional model as a streaming ONNX model + tokens.txt")
+    e.add_argument("--model", required=True, help="weights (.safetensors) of a train or distill stage")
+    e.add_argument("--out", required=True, help="output folder (model.onnx, tokens.txt)")
+    e.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
+    e.add_argument("--chunk-ms", type=float, default=160.0, help="default chunk the runtime feeds (ms)")
+    e.add_argument("--delay", type=int, help="KD delay in output frames (default: the distill stage's)")
+    e.add_argument("--format", choices=["onnx"], default="onnx", help="graph flavour")
+    e.set_defaults(func=_cmd_export)
+
+    t = sub.add_parser("transcribe", help="stream audio files (or - for raw 16-bit PCM on stdin) through an exported model")
+    t.add_argument("--model", required=True, help="model.onnx written by `speechkd export`")
+    t.add_argument("files", nargs="+", help="audio files, or - for raw 16-bit mono PCM at the model's rate on stdin")
+    t.add_argument("--chunk-ms", type=float, default=160.0, help="audio per chunk (ms)")
+    t.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    t.add_argument("--no-partials", action="store_true", help="do not show partial results on a terminal")
+    t.set_defaults(func=_cmd_transcribe)
+
+    ev = sub.add_parser("eval", help="WER/CER of a model (.onnx or .safetensors) on manifests of raw audio")
+    ev.add_argument("--model", required=True, help="model.onnx (streaming runtime) or model.safetensors (offline)")
+    ev.add_argument("--out", default="eval", help="folder for recogs-/errs-/wer-summary- files")
+    ev.add_argument("--tokenizer", help=".safetensors only: tokenizer folder (default: the model's folder)")
+    ev.add_argument("--chunk-ms", type=float, default=160.0, help=".onnx only: audio per chunk (ms)")
+    ev.add_argument("--threads", type=int, default=1, help=".onnx only: ONNX Runtime threads")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=".safetensors only")
+    ev.add_argument("manifests", nargs="+", help="NeMo-style JSONL manifests (audio_filepath, duration, text)")
+    ev.set_defaults(func=_cmd_eval)
 
     cf = sub.add_parser("config", help="show a stage's config keys with help")
     cf.add_argument("stage", nargs="?")

@@ -13,6 +13,7 @@ STAGE_TYPES = {
     "decode": "speechkd.stages.decode",
     "teacher_cache": "speechkd.stages.teacher_cache",
     "distill": "speechkd.stages.distill",
+    "export": "speechkd.stages.export",
 }
 
 

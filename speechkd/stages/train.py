@@ -64,6 +64,8 @@ def prepare(cfg: Config, ctx):
     feat_dir, tok_dir = ctx.stage_dir(cfg.featurize), ctx.stage_dir(cfg.tokenizer)
     tok = load_tokenizer(tok_dir)
     copy_tokenizer(tok_dir, ctx.out_dir)
+    if (feat_dir / "features.json").exists():  # the fbank options travel with the model (export reads them)
+        shutil.copy2(feat_dir / "features.json", ctx.out_dir / "features.json")
     train_ds = FeatureDataset(feat_dir / f"{cfg.train_split}.jsonl", tok, limit=cfg.train_limit, stack=cfg.model.stack)
     if train_ds.too_short:
         log.warning("%s: %d training utterance(s) too short for CTC at stack %d left out (listed in outputs.json)",

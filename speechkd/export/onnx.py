@@ -1,0 +1,158 @@
+"""Export a unidirectional LSTM-CTC model as a streaming ONNX graph.
+
+Graph (opset 17, exported with ``torch.onnx.export(..., dynamo=False)``)::
+
+    inputs   x (batch, frames, feat_dim)    raw log-mel fbank, frames a multiple of ``stack``
+             h (layers, batch, hidden)      LSTM hidden state (zeros at the start of a stream)
+             c (layers, batch, hidden)      LSTM cell state
+    outputs  log_probs (batch, frames / stack, vocab)   natural-log CTC posteriors
+             h_out, c_out                   the state to feed with the next chunk
+
+Global CMVN and frame stacking are inside the graph. A chunk must hold a multiple of ``stack``
+frames: the runtime keeps the remainder for the next chunk (what :meth:`LSTMCTC.step` does), and at
+the end of a stream a trailing partial stack is dropped, as offline. Batch and time are dynamic.
+
+The ONNX metadata (``custom_metadata_map``, string values) holds everything a runtime needs:
+``speechkd_format``, ``sample_rate``, ``fbank`` (JSON of every fbank option), ``frame_shift_ms``,
+``stack``, ``frame_ms`` (one output frame), ``feat_dim``, ``vocab_size``, ``blank_id``,
+``tokenizer_kind``, ``chunk_frames`` (default input frames per chunk), ``num_layers``,
+``hidden_size``, ``state_shape``, ``delay_frames`` / ``delay_ms`` (how late the KD student emits;
+a runtime feeds that much trailing silence at the end of a stream) and ``flush_frames`` (input
+frames of silence to feed at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from speechkd.features.fbank import FbankOptions
+from speechkd.models.io import check_vocabulary, load_model
+from speechkd.models.lstm_ctc import LSTMCTC
+from speechkd.text.tokenizer import load_tokenizer
+from speechkd.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMAT = "speechkd-streaming-lstm-ctc-v1"
+OPSET = 17
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported for streaming (the message says why)."""
+
+
+class StreamingGraph(nn.Module):
+    """``(x, h, c) -> (log_probs, h_out, c_out)``: one chunk of the streaming model (see module docstring)."""
+
+    def __init__(self, model: LSTMCTC):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        m = self.model
+        k, d = m.cfg.stack, m.cfg.input_dim
+        x = (x - m.cmvn_mean) / m.cmvn_std
+        x = x.reshape(x.shape[0], -1, k * d)
+        hs, cs = [], []
+        for i, lstm in enumerate(m.fwd):
+            x, (hi, ci) = lstm(x, (h[i : i + 1], c[i : i + 1]))
+            hs.append(hi)
+            cs.append(ci)
+        return m.out(x).log_softmax(-1), torch.cat(hs, 0), torch.cat(cs, 0)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def model_fbank(model_dir: Path, frame_shift_ms: float) -> FbankOptions:
+    """The fbank options the model was trained on: ``features.json`` beside it (the train stage copies
+    it there), else the defaults with the model's frame shift."""
+    feats = read_json(model_dir / "features.json")
+    if feats and isinstance(feats.get("fbank"), dict):
+        return FbankOptions(**feats["fbank"])
+    log.warning("%s: no features.json beside the model; assuming the default fbank options", model_dir)
+    return FbankOptions(frame_shift_ms=frame_shift_ms)
+
+
+def model_delay(model_dir: Path) -> int:
+    """Frames the student emits late (its distillation delay), from the stage's ``outputs.json``; 0 if none."""
+    out = read_json(model_dir / "outputs.json") or {}
+    d = out.get("delay_frames")
+    return int(d) if isinstance(d, int) else 0
+
+
+def write_tokens(tokens: list[str], path: Path) -> None:
+    """``symbol id`` per line, the blank named ``<blk>`` (the sherpa-onnx / icefall tokens.txt)."""
+    lines = []
+    for i, t in enumerate(tokens):
+        if any(ch.isspace() for ch in t):
+            raise ExportError(f"token {i} {t!r} contains whitespace; tokens.txt cannot hold it")
+        lines.append(f"{t} {i}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir: str | Path | None = None,
+                     chunk_ms: float = 160.0, delay_frames: int | None = None) -> dict[str, Any]:
+    """Export ``model_path`` (a ``model.safetensors`` of a train or distill stage) to
+    ``out_dir/model.onnx`` and ``out_dir/tokens.txt``; returns the metadata written."""
+    import onnx
+
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    model = load_model(model_path).eval()
+    cfg = model.cfg
+    if cfg.bidirectional:
+        raise ExportError(f"{model_path}: a bidirectional model needs the whole utterance and cannot stream; "
+                          "export a unidirectional student (or the baseline)")
+    if cfg.proj:
+        raise ExportError(f"{model_path}: LSTM projections (proj={cfg.proj}) have no ONNX LSTM equivalent")
+    tok = load_tokenizer(tokenizer_dir or model_path.parent)
+    check_vocabulary(model, tok, model_path)
+    fbank = model_fbank(model_path.parent, cfg.frame_shift_ms)
+    delay = model_delay(model_path.parent) if delay_frames is None else int(delay_frames)
+    if delay < 0:
+        raise ExportError(f"delay_frames must be >= 0, got {delay}")
+    chunk = max(cfg.stack, int(round(chunk_ms / fbank.frame_shift_ms / cfg.stack)) * cfg.stack)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graph = StreamingGraph(model)
+    x = torch.zeros(1, chunk, cfg.input_dim)
+    h = torch.zeros(cfg.layers, 1, cfg.hidden)
+    c = torch.zeros(cfg.layers, 1, cfg.hidden)
+    tmp = out_dir / ".model.onnx.tmp"
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")  # h0/c0 are inputs: batch is free
+        torch.onnx.export(graph, (x, h, c), str(tmp), dynamo=False, opset_version=OPSET,
+                          input_names=["x", "h", "c"], output_names=["log_probs", "h_out", "c_out"],
+                          dynamic_axes={"x": {0: "batch", 1: "frames"}, "h": {1: "batch"}, "c": {1: "batch"},
+                                        "log_probs": {0: "batch", 1: "out_frames"}, "h_out": {1: "batch"},
+                                        "c_out": {1: "batch"}})
+    meta = {
+        "speechkd_format": FORMAT, "sample_rate": fbank.sample_rate, "fbank": json.dumps(asdict(fbank)),
+        "frame_shift_ms": fbank.frame_shift_ms, "stack": cfg.stack, "frame_ms": fbank.frame_shift_ms * cfg.stack,
+        "feat_dim": cfg.input_dim, "vocab_size": cfg.vocab_size, "blank_id": tok.blank_id,
+        "tokenizer_kind": tok.kind, "chunk_frames": chunk, "num_layers": cfg.layers, "hidden_size": cfg.hidden,
+        "state_shape": json.dumps([cfg.layers, "batch", cfg.hidden]), "delay_frames": delay,
+        "delay_ms": delay * fbank.frame_shift_ms * cfg.stack, "flush_frames": delay * cfg.stack,
+        "source": str(model_path),
+    }
+    proto = onnx.load(str(tmp))
+    for k, v in meta.items():
+        p = proto.metadata_props.add()
+        p.key, p.value = k, str(v)
+    onnx.save(proto, str(tmp))
+    tmp.replace(out_dir / "model.onnx")
+    write_tokens(tok.tokens(), out_dir / "tokens.txt")
+    log.info("exported %s -> %s (chunk %d frames, delay %d frames)", model_path, out_dir / "model.onnx", chunk, delay)
+    return {**meta, "bytes": (out_dir / "model.onnx").stat().st_size}
