@@ -72,6 +72,21 @@ def _cmd_decode(a: argparse.Namespace) -> int:
 def _cmd_export(a: argparse.Namespace) -> int:
     from speechkd.export import export_streaming
 
+    if a.format == "sherpa":
+        from speechkd.data.manifest import read_manifest
+        from speechkd.export.sherpa import export_sherpa
+
+        audio = None
+        if a.adapt_manifest:
+            m = Path(a.adapt_manifest)
+            audio = [u.resolve_audio(m.parent) for u in read_manifest(m)][:: max(1, a.adapt_every)]
+        else:
+            print("warning: no --adapt-manifest: sherpa-onnx's features go to the model unadapted (less accurate)",
+                  file=sys.stderr)
+        meta = export_sherpa(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, adapt_audio=audio)
+        print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB, sherpa-onnx flavour, feature adapter: "
+              f"{meta['feature_adapter']}; feed {meta['tail_padding_ms']} ms of tail padding) and tokens.txt")
+        return 0
     meta = export_streaming(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, delay_frames=a.delay)
     print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB; chunk {meta['chunk_frames']} frames, "
           f"delay {meta['delay_frames']} frames = {meta['delay_ms']:g} ms) and {Path(a.out) / 'tokens.txt'}")
@@ -209,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
     e.add_argument("--chunk-ms", type=float, default=160.0, help="default chunk the runtime feeds (ms)")
     e.add_argument("--delay", type=int, help="KD delay in output frames (default: the distill stage's)")
-    e.add_argument("--format", choices=["onnx"], default="onnx", help="graph flavour")
+    e.add_argument("--format", choices=["onnx", "sherpa"], default="onnx",
+                   help="onnx: speechkd's runtime; sherpa: sherpa_onnx.OnlineRecognizer.from_nemo_ctc")
+    e.add_argument("--adapt-manifest", help="sherpa: manifest of training audio to fit the feature adapter on")
+    e.add_argument("--adapt-every", type=int, default=16, help="sherpa: use every N-th file of that manifest")
     e.set_defaults(func=_cmd_export)
 
     t = sub.add_parser("transcribe", help="stream audio files (or - for raw 16-bit PCM on stdin) through an exported model")

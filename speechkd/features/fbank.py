@@ -47,21 +47,23 @@ class FbankOptions:
         return 0 if num_samples < win else 1 + (num_samples - win) // hop
 
 
-def compute_fbank(wav: np.ndarray | torch.Tensor, opts: FbankOptions | None = None) -> torch.Tensor:
-    """Log-mel fbank of a mono waveform ``(samples,)`` in [-1, 1] -> ``(frames, num_mel_bins)`` float32."""
+def compute_fbank(wav: np.ndarray | torch.Tensor, opts: FbankOptions | None = None, *,
+                  snip_edges: bool = True) -> torch.Tensor:
+    """Log-mel fbank of a mono waveform ``(samples,)`` in [-1, 1] -> ``(frames, num_mel_bins)`` float32.
+    ``snip_edges=False`` centres frame t at t * hop (kaldi's other framing), for comparisons only."""
     from torchaudio.compliance import kaldi
 
     opts = opts or FbankOptions()
     x = torch.as_tensor(wav, dtype=torch.float32)
     if x.ndim != 1:
         raise ValueError(f"expected a mono waveform of shape (samples,), got {tuple(x.shape)}")
-    if opts.num_frames(x.numel()) == 0:
+    if snip_edges and opts.num_frames(x.numel()) == 0:
         return torch.zeros(0, opts.num_mel_bins)
     return kaldi.fbank(
         x.unsqueeze(0), sample_frequency=opts.sample_rate, num_mel_bins=opts.num_mel_bins,
         frame_length=opts.frame_length_ms, frame_shift=opts.frame_shift_ms, low_freq=opts.low_freq,
         high_freq=opts.high_freq, preemphasis_coefficient=opts.preemphasis, window_type=opts.window,
-        dither=opts.dither, energy_floor=0.0, snip_edges=True,
+        dither=opts.dither, energy_floor=0.0, snip_edges=snip_edges,
     )
 
 

@@ -212,3 +212,60 @@ def test_a_model_that_is_not_ours_is_one_line(tmp_path):
                          (tmp_path / "junk.onnx", "not an ONNX model"), (tmp_path / "nope.onnx", "model file not found")):
         r = _cli("transcribe", "--model", model, tmp_path / "a.wav")
         assert r.returncode == 2 and match in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_sherpa_onnx_loads_and_decodes_our_model(exported, tmp_path):
+    """sherpa-onnx's online NeMo CTC recognizer loads the sherpa flavour and decodes a file; a probe graph (its
+    token per frame is the argmax mel bin of its input) shows sherpa-onnx feeds exactly the features of
+    `sherpa_fbank_options()`, which the feature adapter is fitted on."""
+    import onnx
+    import sherpa_onnx
+
+    from speechkd.export.sherpa import _knf_frames, export_sherpa, sherpa_fbank_options
+
+    src, _, _, wav = exported
+    meta = export_sherpa(src, tmp_path / "sherpa", adapt_audio=[wav], adapter_steps=50)
+    assert meta["vocab_size"] == 28 and meta["cache_last_channel_dim1"] == 2 and meta["window_size"] == 15
+    rec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(tmp_path / "sherpa" / "tokens.txt"),
+                                                     model=str(tmp_path / "sherpa" / "model.onnx"), num_threads=1)
+    x, sr = sf.read(str(wav), dtype="float32")
+    s = rec.create_stream()
+    s.accept_waveform(sr, x)
+    s.accept_waveform(sr, np.zeros(int(meta["tail_padding_ms"] * sr / 1000), np.float32))
+    s.input_finished()
+    n = 0
+    while rec.is_ready(s):
+        rec.decode_stream(s)
+        n += 1
+    assert n >= len(x) / sr * 100 // 15 - 1 and isinstance(rec.get_result(s), str) and rec.get_result_all(s).tokens
+
+    class Probe(torch.nn.Module):
+        def forward(self, a, b, c, d, e):
+            lp = torch.nn.functional.one_hot(a.transpose(1, 2).argmax(-1) + 1, 81).float() * 20 - 10
+            return lp.log_softmax(-1), b, c, d, e + b
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    args = (torch.zeros(1, 80, 15), torch.tensor([15]), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4),
+            torch.zeros(1, dtype=torch.int64))
+    torch.onnx.export(Probe(), args, str(probe / "model.onnx"), dynamo=False, opset_version=17)
+    m = onnx.load(str(probe / "model.onnx"))
+    for k, v in dict(window_size=15, chunk_shift=15, subsampling_factor=1, vocab_size=80, cache_last_channel_dim1=1,
+                     cache_last_channel_dim2=1, cache_last_channel_dim3=4, cache_last_time_dim1=1,
+                     cache_last_time_dim2=1, cache_last_time_dim3=4).items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, str(v)
+    onnx.save(m, str(probe / "model.onnx"))
+    (probe / "tokens.txt").write_text("<blk> 0\n" + "".join(f"b{i} {i + 1}\n" for i in range(80)))
+    rec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(probe / "tokens.txt"), model=str(probe / "model.onnx"),
+                                                     num_threads=1)
+    s = rec.create_stream()
+    s.accept_waveform(sr, x)
+    s.input_finished()
+    while rec.is_ready(s):
+        rec.decode_stream(s)
+    got = [int(t[1:]) for t in rec.get_result_all(s).tokens]
+    F = _knf_frames(sherpa_fbank_options(), x)
+    a = np.concatenate([F[i : i + 15] for i in range(0, F.shape[0] - 15, 15)]).argmax(-1)
+    want = [int(a[0])] + [int(v) for p, v in zip(a, a[1:]) if v != p]
+    assert got == want[: len(got)] and len(got) >= len(want) - 3
