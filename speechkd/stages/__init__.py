@@ -14,6 +14,7 @@ STAGE_TYPES = {
     "teacher_cache": "speechkd.stages.teacher_cache",
     "distill": "speechkd.stages.distill",
     "export": "speechkd.stages.export",
+    "latency": "speechkd.stages.latency",
 }
 
 

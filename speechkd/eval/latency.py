@@ -1,0 +1,73 @@
+"""Token emission latency of a streaming model, measured against a forced alignment.
+
+For each utterance, the reference tokens are force-aligned (Viterbi, :func:`speechkd.kernels.viterbi_align`)
+to an offline model's posteriors (the teacher); a token "ends" at the last output frame of its aligned
+span. The streaming model's emitted tokens (from the runtime, chunk by chunk) are matched to the
+reference in order (edit-distance alignment); for each matched token, the latency is the output frame at
+which the stream emitted it minus the frame where it ends, in ms. The first-partial latency is the audio
+time at which the runtime's result first holds text minus the end of the first aligned token: it adds the
+chunking to the model's own delay.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import speechkd.kernels as K
+from speechkd.utils import progress
+
+
+def token_ends(teacher, feats: np.ndarray, tokens: list[int], blank: int = 0) -> np.ndarray | None:
+    """Last output frame of each reference token in the teacher's Viterbi alignment (None if infeasible)."""
+    with torch.no_grad():
+        lp, ol = teacher(torch.from_numpy(np.array(feats, dtype=np.float32))[None], torch.tensor([feats.shape[0]]))
+    if not tokens:
+        return None
+    al = K.viterbi_align(lp.float(), torch.tensor([tokens]), ol, torch.tensor([len(tokens)]), blank=blank)
+    spans = np.asarray(al.spans)[0]
+    if not np.isfinite(float(np.asarray(al.scores)[0])):
+        return None
+    return spans[:, 1] - 1
+
+
+def measure(recognizer, teacher, ds, audio_paths: dict[str, Path], *, limit: int = 0, chunk_ms: float = 160.0
+            ) -> dict[str, Any]:
+    """Latency figures (ms) of ``recognizer`` (a :class:`speechkd.runtime.StreamingRecognizer`) on the
+    utterances of the featurized dataset ``ds``; ``audio_paths`` maps ids to their audio files."""
+    from speechkd.runtime.recognizer import read_audio
+
+    frame_ms = recognizer.frame_ms
+    lat, first = [], []
+    n = len(ds) if not limit else min(limit, len(ds))
+    for i in progress(range(n), desc="latency", unit="utt"):
+        uid, feats, toks, _ = ds[i]
+        ends = token_ends(teacher, feats, toks, recognizer.blank)
+        if ends is None:
+            continue
+        wav, sr = read_audio(audio_paths[uid])
+        recognizer.reset()
+        step = max(1, int(sr * chunk_ms / 1000))
+        first_at = None
+        for j in range(0, len(wav), step):
+            recognizer.accept_waveform(wav[j : j + step], sr)
+            if first_at is None and recognizer.result().tokens:
+                first_at = min(len(wav), j + step) / sr * 1000
+        res = recognizer.input_finished()
+        if first_at is None and res.tokens:
+            first_at = len(wav) / sr * 1000 + recognizer.flush_frames * 10.0
+        emitted = [round(t / frame_ms) for t in res.times_ms]
+        sm = difflib.SequenceMatcher(None, toks, res.tokens, autojunk=False)
+        for blk in sm.get_matching_blocks():
+            for k in range(blk.size):
+                lat.append((emitted[blk.b + k] - ends[blk.a + k]) * frame_ms)
+        if first_at is not None:
+            first.append(first_at - (ends[0] + 1) * frame_ms)
+    pct = lambda v, q: round(float(np.percentile(v, q)), 1) if v else None
+    return {"tokens_matched": len(lat), "utterances": n, "emission_median_ms": pct(lat, 50),
+            "emission_p90_ms": pct(lat, 90), "first_partial_median_ms": pct(first, 50),
+            "first_partial_p90_ms": pct(first, 90), "chunk_ms": chunk_ms, "frame_ms": frame_ms}
