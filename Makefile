@@ -48,6 +48,7 @@ bench: bench-deps
 	$(PY) benchmarks/featurize.py
 	$(PY) benchmarks/ctc_kernels.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/streaming.py
 
 clean:
 	rm -rf exp .pytest_cache

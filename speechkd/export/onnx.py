@@ -133,6 +133,7 @@ def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_d
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")  # h0/c0 are inputs: batch is free
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")  # dynamo=False on purpose
         torch.onnx.export(graph, (x, h, c), str(tmp), dynamo=False, opset_version=OPSET,
                           input_names=["x", "h", "c"], output_names=["log_probs", "h_out", "c_out"],
                           dynamic_axes={"x": {0: "batch", 1: "frames"}, "h": {1: "batch"}, "c": {1: "batch"},

@@ -176,6 +176,7 @@ def export_sherpa(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir:
     tmp = out_dir / ".model.onnx.tmp"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(SherpaGraph(model, adapter), args, str(tmp), dynamo=False, opset_version=OPSET,
                           input_names=["audio_signal", "length", "cache_last_channel", "cache_last_time",
                                        "cache_last_channel_len"],

@@ -167,9 +167,10 @@ def test_fingerprints_follow_the_graph():
     assert differ == ["decode_teacher"]
     _, changed = load_recipe(QUICK, ["baseline.epochs=3"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
-    # the baseline, its decode, and the students whose delay estimate runs it; not the teacher or its cache
+    # the baseline, its decode, the students whose delay estimate runs it and what exports and measures them;
+    # not the teacher, its cache or student_seq
     assert differ == ["baseline", "decode_baseline", "student_frame", "student_both", "decode_student_frame",
-                      "decode_student_both"]
+                      "decode_student_both", "export", "latency"]
     reads = {p.name: p.reads for p in base}
     assert reads["student_seq"] == ["featurize", "tokenizer", "teacher_cache"]
     assert reads["student_frame"] == ["featurize", "tokenizer", "teacher_cache", "baseline"]
