@@ -86,7 +86,7 @@ def main() -> None:
             chunk_times.extend(rec.chunk_seconds)
 
     sherpa_dir = exp / "export" / a.student / "sherpa"
-    sherpa_pass = None
+    contenders_extra = {}
     if (sherpa_dir / "model.onnx").exists():
         import onnx
         import sherpa_onnx
@@ -109,11 +109,12 @@ def main() -> None:
                     srec.decode_stream(s)
                 srec.get_result(s)
 
+        contenders_extra["sherpa"] = sherpa_pass
+
     contenders = {"teacher": torch_pass(load_model(exp / "teacher" / "model.safetensors").eval()),
                   "student_torch": torch_pass(load_model(exp / a.student / "model.safetensors").eval()),
                   "onnx": runtime_pass}
-    if sherpa_pass:
-        contenders["sherpa"] = sherpa_pass
+    contenders.update(contenders_extra)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for k, fn in contenders.items():  # warm-up
         fn()

@@ -102,12 +102,22 @@ def write_tokens(tokens: list[str], path: Path) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def finish_onnx(tmp: Path, meta: dict[str, Any], dst: Path) -> None:
+    """Add ``meta`` (values as strings) to the ONNX model at ``tmp`` and move it to ``dst``."""
+    import onnx
+
+    proto = onnx.load(str(tmp))
+    for k, v in meta.items():
+        p = proto.metadata_props.add()
+        p.key, p.value = k, str(v)
+    onnx.save(proto, str(tmp))
+    tmp.replace(dst)
+
+
 def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir: str | Path | None = None,
                      chunk_ms: float = 160.0, delay_frames: int | None = None) -> dict[str, Any]:
     """Export ``model_path`` (a ``model.safetensors`` of a train or distill stage) to
     ``out_dir/model.onnx`` and ``out_dir/tokens.txt``; returns the metadata written."""
-    import onnx
-
     model_path, out_dir = Path(model_path), Path(out_dir)
     model = load_model(model_path).eval()
     cfg = model.cfg
@@ -148,12 +158,7 @@ def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_d
         "delay_ms": delay * fbank.frame_shift_ms * cfg.stack, "flush_frames": delay * cfg.stack,
         "source": str(model_path),
     }
-    proto = onnx.load(str(tmp))
-    for k, v in meta.items():
-        p = proto.metadata_props.add()
-        p.key, p.value = k, str(v)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out_dir / "model.onnx")
+    finish_onnx(tmp, meta, out_dir / "model.onnx")
     write_tokens(tok.tokens(), out_dir / "tokens.txt")
     log.info("exported %s -> %s (chunk %d frames, delay %d frames)", model_path, out_dir / "model.onnx", chunk, delay)
     return {**meta, "bytes": (out_dir / "model.onnx").stat().st_size}

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechkd.export.onnx import OPSET, ExportError, model_delay, model_fbank, write_tokens
+from speechkd.export.onnx import OPSET, ExportError, finish_onnx, model_delay, model_fbank, write_tokens
 from speechkd.models.io import check_vocabulary, load_model
 from speechkd.models.lstm_ctc import LSTMCTC
 from speechkd.text.tokenizer import load_tokenizer
@@ -45,7 +45,8 @@ def sherpa_fbank_options():
     return o
 
 
-def _knf_frames(opts, wav) -> "np.ndarray":
+def _knf_frames(opts, wav):
+    """``(frames, bins)`` NumPy array of kaldi-native-fbank features of a whole waveform."""
     import kaldi_native_fbank as knf
     import numpy as np
 
@@ -148,8 +149,6 @@ def export_sherpa(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir:
     """Write ``out_dir/model.onnx`` and ``tokens.txt`` for sherpa-onnx's online NeMo CTC recognizer.
     ``adapt_audio``: training audio files to fit the feature adapter on (without it, no adapter: the
     model sees sherpa-onnx's features as they are, which costs accuracy)."""
-    import onnx
-
     model_path, out_dir = Path(model_path), Path(out_dir)
     model = load_model(model_path).eval()
     cfg = model.cfg
@@ -192,12 +191,7 @@ def export_sherpa(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir:
             "cache_last_time_dim1": L, "cache_last_time_dim2": 1, "cache_last_time_dim3": H,
             "delay_frames": delay, "tail_padding_ms": (delay * cfg.stack + window) * 10,
             "feature_adapter": "none" if adapter is None else f"mlp, held-out rms {adapt_err:.3f}"}
-    proto = onnx.load(str(tmp))
-    for k, v in meta.items():
-        p = proto.metadata_props.add()
-        p.key, p.value = k, str(v)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out_dir / "model.onnx")
+    finish_onnx(tmp, meta, out_dir / "model.onnx")
     # sherpa-onnx concatenates symbols; "▁" becomes a space in its text, so the word boundary is named so here
     write_tokens(["\u2581" if t == "|" and tok.kind == "char" else t for t in tok.tokens()], out_dir / "tokens.txt")
     return {**meta, "bytes": (out_dir / "model.onnx").stat().st_size}
