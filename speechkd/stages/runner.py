@@ -189,34 +189,59 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-@contextmanager
-def exp_lock(exp_dir: Path):
-    """Hold an exclusive lock on ``exp_dir/.lock`` (released when the process ends, even on SIGKILL).
-    A second run into the same folder fails at once with a message naming the holder."""
+def _holder(fd: int) -> str:
+    try:
+        h = json.loads(os.pread(fd, 4096, 0).decode().split("\n")[0] or "{}")
+    except (ValueError, OSError):
+        h = {}
+    if not h:
+        return "another speechkd run"
+    return (f"another speechkd run (pid {h.get('pid', '?')} on {h.get('host', '?')}, since {h.get('started', '?')}: "
+            f"{h.get('command', '?')})")
+
+
+def _take(path: Path, mode: int, what: str) -> int:
     import fcntl
 
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    path = exp_dir / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0).decode().split("\n")[0] or "{}")
-            except (ValueError, OSError):
-                holder = {}
-            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}: "
-                   f"{holder.get('command', '?')}")
-            raise LockedError(f"{exp_dir} is in use by another speechkd run ({who}); wait for it to finish, or "
-                              "give this run another --exp-root") from None
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        who = _holder(fd)
+        os.close(fd)
+        raise LockedError(f"{what} is in use by {who}; wait for it to finish, or give this run another "
+                          "--exp-root") from None
+    if mode == fcntl.LOCK_EX:
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:500]})
         os.ftruncate(fd, 0)
         os.pwrite(fd, (info + "\n").encode(), 0)
+    return fd
+
+
+@contextmanager
+def exp_lock(exp_dir: Path, stage: str | None = None):
+    """Lock an experiment folder for a run (released when the process ends, even on SIGKILL).
+
+    A run of several stages holds ``exp_dir/.lock`` exclusively. A run of exactly one stage (``--from S
+    --to S``, which writes only ``S``) holds it shared plus ``exp_dir/.locks/S.lock`` exclusively, so
+    different single stages can train side by side (``benchmarks/kd_sweep.py`` does), but never beside a
+    run of several stages or of the same stage. A refused run fails at once, naming the holder."""
+    import fcntl
+
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    fds = []
+    try:
+        if stage is None:
+            fds.append(_take(exp_dir / ".lock", fcntl.LOCK_EX, str(exp_dir)))
+        else:
+            fds.append(_take(exp_dir / ".lock", fcntl.LOCK_SH, str(exp_dir)))
+            (exp_dir / ".locks").mkdir(exist_ok=True)
+            fds.append(_take(exp_dir / ".locks" / f"{stage}.lock", fcntl.LOCK_EX, f"stage {stage!r} of {exp_dir}"))
         yield
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str | None = None, force: bool = False,
@@ -236,7 +261,7 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
     exp_dir = Path(exp_root) / meta["name"] if exp_root else Path(meta.get("exp_dir") or f"exp/{meta['name']}")
     rank = _init_distributed()
     if rank == 0:
-        with exp_lock(exp_dir):
+        with exp_lock(exp_dir, stage=names[i0] if i0 == i1 else None):
             return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
     return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
 

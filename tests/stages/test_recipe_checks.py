@@ -107,6 +107,18 @@ def test_a_second_run_into_the_same_exp_dir_is_refused_naming_the_holder(tmp_pat
                 pass
     with exp_lock(exp):  # released on exit
         pass
+    # single stages (--from S --to S) may run side by side, but not beside a run of several stages or themselves
+    with exp_lock(exp, stage="a"), exp_lock(exp, stage="b"):
+        with pytest.raises(LockedError, match="stage 'a' of"):
+            with exp_lock(exp, stage="a"):
+                pass
+        with pytest.raises(LockedError, match="is in use by"):
+            with exp_lock(exp):
+                pass
+    with exp_lock(exp):
+        with pytest.raises(LockedError, match="is in use by another speechkd run \\(pid"):
+            with exp_lock(exp, stage="a"):
+                pass
 
 
 def _nemo_recipe(tmp: Path) -> tuple[Path, Path]:
