@@ -17,8 +17,8 @@ The ONNX metadata (``custom_metadata_map``, string values) holds everything a ru
 ``stack``, ``frame_ms`` (one output frame), ``feat_dim``, ``vocab_size``, ``blank_id``,
 ``tokenizer_kind``, ``chunk_frames`` (default input frames per chunk), ``num_layers``,
 ``hidden_size``, ``state_shape``, ``delay_frames`` / ``delay_ms`` (how late the KD student emits;
-a runtime feeds that much trailing silence at the end of a stream) and ``flush_frames`` (input
-frames of silence to feed at the end).
+a runtime feeds that much trailing silence at the end of a stream), ``flush_frames`` (input
+frames of silence to feed at the end), ``chunk_rule`` and ``fbank_framing`` (in words).
 """
 
 from __future__ import annotations
@@ -156,6 +156,9 @@ def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_d
         "tokenizer_kind": tok.kind, "chunk_frames": chunk, "num_layers": cfg.layers, "hidden_size": cfg.hidden,
         "state_shape": json.dumps([cfg.layers, "batch", cfg.hidden]), "delay_frames": delay,
         "delay_ms": delay * fbank.frame_shift_ms * cfg.stack, "flush_frames": delay * cfg.stack,
+        "chunk_rule": f"x holds a multiple of stack={cfg.stack} frames; keep the remainder for the next chunk; "
+                      "at the end of a stream feed flush_frames frames of silence, then drop a trailing partial stack",
+        "fbank_framing": "kaldi snip_edges=true (frame t covers samples [t*hop, t*hop+window))",
         "source": str(model_path),
     }
     finish_onnx(tmp, meta, out_dir / "model.onnx")

@@ -63,7 +63,7 @@ def test_metadata_contract_and_tokens(exported):
               "state_shape", "delay_frames", "delay_ms", "num_layers", "hidden_size"):
         assert k in got, k
     assert json.loads(got["fbank"])["num_mel_bins"] == 80 and got["delay_frames"] == "2" and got["stack"] == "3"
-    assert got["chunk_frames"] == "15" and float(got["delay_ms"]) == 60.0
+    assert got["chunk_frames"] == "15" and float(got["delay_ms"]) == 60.0 and "multiple of stack=3" in got["chunk_rule"]
     lines = (onnx_path.parent / "tokens.txt").read_text().splitlines()
     assert lines[0] == "<blk> 0" and lines[1] == "| 1" and len(lines) == 29
 
