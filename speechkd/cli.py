@@ -132,12 +132,17 @@ def _cmd_transcribe(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from speechkd.eval.raw import evaluate_manifest, onnx_transcriber, torch_transcriber
+    from speechkd.eval.raw import (evaluate_manifest, is_sherpa_model, onnx_transcriber, sherpa_transcriber,
+                                   torch_transcriber)
     from speechkd.eval.scoring import report_names, write_reports
 
     onnx = str(a.model).endswith(".onnx")
-    run = onnx_transcriber(a.model, a.chunk_ms, a.threads) if onnx else torch_transcriber(a.model, a.tokenizer,
-                                                                                         a.device)
+    if onnx and is_sherpa_model(a.model):  # the sherpa-onnx flavour: scored through sherpa-onnx itself
+        run = sherpa_transcriber(a.model, a.chunk_ms, a.threads)
+    elif onnx:
+        run = onnx_transcriber(a.model, a.chunk_ms, a.threads)
+    else:
+        run = torch_transcriber(a.model, a.tokenizer, a.device)
     bad = 0
     for manifest, name in zip(a.manifests, report_names(a.manifests)):
         ev = evaluate_manifest(run, manifest, segments_ok=not onnx)
@@ -239,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_transcribe)
 
     ev = sub.add_parser("eval", help="WER/CER of a model (.onnx or .safetensors) on manifests of raw audio")
-    ev.add_argument("--model", required=True, help="model.onnx (streaming runtime) or model.safetensors (offline)")
+    ev.add_argument("--model", required=True, help="model.onnx (streaming runtime; a --format sherpa model runs in sherpa-onnx) or "
+                    "model.safetensors (offline)")
     ev.add_argument("--out", default="eval", help="folder for recogs-/errs-/wer-summary- files")
     ev.add_argument("--tokenizer", help=".safetensors only: tokenizer folder (default: the model's folder)")
     ev.add_argument("--chunk-ms", type=float, default=160.0, help=".onnx only: audio per chunk (ms)")

@@ -24,6 +24,48 @@ def onnx_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: in
     return lambda path: transcribe_file(rec, path, chunk_ms).text
 
 
+def sherpa_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: int = 1) -> Callable[[Path], str]:
+    """Transcribe with sherpa-onnx's online recognizer (a model from ``speechkd export --format sherpa``):
+    160 ms chunks, then the model's ``tail_padding_ms`` of silence, as a service would feed it."""
+    import numpy as np
+    import onnxruntime as ort
+    import sherpa_onnx
+
+    from speechkd.runtime.recognizer import read_audio
+
+    model = Path(model)
+    pad_ms = int(ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map.get("tail_padding_ms", 0))
+    rec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(model.parent / "tokens.txt"), model=str(model),
+                                                     num_threads=num_threads)
+
+    def run(path: Path) -> str:
+        wav, sr = read_audio(path)
+        s = rec.create_stream()
+        step = max(1, int(sr * chunk_ms / 1000))
+        for i in range(0, len(wav), step):
+            s.accept_waveform(sr, wav[i : i + step])
+            while rec.is_ready(s):
+                rec.decode_stream(s)
+        s.accept_waveform(sr, np.zeros(int(pad_ms * sr / 1000), np.float32))
+        s.input_finished()
+        while rec.is_ready(s):
+            rec.decode_stream(s)
+        return " ".join(rec.get_result(s).split())
+
+    return run
+
+
+def is_sherpa_model(model: str | Path) -> bool:
+    """A model written by ``speechkd export --format sherpa`` (sherpa-onnx's NeMo CTC metadata, not ours)."""
+    import onnxruntime as ort
+
+    try:
+        meta = ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map
+    except Exception:
+        return False
+    return "window_size" in meta and "speechkd_format" not in meta
+
+
 def torch_transcriber(model: str | Path, tokenizer_dir: str | Path | None = None, device: str = "auto"):
     import torch
 

@@ -238,6 +238,11 @@ def test_sherpa_onnx_loads_and_decodes_our_model(exported, tmp_path):
         rec.decode_stream(s)
         n += 1
     assert n >= len(x) / sr * 100 // 15 - 1 and isinstance(rec.get_result(s), str) and rec.get_result_all(s).tokens
+    # `speechkd eval` recognises the flavour and scores it through sherpa-onnx, with the same text
+    from speechkd.eval.raw import is_sherpa_model, sherpa_transcriber
+
+    assert is_sherpa_model(tmp_path / "sherpa" / "model.onnx") and not is_sherpa_model(exported[1])
+    assert sherpa_transcriber(tmp_path / "sherpa" / "model.onnx")(wav) == " ".join(rec.get_result(s).split())
 
     class Probe(torch.nn.Module):
         def forward(self, a, b, c, d, e):
