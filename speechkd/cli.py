@@ -86,10 +86,17 @@ def _cmd_export(a: argparse.Namespace) -> int:
         meta = export_sherpa(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, adapt_audio=audio)
         print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB, sherpa-onnx flavour, feature adapter: "
               f"{meta['feature_adapter']}; feed {meta['tail_padding_ms']} ms of tail padding) and tokens.txt")
-        return 0
-    meta = export_streaming(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, delay_frames=a.delay)
-    print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB; chunk {meta['chunk_frames']} frames, "
-          f"delay {meta['delay_frames']} frames = {meta['delay_ms']:g} ms) and {Path(a.out) / 'tokens.txt'}")
+    else:
+        meta = export_streaming(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, delay_frames=a.delay)
+        print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB; chunk {meta['chunk_frames']} frames, "
+              f"delay {meta['delay_frames']} frames = {meta['delay_ms']:g} ms) and {Path(a.out) / 'tokens.txt'}")
+    if a.int8:
+        from speechkd.quant.ort import quantize_int8
+
+        rep = quantize_int8(Path(a.out) / "model.onnx", Path(a.out) / "model.int8.onnx")
+        q = ", ".join(f"{v} {k}" for k, v in sorted(rep["quantized"].items()))
+        print(f"wrote {Path(a.out) / 'model.int8.onnx'} ({rep['bytes'] / 1e6:.2f} MB, {rep['size_ratio']}x smaller; "
+              f"int8: {q}; float: {', '.join(rep['float_ops'])})")
     return 0
 
 
@@ -233,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: speechkd's runtime; sherpa: sherpa_onnx.OnlineRecognizer.from_nemo_ctc")
     e.add_argument("--adapt-manifest", help="sherpa: manifest of training audio to fit the feature adapter on")
     e.add_argument("--adapt-every", type=int, default=16, help="sherpa: use every N-th file of that manifest")
+    e.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx (ONNX Runtime dynamic int8: LSTM and MatMul weights per channel)")
     e.set_defaults(func=_cmd_export)
 
     t = sub.add_parser("transcribe", help="stream audio files (or - for raw 16-bit PCM on stdin) through an exported model")

@@ -47,9 +47,10 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         raise CheckpointError(f"{path}: cannot write weights: {str(e)[:300]}") from None
 
 
-def save_weights(model: LSTMCTC, path: str | Path) -> None:
-    """Weights as safetensors with the model config in the metadata (atomic)."""
-    save_tensors(model.state_dict(), path, {"model_config": json.dumps(asdict(model.cfg)), "format": FORMAT})
+def save_weights(model: LSTMCTC, path: str | Path, meta: dict[str, str] | None = None) -> None:
+    """Weights as safetensors with the model config (and ``meta``) in the metadata (atomic)."""
+    save_tensors(model.state_dict(), path, {"model_config": json.dumps(asdict(model.cfg)), "format": FORMAT,
+                                            **(meta or {})})
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

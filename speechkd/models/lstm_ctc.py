@@ -79,6 +79,23 @@ class LSTMCTC(nn.Module):
             in_dim = out * dirs
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(in_dim, cfg.vocab_size)
+        # quantization-aware training: the forward sees int8-grid weights (speechkd.quant.fake); not saved,
+        # the QAT stage sets it and saves baked weights
+        self.fake_quant = False
+
+    def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, hc=None):
+        if self.fake_quant:
+            from speechkd.quant.fake import run_lstm
+
+            return run_lstm(lstm, x, hc)
+        return lstm(x) if hc is None else lstm(x, hc)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fake_quant:
+            from speechkd.quant.fake import run_linear
+
+            return run_linear(self.out, x)
+        return self.out(x)
 
     @property
     def frame_rate_ms(self) -> float:
@@ -105,9 +122,9 @@ class LSTMCTC(nn.Module):
         for i, f in enumerate(self.fwd):
             if i > 0:
                 x = self.drop(x)
-            h, _ = f(x)
+            h, _ = self._lstm(f, x)
             if self.cfg.bidirectional:
-                hb, _ = self.bwd[i](reverse_padded(x, out_len))
+                hb, _ = self._lstm(self.bwd[i], reverse_padded(x, out_len))
                 h = torch.cat([h, reverse_padded(hb, out_len)], dim=-1)
             hiddens.append(h)
             x = h
@@ -126,7 +143,7 @@ class LSTMCTC(nn.Module):
                 return lp, out_len, feats.new_zeros(feats.shape[0], 0, dim)
             return lp, out_len
         hiddens, out_len = self.encode(feats, lengths)
-        logits = self.out(self.drop(hiddens[-1]))
+        logits = self._logits(self.drop(hiddens[-1]))
         if return_hidden:
             return logits.log_softmax(-1), out_len, hiddens[-1]
         return logits.log_softmax(-1), out_len
@@ -159,10 +176,10 @@ class LSTMCTC(nn.Module):
         for i, f in enumerate(self.fwd):
             if i > 0:
                 x = self.drop(x)
-            x, (h, c) = f(x, (state["h"][i : i + 1].contiguous(), state["c"][i : i + 1].contiguous()))
+            x, (h, c) = self._lstm(f, x, (state["h"][i : i + 1].contiguous(), state["c"][i : i + 1].contiguous()))
             hs.append(h)
             cs.append(c)
-        logp = self.out(self.drop(x)).log_softmax(-1)
+        logp = self._logits(self.drop(x)).log_softmax(-1)
         return logp, {"h": torch.cat(hs), "c": torch.cat(cs), "pending": pending}
 
 

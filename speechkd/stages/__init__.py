@@ -13,9 +13,14 @@ STAGE_TYPES = {
     "decode": "speechkd.stages.decode",
     "teacher_cache": "speechkd.stages.teacher_cache",
     "distill": "speechkd.stages.distill",
+    "qat": "speechkd.stages.qat",
     "export": "speechkd.stages.export",
     "latency": "speechkd.stages.latency",
 }
+
+
+# stage types that leave a model.safetensors (what decode, export, caches and students may name)
+MODEL_STAGES = ("train", "distill", "qat")
 
 
 def get_stage(stype: str) -> ModuleType:

@@ -18,6 +18,7 @@ from speechkd.eval.decode import evaluate, pick_device
 from speechkd.eval.scoring import write_reports
 from speechkd.models.io import check_vocabulary, load_model
 from speechkd.models.lstm_ctc import count_parameters
+from speechkd.stages import MODEL_STAGES
 from speechkd.text.tokenizer import load_tokenizer
 from speechkd.utils import atomic_write_text
 
@@ -42,7 +43,7 @@ class Config:
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
-    return [("model", cfg.model, ("train", "distill")), ("featurize", cfg.featurize, ("featurize",))]
+    return [("model", cfg.model, MODEL_STAGES), ("featurize", cfg.featurize, ("featurize",))]
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:

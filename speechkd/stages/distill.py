@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from speechkd.config import field
@@ -21,6 +22,7 @@ from speechkd.distill.compose import KDConfig, KDObjective
 from speechkd.distill.timing import estimate_delay
 from speechkd.eval.decode import pick_device
 from speechkd.models.io import check_vocabulary, load_model
+from speechkd.stages import MODEL_STAGES
 from speechkd.stages.train import Config as TrainStageConfig
 from speechkd.stages.train import left_out, prepare
 from speechkd.train.trainer import train
@@ -28,7 +30,6 @@ from speechkd.train.trainer import train
 log = logging.getLogger(__name__)
 
 DISTRIBUTED = True
-MODEL_STAGES = ("train", "distill")
 
 
 @dataclass
@@ -48,9 +49,16 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
     return ups
 
 
-def run(cfg: Config, ctx) -> dict[str, Any]:
+def run(cfg: Config, ctx, *, init: Path | None = None, fake_quant: bool = False) -> dict[str, Any]:
+    """Train the student; ``init`` (a ``model.safetensors`` of the same architecture) gives its starting
+    weights, ``fake_quant`` trains it with fake-quantized int8 weights (the ``qat`` stage)."""
     kd = cfg.kd
     tok, train_ds, dev_ds, model = prepare(cfg, ctx)
+    if init is not None:
+        start = load_model(init)
+        check_vocabulary(start, tok, init)
+        model.load_state_dict(start.state_dict())
+    model.fake_quant = fake_quant
     if model.cfg.bidirectional:
         log.warning("distilling into a bidirectional student: it will not stream")
     device = pick_device(cfg.device)

@@ -2,6 +2,9 @@
 
 Writes ``<model stage>/model.onnx`` and ``tokens.txt`` per exported model, and ``summary.json``
 (bytes, chunk, delay per model). A bidirectional model cannot stream: its export stops with a message.
+With ``int8: true`` every model (and its sherpa flavour) also gets ``model.int8.onnx`` (ONNX Runtime
+dynamic quantization, :mod:`speechkd.quant.ort`), and the fp32 and int8 files are compared through the
+runtime on ``compare_split`` (:mod:`speechkd.quant.compare`): WER, S/D/I, blank rate, posterior change.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from speechkd.config import field, require
+from speechkd.config import check_name, field, require
+from speechkd.stages import MODEL_STAGES
+from speechkd.quant.ort import quantize_int8
 from speechkd.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,9 @@ class Config:
     featurize: str = field("featurize", help="featurize stage whose train audio fits the sherpa feature adapter")
     adapter_files: int = field(300, help="sherpa: training files the feature adapter is fitted on")
     adapter_steps: int = field(3000, help="sherpa: optimisation steps of the feature adapter")
+    int8: bool = field(False, help="also write model.int8.onnx (ONNX Runtime dynamic int8) beside every model.onnx")
+    compare_split: str = field("test", help="int8: featurize split on which fp32 and int8 are compared ('' = none)")
+    compare_limit: int = field(0, help="int8: compare on the first N utterances of that split (0 = all)")
 
     def __post_init__(self):
         require(len(self.models) >= 1, "models", "name at least one model stage")
@@ -33,13 +41,33 @@ class Config:
         require(self.chunk_ms > 0, "chunk_ms", f"must be > 0, got {self.chunk_ms}")
         require(set(self.sherpa) <= set(self.models), "sherpa", "may only name models the stage exports")
         require(self.adapter_files >= 1 and self.adapter_steps >= 1, "adapter_files", "and adapter_steps must be >= 1")
+        require(self.compare_limit >= 0, "compare_limit", f"must be >= 0, got {self.compare_limit}")
+        if self.compare_split:
+            check_name(self.compare_split, "compare_split", "split name")
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
-    ups = [(f"models[{i}]", m, ("train", "distill")) for i, m in enumerate(cfg.models)]
-    if cfg.sherpa:
+    ups = [(f"models[{i}]", m, MODEL_STAGES) for i, m in enumerate(cfg.models)]
+    if cfg.sherpa or (cfg.int8 and cfg.compare_split):
         ups.append(("featurize", cfg.featurize, ("featurize",)))
     return ups
+
+
+def int8_variant(cfg: Config, ctx, m: str) -> dict[str, Any]:
+    """``<m>/model.int8.onnx``, its node report and, on ``compare_split``, what int8 changed."""
+    from speechkd.quant.compare import compare_int8
+
+    src, dst = ctx.out_dir / m / "model.onnx", ctx.out_dir / m / "model.int8.onnx"
+    rep = {"path": f"{m}/model.int8.onnx", **quantize_int8(src, dst)}
+    if cfg.compare_split:
+        manifest = ctx.stage_dir(cfg.featurize) / f"{cfg.compare_split}.jsonl"
+        rep["compare"] = {"split": cfg.compare_split, **compare_int8(src, dst, manifest, limit=cfg.compare_limit,
+                                                                     chunk_ms=cfg.chunk_ms)}
+        c = rep["compare"]
+        log.info("%s %s: WER fp32 %.2f -> int8 %.2f (deletions %d -> %d, blank rate %.3f -> %.3f, max posterior "
+                 "change %.3g)", m, cfg.compare_split, c["fp32"]["wer"], c["int8"]["wer"], c["fp32"]["deletions"],
+                 c["int8"]["deletions"], c["fp32"]["blank_rate"], c["int8"]["blank_rate"], c["max_posterior_diff"])
+    return rep
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
@@ -63,5 +91,11 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             out["models"][m]["sherpa"] = {"path": f"{m}/sherpa/model.onnx", "bytes": sm["bytes"],
                                           "feature_adapter": sm["feature_adapter"],
                                           "tail_padding_ms": sm["tail_padding_ms"]}
+            if cfg.int8:
+                sd = ctx.out_dir / m / "sherpa"
+                rep = quantize_int8(sd / "model.onnx", sd / "model.int8.onnx")
+                out["models"][m]["sherpa"]["int8"] = {"path": f"{m}/sherpa/model.int8.onnx", **rep}
+        if cfg.int8:
+            out["models"][m]["int8"] = int8_variant(cfg, ctx, m)
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from speechkd.config import check_name, field, require
+from speechkd.stages import MODEL_STAGES
 from speechkd.utils import atomic_write_text
 
 
@@ -29,7 +30,7 @@ class Config:
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
-    return [("export", cfg.export, ("export",)), ("teacher", cfg.teacher, ("train", "distill")),
+    return [("export", cfg.export, ("export",)), ("teacher", cfg.teacher, MODEL_STAGES),
             ("featurize", cfg.featurize, ("featurize",))]
 
 

@@ -22,6 +22,7 @@ from speechkd.data.manifest import read_manifest, write_manifest
 from speechkd.distill.cache import cache_entries, check_teachers, shard_ok, tokenizer_fingerprint, write_shard
 from speechkd.eval.decode import pick_device
 from speechkd.models.io import check_vocabulary, load_model
+from speechkd.stages import MODEL_STAGES
 from speechkd.text.tokenizer import load_tokenizer
 from speechkd.utils import atomic_write_text, progress
 
@@ -57,7 +58,7 @@ class Config:
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
     return [("featurize", cfg.featurize, ("featurize",))] + [
-        (f"teachers[{i}]", t, ("train", "distill")) for i, t in enumerate(cfg.teachers)]
+        (f"teachers[{i}]", t, MODEL_STAGES) for i, t in enumerate(cfg.teachers)]
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
