@@ -240,6 +240,12 @@ KILL_STUDENT = """
     max_frames: 1200
     checkpoint_every: 1
     kd: {alpha: 0.5, delay: 1, online: true, hint_weight: 0.5}
+  q_kill:
+    type: qat
+    init: student
+    epochs: 6
+    max_frames: 1200
+    checkpoint_every: 1
 """
 
 
@@ -265,7 +271,7 @@ def test_distill_stage_killed_with_sigkill_resumes_to_identical_weights(kd_exp, 
         runs[name] = [sys.executable, "-m", "speechkd.cli", "run", str(rec), "--exp-root", str(tmp_path / name)]
     r = subprocess.run(runs["a"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage, at in (("s_kill", 6), ("s_kill_hint", 3)):
+    for stage, at in (("s_kill", 6), ("s_kill_hint", 3), ("q_kill", 4)):
         ckdir = tmp_path / "b" / "kd" / stage / "checkpoints"
         proc = subprocess.Popen(runs["b"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -282,9 +288,17 @@ def test_distill_stage_killed_with_sigkill_resumes_to_identical_weights(kd_exp, 
         assert not (tmp_path / "b" / "kd" / stage / ".done").exists()
     r = subprocess.run(runs["b"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-3000:]
-    for stage in ("s_kill", "s_kill_hint"):
+    for stage in ("s_kill", "s_kill_hint", "q_kill"):
         ta = read_tensors(tmp_path / "a" / "kd" / stage / "model.safetensors")[1]
         tb = read_tensors(tmp_path / "b" / "kd" / stage / "model.safetensors")[1]
         assert ta.keys() == tb.keys()
         for k in ta:
             assert torch.equal(ta[k], tb[k]), (stage, k)
+    # the QAT student is saved baked: its LSTM and output weights sit on the per-row int8 grid
+    from speechkd.quant import fake_quant_int8
+
+    meta, tq = read_tensors(tmp_path / "b" / "kd" / "q_kill" / "model.safetensors")
+    assert meta["quantization"].startswith("int8")
+    for k in [k for k in tq if k.startswith("fwd.") and ".weight_" in k] + ["out.weight"]:
+        assert torch.equal(fake_quant_int8(tq[k]), tq[k]), k
+    assert not torch.equal(tq["out.weight"], read_tensors(tmp_path / "b" / "kd" / "student" / "model.safetensors")[1]["out.weight"])
