@@ -4,9 +4,13 @@ Real-time factor (compute seconds / audio seconds; lower is faster) of:
 * the teacher in torch on whole utterances (fbank + forward; a BiLSTM cannot stream);
 * the student in torch on whole utterances (fbank + forward);
 * the student through speechkd's runtime (online fbank + ONNX Runtime chunk by chunk + greedy decoding);
-* the student in sherpa-onnx (its own fbank, our sherpa-flavour graph), if exported;
-plus the runtime's per-chunk latency (one ONNX call per 150 ms chunk) and an estimate of the concurrent
-real-time streams 2 cores sustain (2 / runtime RTF). Medians of --repeats passes. Prints one JSON line last.
+* the int8 student (``model.int8.onnx``, ONNX Runtime dynamic int8; the QAT student's by default) through
+  the same runtime;
+* the student in sherpa-onnx (its own fbank, our sherpa-flavour graph), fp32 and int8, if exported;
+plus the runtime's per-chunk latency (one ONNX call per 160 ms chunk), an estimate of the concurrent
+real-time streams 2 cores sustain (2 / runtime RTF), and where the runtime's time goes: the online fbank
+alone (``fbank_rtf``) and the ONNX calls alone (``*_network_rtf``). Medians of --repeats passes, the
+contenders interleaved. Prints one JSON line last.
 
     python benchmarks/streaming.py            # exp/default (after make demo)
     python benchmarks/streaming.py --quick    # pipelines/quick, built if missing
@@ -29,6 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exp", default=str(REPO / "exp" / "default"), help="experiment folder (after make demo)")
     ap.add_argument("--student", default="student_frame", help="exported student")
+    ap.add_argument("--int8-student", help="exported model whose model.int8.onnx is timed "
+                                           "(default: <student>_qat if exported, else <student>)")
     ap.add_argument("--utts", type=int, default=60, help="test utterances")
     ap.add_argument("--repeats", type=int, default=3, help="passes; medians are reported")
     ap.add_argument("--quick", action="store_true", help="pipelines/quick (built if missing), few utterances")
@@ -73,27 +79,48 @@ def main() -> None:
         return run
 
     onnx_path = exp / "export" / a.student / "model.onnx"
-    rec = StreamingRecognizer(onnx_path, num_threads=1)
-    chunk_times: list[float] = []
+    int8_student = a.int8_student or (f"{a.student}_qat" if (exp / "export" / f"{a.student}_qat").exists()
+                                      else a.student)
+    int8_path = exp / "export" / int8_student / "model.int8.onnx"
+    chunk_times: dict[str, list[float]] = {"onnx": [], "int8": []}
 
-    def runtime_pass():
+    def runtime_pass(path, sink):
+        rec = StreamingRecognizer(path, num_threads=1)
+
+        def run():
+            for wav, sr in waves:
+                rec.reset()
+                step = int(sr * 0.16)
+                for i in range(0, len(wav), step):
+                    rec.accept_waveform(wav[i : i + step], sr)
+                rec.input_finished()
+                sink.extend(rec.chunk_seconds)
+        return run, rec
+
+    onnx_pass, rec = runtime_pass(onnx_path, chunk_times["onnx"])
+
+    def fbank_pass():  # the runtime's online fbank alone, fed the same 160 ms pieces
         for wav, sr in waves:
-            rec.reset()
+            fb = rec._new_fbank()
             step = int(sr * 0.16)
             for i in range(0, len(wav), step):
-                rec.accept_waveform(wav[i : i + step], sr)
-            rec.input_finished()
-            chunk_times.extend(rec.chunk_seconds)
+                fb.accept_waveform(float(sr), wav[i : i + step].tolist())
+                for t in range(fb.num_frames_ready):
+                    fb.get_frame(t)
 
     sherpa_dir = exp / "export" / a.student / "sherpa"
     contenders_extra = {}
-    if (sherpa_dir / "model.onnx").exists():
+    if int8_path.exists():
+        contenders_extra["int8"] = runtime_pass(int8_path, chunk_times["int8"])[0]
+    contenders_extra["fbank"] = fbank_pass
+
+    def sherpa_contender(model):
         import onnx
         import sherpa_onnx
 
-        pad = int({p.key: p.value for p in onnx.load(str(sherpa_dir / "model.onnx")).metadata_props}["tail_padding_ms"])
+        pad = int({p.key: p.value for p in onnx.load(str(model)).metadata_props}["tail_padding_ms"])
         srec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(sherpa_dir / "tokens.txt"),
-                                                          model=str(sherpa_dir / "model.onnx"), num_threads=1)
+                                                          model=str(model), num_threads=1)
 
         def sherpa_pass():
             for wav, sr in waves:
@@ -108,33 +135,49 @@ def main() -> None:
                 while srec.is_ready(s):
                     srec.decode_stream(s)
                 srec.get_result(s)
+        return sherpa_pass
 
-        contenders_extra["sherpa"] = sherpa_pass
+    for name, f in (("sherpa", "model.onnx"), ("sherpa_int8", "model.int8.onnx")):
+        if (sherpa_dir / f).exists():
+            contenders_extra[name] = sherpa_contender(sherpa_dir / f)
 
     contenders = {"teacher": torch_pass(load_model(exp / "teacher" / "model.safetensors").eval()),
                   "student_torch": torch_pass(load_model(exp / a.student / "model.safetensors").eval()),
-                  "onnx": runtime_pass}
+                  "onnx": onnx_pass}
     contenders.update(contenders_extra)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for k, fn in contenders.items():  # warm-up
         fn()
-    chunk_times.clear()
+    for v in chunk_times.values():
+        v.clear()
     for _ in range(a.repeats):
         for k, fn in contenders.items():  # interleaved, so machine noise hits all alike
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
     rtf = {k: statistics.median(v) / audio_s for k, v in times.items()}
+    ct = chunk_times["onnx"]
     res = {"exp": str(exp), "student": a.student, "utterances": len(rows), "audio_seconds": round(audio_s, 1),
            "threads": 1, "repeats": a.repeats,
            **{f"{k}_rtf": round(v, 5) for k, v in rtf.items()},
+           "onnx_network_rtf": round(sum(ct) / a.repeats / audio_s, 5),
            "onnx_speedup_vs_teacher": round(rtf["teacher"] / rtf["onnx"], 2),
            "onnx_speedup_vs_student_torch": round(rtf["student_torch"] / rtf["onnx"], 2),
-           "chunk_ms": 150, "chunk_latency_median_ms": round(1000 * statistics.median(chunk_times), 3),
-           "chunk_latency_p90_ms": round(1000 * float(np.percentile(chunk_times, 90)), 3),
+           "chunk_ms": 160, "chunk_latency_median_ms": round(1000 * statistics.median(ct), 3),
+           "chunk_latency_p90_ms": round(1000 * float(np.percentile(ct, 90)), 3),
            "streams_2_cores_estimate": int(2 / rtf["onnx"]),
            "onnx_bytes": onnx_path.stat().st_size,
            "teacher_bytes": (exp / "teacher" / "model.safetensors").stat().st_size}
+    if "int8" in rtf:
+        c8 = chunk_times["int8"]
+        res.update(int8_student=int8_student, int8_speedup_vs_fp32=round(rtf["onnx"] / rtf["int8"], 2),
+                   int8_speedup_vs_teacher=round(rtf["teacher"] / rtf["int8"], 2),
+                   int8_network_rtf=round(sum(c8) / a.repeats / audio_s, 5),
+                   int8_network_speedup_vs_fp32=round(sum(ct) / sum(c8), 2),
+                   int8_chunk_latency_median_ms=round(1000 * statistics.median(c8), 3),
+                   int8_bytes=int8_path.stat().st_size,
+                   size_ratio_fp32_over_int8=round(onnx_path.stat().st_size / int8_path.stat().st_size, 2),
+                   size_ratio_teacher_over_int8=round(res["teacher_bytes"] / int8_path.stat().st_size, 2))
     if "sherpa" in rtf:
         res["sherpa_speedup_vs_teacher"] = round(rtf["teacher"] / rtf["sherpa"], 2)
     print(json.dumps(res))

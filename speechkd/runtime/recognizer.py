@@ -143,6 +143,7 @@ class StreamingRecognizer:
         """Start a new stream (state, features and text cleared)."""
         self._fb = self._new_fbank()
         self._next_frame = 0  # fbank frames consumed
+        self._popped = 0  # fbank frames discarded from kaldi-native-fbank's buffer
         self._pending: list[np.ndarray] = []  # frames not yet run (fewer than a chunk, or a partial stack)
         self._h = np.zeros((self.layers, 1, self.hidden), np.float32)
         self._c = np.zeros((self.layers, 1, self.hidden), np.float32)
@@ -192,9 +193,13 @@ class StreamingRecognizer:
     # -- internals -----------------------------------------------------------------------------
     def _drain(self, final: bool) -> None:
         ready = self._fb.num_frames_ready
-        while self._next_frame < ready:
-            self._pending.append(np.asarray(self._fb.get_frame(self._next_frame), np.float32))
-            self._next_frame += 1
+        if self._next_frame < ready:
+            while self._next_frame < ready:
+                # a copy: get_frame returns a view of a buffer that pop() recycles
+                self._pending.append(np.array(self._fb.get_frame(self._next_frame), np.float32))
+                self._next_frame += 1
+            self._fb.pop(ready - self._popped)  # the fbank keeps every frame unless told: memory stays bounded
+            self._popped = ready
         while len(self._pending) >= self.chunk_frames:
             self._run(self._pending[: self.chunk_frames])
             self._pending = self._pending[self.chunk_frames:]
