@@ -186,3 +186,36 @@ def test_compare_int8_reports_errors_blank_rate_and_posterior_change(exported_in
     assert 0 < c["max_posterior_diff"] < 0.5 and c["mean_frame_max_posterior_diff"] <= c["max_posterior_diff"]
     same = compare_int8(d / "model.onnx", d / "model.onnx", man)  # a model against itself changes nothing
     assert same["max_posterior_diff"] == 0 and same["argmax_changed_frames"] == 0 and same["wer_delta"] == 0
+
+
+def test_sherpa_onnx_decodes_the_int8_sherpa_flavour(exported_int8, tmp_path):
+    """The sherpa-onnx flavour quantizes too (its LSTMs and the feature adapter's MatMuls), sherpa-onnx loads
+    the int8 file and decodes, and its tokens mostly agree with the float file's on the same audio."""
+    import sherpa_onnx
+
+    from speechkd.eval.raw import is_sherpa_model
+    from speechkd.export.sherpa import export_sherpa
+
+    src, _, _, wav = exported_int8
+    meta = export_sherpa(src, tmp_path / "sherpa", adapt_audio=[wav], adapter_steps=50)
+    rep = quantize_int8(tmp_path / "sherpa" / "model.onnx", tmp_path / "sherpa" / "model.int8.onnx")
+    assert rep["quantized"]["DynamicQuantizeLSTM"] == 2 and rep["quantized"]["MatMulInteger"] >= 2
+    assert rep["float_weight_nodes"] == [] and is_sherpa_model(tmp_path / "sherpa" / "model.int8.onnx")
+    import soundfile as sf
+
+    x, sr = sf.read(str(wav), dtype="float32")
+    tokens = {}
+    for name in ("model.onnx", "model.int8.onnx"):
+        rec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(tmp_path / "sherpa" / "tokens.txt"),
+                                                         model=str(tmp_path / "sherpa" / name), num_threads=1)
+        s = rec.create_stream()
+        s.accept_waveform(sr, x)
+        s.accept_waveform(sr, np.zeros(int(meta["tail_padding_ms"] * sr / 1000), np.float32))
+        s.input_finished()
+        while rec.is_ready(s):
+            rec.decode_stream(s)
+        tokens[name] = rec.get_result_all(s).tokens
+    assert tokens["model.int8.onnx"], "sherpa-onnx decoded nothing with the int8 model"
+    import difflib
+
+    assert difflib.SequenceMatcher(None, tokens["model.onnx"], tokens["model.int8.onnx"]).ratio() > 0.8

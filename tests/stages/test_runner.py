@@ -168,6 +168,19 @@ def test_quick_recipe_changing_decode_teacher_splits_reruns_only_decode_teacher(
     quick = REPO / "pipelines" / "quick"
     first = run_recipe(quick, exp_root=tmp_path)
     assert {s for _, s in first} == {"ran"}
+    # the quick recipe ends with fp32 and int8 models for every student, the QAT student among them
+    ex = tmp_path / "quick" / "export"
+    summary = json.loads((ex / "summary.json").read_text())["models"]
+    assert set(summary) == {"baseline", "student_frame", "student_seq", "student_both", "student_frame_qat"}
+    for m, v in summary.items():
+        assert (ex / m / "model.onnx").exists() and (ex / m / "model.int8.onnx").exists()
+        assert v["int8"]["quantized"]["DynamicQuantizeLSTM"] == 2 and not v["int8"]["float_weight_nodes"]
+        c = v["int8"]["compare"]
+        assert c["utterances"] > 0 and {"deletions", "blank_rate"} <= c["int8"].keys() and c["max_posterior_diff"] >= 0
+    assert (ex / "student_frame" / "sherpa" / "model.int8.onnx").exists()
+    qat = json.loads((tmp_path / "quick" / "student_frame_qat" / "outputs.json").read_text())
+    assert qat["init"] == "student_frame" and qat["kd"]["alpha"] == 0.9
+    assert qat["delay_frames"] == json.loads((tmp_path / "quick" / "student_frame" / "outputs.json").read_text())["delay_frames"]
     again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_teacher.splits=[dev]"])
     assert [n for n, s in again if s == "ran"] == ["decode_teacher"]
     assert json.loads((tmp_path / "quick" / "decode_teacher" / "summary.json").read_text())["splits"].keys() == {"dev"}
