@@ -103,6 +103,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "con
             f"{where}: unknown key(s) {', '.join(repr(u) for u in unknown)}; "
             f"valid keys for {cls.__name__}: {', '.join(sorted(names))}"
         )
+    for f in dataclasses.fields(cls):  # a nested block given in part keeps the field's own defaults
+        if (f.name in data and isinstance(data[f.name], Mapping) and dataclasses.is_dataclass(hints.get(f.name))
+                and f.default_factory is not dataclasses.MISSING):
+            base = f.default_factory()
+            if dataclasses.is_dataclass(base):
+                data[f.name] = {**{g.name: getattr(base, g.name) for g in dataclasses.fields(base) if g.init},
+                                **data[f.name]}
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -206,18 +213,21 @@ def save_yaml(data: Mapping[str, Any], path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(_plain(dict(data)), sort_keys=False))
 
 
-def help_text(cls: type, prefix: str = "") -> str:
-    """One line per field, nested dataclasses expanded as dotted keys: ``  a.b = default: help``."""
+def help_text(cls: type, prefix: str = "", defaults: Any = None) -> str:
+    """One line per field, nested dataclasses expanded as dotted keys: ``  a.b = default: help``.
+    A nested block shows the defaults of its field's own factory (``defaults``), not of its class."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints.get(f.name)
-        if dataclasses.is_dataclass(tp):
-            lines.append(f"  {prefix}{f.name}.*: {f.metadata.get('help', '')}")
-            lines.append(help_text(tp, f"{prefix}{f.name}."))
-            continue
         d = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        if defaults is not None:
+            d = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"  {prefix}{f.name}.*: {f.metadata.get('help', '')}")
+            lines.append(help_text(tp, f"{prefix}{f.name}.", d if dataclasses.is_dataclass(d) else None))
+            continue
         choices = f" (one of {', '.join(map(str, typing.get_args(tp)))})" if typing.get_origin(tp) is typing.Literal else ""
         lines.append(f"  {prefix}{f.name} = {d!r}: {f.metadata.get('help', '')}{choices}")
     return "\n".join(lines)

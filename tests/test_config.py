@@ -56,3 +56,16 @@ def test_bad_yaml_names_file(tmp_path):
     p.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
         load_yaml(p)
+
+
+def test_qat_config_keeps_its_fine_tune_defaults_and_refuses_a_model_block():
+    """A nested block given in part keeps the field's own defaults (qat: lr 3e-4, no warm-up), and a qat stage
+    takes its architecture from the init model, so a model block is an error, not silently ignored."""
+    from speechkd.config import ConfigError, from_dict
+    from speechkd.stages.qat import Config
+
+    c = from_dict(Config, {"optim": {"lr": 1e-4}})
+    assert c.optim.lr == 1e-4 and c.optim.warmup_steps == 0
+    assert from_dict(Config, {}).optim.lr == 3e-4
+    with pytest.raises(ConfigError, match="model: a qat stage takes the architecture of its init model"):
+        from_dict(Config, {"model": {"hidden": 64}}, where="recipe.yaml: stages.q")

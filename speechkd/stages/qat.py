@@ -15,12 +15,13 @@ killed run resumes exactly.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from speechkd.config import field
+from speechkd.config import field, require
 from speechkd.distill.compose import KDConfig
 from speechkd.models.io import load_model, save_weights
 from speechkd.models.lstm_ctc import ModelConfig
@@ -47,6 +48,11 @@ class Config(DistillConfig):
     epochs: int = field(2, help="epochs of fine-tuning")
     average_last: int = field(1, help="final model = average of the last k epoch weights (1 = last)")
     specaug: bool = field(False, help="SpecAugment on training batches")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.model == ModelConfig(), "model", "a qat stage takes the architecture of its init model; "
+                "remove the model block")
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -82,11 +88,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     init = load_model(ipath)
     if init.cfg.bidirectional:
         raise ValueError(f"{ipath}: a bidirectional model cannot stream; quantize a unidirectional student")
-    cfg = replace(cfg, model=replace(init.cfg))
     if cfg.kd_from_init:
         cfg = replace(cfg, kd=init_kd(init_dir))
         log.info("QAT of %s with its KD loss (alpha %g, seq %s) and delay %d frames", cfg.init, cfg.kd.alpha,
                  cfg.kd.seq, cfg.kd.delay)
+    cfg = copy.copy(cfg)
+    cfg.model = replace(init.cfg)  # the init's architecture (set after the checks: the recipe may not give one)
     summary = distill_run(cfg, ctx, init=ipath, fake_quant=True)
     for name in ("model.safetensors", "best.safetensors"):
         p = ctx.out_dir / name
