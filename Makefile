@@ -49,6 +49,7 @@ bench: bench-deps
 	$(PY) benchmarks/ctc_kernels.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/streaming.py
+	$(PY) benchmarks/qat_step.py
 
 clean:
 	rm -rf exp .pytest_cache
