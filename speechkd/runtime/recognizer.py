@@ -220,13 +220,15 @@ class StreamingRecognizer:
         if self.keep_log_probs:
             self.log_probs.append(lp)
         r = self._result
+        n0 = len(r.tokens)
         for t, k in enumerate(lp.argmax(-1).tolist()):
             if k != self.blank and k != self._prev:
                 r.tokens.append(k)
                 r.times_ms.append((self._out_frames + t) * self.frame_ms)
             self._prev = k
         self._out_frames += lp.shape[0]
-        r.text = detokenize([self.symbols[k] for k in r.tokens])
+        if len(r.tokens) != n0:  # the text changes only with new tokens (detokenizing is O(tokens so far))
+            r.text = detokenize([self.symbols[k] for k in r.tokens])
 
 
 def detokenize(symbols: list[str]) -> str:
