@@ -171,6 +171,10 @@ def test_corpus_spec_resolves_against_the_recipe_then_the_toolkit(tmp_path, monk
     assert planned[0].name == "corpus"
 
 
+def reads_of(recipe):
+    return {p.name: p.reads for p in load_recipe(recipe)[1]}
+
+
 def test_fingerprints_follow_the_graph():
     """Section 3: a stage's fingerprint covers only the stages it reads."""
     _, base = load_recipe(QUICK)
@@ -179,10 +183,11 @@ def test_fingerprints_follow_the_graph():
     assert differ == ["decode_teacher"]
     _, changed = load_recipe(QUICK, ["baseline.epochs=3"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
-    # the baseline, its decode, the students whose delay estimate runs it and what exports and measures them;
-    # not the teacher, its cache or student_seq
-    assert differ == ["baseline", "decode_baseline", "student_frame", "student_both", "decode_student_frame",
-                      "decode_student_both", "export", "latency"]
+    # the baseline, its decode, the students whose delay estimate runs it, the QAT student fine-tuned from one
+    # of them, and what exports and measures them; not the teacher, its cache or student_seq
+    assert differ == ["baseline", "decode_baseline", "student_frame", "student_both", "student_frame_qat",
+                      "decode_student_frame", "decode_student_both", "decode_student_frame_qat", "export", "latency"]
+    assert reads_of(QUICK)["student_frame_qat"] == ["student_frame", "featurize", "tokenizer", "teacher_cache"]
     reads = {p.name: p.reads for p in base}
     assert reads["student_seq"] == ["featurize", "tokenizer", "teacher_cache"]
     assert reads["student_frame"] == ["featurize", "tokenizer", "teacher_cache", "baseline"]
