@@ -5,13 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes wordnet-base
+APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes wordnet-base sctk
 RECIPE ?= pipelines/default
 
 .PHONY: demo test quick deps venv apt clean bench-deps bench
 
 demo: deps
 	$(VENV)/bin/speechkd run $(RECIPE)
+	@echo "report:"; ls -1 exp/$$(basename $(RECIPE))/report/report.* 2>/dev/null || echo "  (no report stage in $(RECIPE))"
 
 quick: deps
 	$(VENV)/bin/speechkd run pipelines/quick

@@ -100,6 +100,21 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(a: argparse.Namespace) -> int:
+    from speechkd.eval.report import best_student, build, posteriors_of_one_utterance, write_report
+
+    rep = build(a.exp_dir, teacher=a.teacher, baseline=a.baseline, seed=a.seed, compare=a.compare)
+    post = None
+    student = best_student(rep, "test")
+    if student and not a.no_posteriors:
+        post = posteriors_of_one_utterance(a.exp_dir, [a.teacher, student])
+    paths = write_report(a.exp_dir, a.out, teacher=a.teacher, baseline=a.baseline, seed=a.seed, posteriors=post, rep=rep)
+    for a_ in rep["absent"]:
+        print(f"absent: {a_}", file=sys.stderr)
+    print("\n".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _cmd_transcribe(a: argparse.Namespace) -> int:
     import numpy as np
 
@@ -243,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx (ONNX Runtime dynamic int8: LSTM and MatMul weights per channel)")
     e.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("report", help="WER report of an experiment: report.{md,html,json} with intervals, "
+                                      "paired comparisons, breakdowns and plots")
+    r.add_argument("exp_dir", help="experiment folder (exp/<recipe>)")
+    r.add_argument("--compare", help="another experiment folder: a delta table with paired significance")
+    r.add_argument("--out", help="output folder (default EXP_DIR/report)")
+    r.add_argument("--teacher", default="teacher", help="the teacher's stage name")
+    r.add_argument("--baseline", default="baseline", help="the no-KD baseline's stage name")
+    r.add_argument("--seed", type=int, default=1234, help="bootstrap seed")
+    r.add_argument("--no-posteriors", action="store_true", help="skip the posteriors plot (runs two models)")
+    r.set_defaults(func=_cmd_report)
 
     t = sub.add_parser("transcribe", help="stream audio files (or - for raw 16-bit PCM on stdin) through an exported model")
     t.add_argument("--model", required=True, help="model.onnx written by `speechkd export`")

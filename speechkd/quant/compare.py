@@ -3,7 +3,7 @@ the same raw audio.
 
 Per model: WER/CER with substitutions, deletions and insertions (int8 errors tend to show up as
 deletions, the blank taking over) and the blank rate (share of output frames whose best token is the
-blank). Between the two: the largest per-frame posterior difference ``max |p_fp32 - p_int8|`` over all
+blank). ``per_utterance`` holds the ids, references and both hypotheses. Between the two: the largest per-frame posterior difference ``max |p_fp32 - p_int8|`` over all
 frames and tokens, its mean over frames, and how often the best token of a frame differs.
 """
 
@@ -33,6 +33,7 @@ def compare_int8(fp32: str | Path, int8: str | Path, manifest: str | Path, *, li
             "int8": StreamingRecognizer(int8, keep_log_probs=True)}
     blank = recs["fp32"].blank
     refs: list[str] = []
+    ids: list[str] = []
     hyps: dict[str, list[str]] = {"fp32": [], "int8": []}
     blanks = {"fp32": 0, "int8": 0}
     frames = argmax_diff = 0
@@ -51,6 +52,7 @@ def compare_int8(fp32: str | Path, int8: str | Path, manifest: str | Path, *, li
                 del hyps[name][len(refs):]
             continue
         refs.append(u.text)
+        ids.append(u.id)
         a, b = lps["fp32"], lps["int8"]
         if len(a):
             pa, pb = np.exp(a), np.exp(b)
@@ -64,7 +66,8 @@ def compare_int8(fp32: str | Path, int8: str | Path, manifest: str | Path, *, li
             frames += len(a)
     if not refs:
         raise ValueError(f"{manifest}: no utterance could be compared")
-    out: dict[str, Any] = {"utterances": len(refs), "frames": frames, "failed": failed}
+    out: dict[str, Any] = {"utterances": len(refs), "frames": frames, "failed": failed,
+                           "per_utterance": {"ids": ids, "refs": refs, "fp32": hyps["fp32"], "int8": hyps["int8"]}}
     for name in ("fp32", "int8"):
         s = score(refs, hyps[name])
         out[name] = {k: s[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions")}

@@ -16,6 +16,7 @@ STAGE_TYPES = {
     "qat": "speechkd.stages.qat",
     "export": "speechkd.stages.export",
     "latency": "speechkd.stages.latency",
+    "report": "speechkd.stages.report",
 }
 
 

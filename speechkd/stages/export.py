@@ -55,15 +55,19 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
 
 def int8_variant(cfg: Config, ctx, m: str) -> dict[str, Any]:
     """``<m>/model.int8.onnx``, its node report and, on ``compare_split``, what int8 changed."""
+    from speechkd.eval.scoring import write_reports
     from speechkd.quant.compare import compare_int8
 
     src, dst = ctx.out_dir / m / "model.onnx", ctx.out_dir / m / "model.int8.onnx"
     rep = {"path": f"{m}/model.int8.onnx", **quantize_int8(src, dst)}
     if cfg.compare_split:
         manifest = ctx.stage_dir(cfg.featurize) / f"{cfg.compare_split}.jsonl"
-        rep["compare"] = {"split": cfg.compare_split, **compare_int8(src, dst, manifest, limit=cfg.compare_limit,
-                                                                     chunk_ms=cfg.chunk_ms)}
-        c = rep["compare"]
+        c = compare_int8(src, dst, manifest, limit=cfg.compare_limit, chunk_ms=cfg.chunk_ms)
+        per = c.pop("per_utterance")
+        for kind in ("fp32", "int8"):  # recogs/errs per utterance, for paired comparisons in the report
+            write_reports(ctx.out_dir / m / "compare", f"{cfg.compare_split}-{kind}", per["ids"], per["refs"], per[kind],
+                          {"model": f"{m}/model{'.int8' if kind == 'int8' else ''}.onnx"})
+        rep["compare"] = c = {"split": cfg.compare_split, "reports": f"{m}/compare", **c}
         log.info("%s %s: WER fp32 %.2f -> int8 %.2f (deletions %d -> %d, blank rate %.3f -> %.3f, max posterior "
                  "change %.3g)", m, cfg.compare_split, c["fp32"]["wer"], c["int8"]["wer"], c["fp32"]["deletions"],
                  c["int8"]["deletions"], c["fp32"]["blank_rate"], c["int8"]["blank_rate"], c["max_posterior_diff"])

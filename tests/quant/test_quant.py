@@ -183,6 +183,7 @@ def test_compare_int8_reports_errors_blank_rate_and_posterior_change(exported_in
     for k in ("fp32", "int8"):
         assert {"wer", "cer", "substitutions", "deletions", "insertions", "blank_rate"} <= c[k].keys()
         assert 0 <= c[k]["blank_rate"] <= 1
+    assert c["per_utterance"]["ids"] == ["u1"] and len(c["per_utterance"]["int8"]) == 1
     assert 0 < c["max_posterior_diff"] < 0.5 and c["mean_frame_max_posterior_diff"] <= c["max_posterior_diff"]
     same = compare_int8(d / "model.onnx", d / "model.onnx", man)  # a model against itself changes nothing
     assert same["max_posterior_diff"] == 0 and same["argmax_changed_frames"] == 0 and same["wer_delta"] == 0

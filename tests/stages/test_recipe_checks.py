@@ -180,13 +180,14 @@ def test_fingerprints_follow_the_graph():
     _, base = load_recipe(QUICK)
     _, changed = load_recipe(QUICK, ["decode_teacher.splits=[dev]"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
-    assert differ == ["decode_teacher"]
+    assert differ == ["decode_teacher", "report"]
     _, changed = load_recipe(QUICK, ["baseline.epochs=3"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
     # the baseline, its decode, the students whose delay estimate runs it, the QAT student fine-tuned from one
     # of them, and what exports and measures them; not the teacher, its cache or student_seq
     assert differ == ["baseline", "decode_baseline", "student_frame", "student_both", "student_frame_qat",
-                      "decode_student_frame", "decode_student_both", "decode_student_frame_qat", "export", "latency"]
+                      "decode_student_frame", "decode_student_both", "decode_student_frame_qat", "export", "latency",
+                      "report"]
     assert reads_of(QUICK)["student_frame_qat"] == ["student_frame", "featurize", "tokenizer", "teacher_cache"]
     reads = {p.name: p.reads for p in base}
     assert reads["student_seq"] == ["featurize", "tokenizer", "teacher_cache"]

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import time
@@ -178,9 +179,31 @@ def test_quick_recipe_changing_decode_teacher_splits_reruns_only_decode_teacher(
         c = v["int8"]["compare"]
         assert c["utterances"] > 0 and {"deletions", "blank_rate"} <= c["int8"].keys() and c["max_posterior_diff"] >= 0
     assert (ex / "student_frame" / "sherpa" / "model.int8.onnx").exists()
+    # it ends with a report whose tables hold the wer-summary numbers and whose plots are all drawn
+    rep = json.loads((tmp_path / "quick" / "report" / "report.json").read_text())
+    for name in ("teacher", "baseline", "student_frame", "student_seq", "student_both", "student_frame_qat"):
+        for split in ("dev", "test", "test_unseen_voice"):
+            want = json.loads((tmp_path / "quick" / f"decode_{name}" / f"wer-summary-{split}.json").read_text())
+            got = rep["models"][name]["splits"][split]
+            assert [got[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions")] == \
+                [want[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions")], (name, split)
+    assert rep["models"]["student_frame [int8 runtime]"]["splits"]["test"]["utterances"] > 0
+    md = (tmp_path / "quick" / "report" / "report.md").read_text()
+    assert f"| teacher | torch | {rep['models']['teacher']['splits']['test']['wer']:.2f} |" in md
+    # with a streaming benchmark saved, the report gains the RTF plot: then every plot is drawn
+    r = subprocess.run([sys.executable, "benchmarks/streaming.py", "--exp", str(tmp_path / "quick"), "--utts", "3",
+                        "--repeats", "1"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "speechkd.cli", "report", str(tmp_path / "quick")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    page = (tmp_path / "quick" / "report" / "report.html").read_text()
+    for key in ("wer_vs_bytes", "wer_vs_rtf", "learning_curves", "posteriors", "wer_per_voice"):
+        m = re.search(rf'id="plot-{key}"[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+        assert m and len(m.group(1)) > 1000, key
     qat = json.loads((tmp_path / "quick" / "student_frame_qat" / "outputs.json").read_text())
     assert qat["init"] == "student_frame" and qat["kd"]["alpha"] == 0.9
     assert qat["delay_frames"] == json.loads((tmp_path / "quick" / "student_frame" / "outputs.json").read_text())["delay_frames"]
     again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_teacher.splits=[dev]"])
-    assert [n for n, s in again if s == "ran"] == ["decode_teacher"]
+    assert [n for n, s in again if s == "ran"] == ["decode_teacher", "report"]  # the report follows every decode
     assert json.loads((tmp_path / "quick" / "decode_teacher" / "summary.json").read_text())["splits"].keys() == {"dev"}

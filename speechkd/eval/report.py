@@ -1,0 +1,662 @@
+"""WER reports a team decides from: one experiment folder -> ``report.json``, ``report.md`` and a
+self-contained ``report.html`` (plots embedded as PNG data URIs, no network references).
+
+What goes in, all read from files the stages wrote (a missing one is reported as absent):
+
+* every ``decode`` stage's ``recogs-<split>.txt`` (per-utterance reference and hypothesis) and its
+  ``summary.json`` (model, parameters); the model's ``model.safetensors`` size;
+* the ``export`` stage's per-utterance fp32 and int8 runtime outputs (``<model>/compare/``) and sizes;
+* the ``latency`` stage's token emission latency; ``benchmarks/streaming.json`` (RTF) if a streaming
+  benchmark saved one; the training stages' ``metrics.csv``;
+* speakers, engines and voice models from the corpus manifests.
+
+Statistics: WER and CER with 95% intervals from a bootstrap that resamples *speakers* (an utterance
+of one speaker is not independent of the others), and paired bootstrap comparisons (Bisani & Ney
+2004: the same resampled speakers for both systems; the probability of improvement is the share of
+resamples in which the second system has fewer errors). Seeded: the same inputs give the same report.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import csv
+import html
+import io
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RESAMPLES = 1000
+LENGTH_BINS = ((1, 3), (4, 7), (8, 12), (13, 10**6))
+
+
+@dataclass
+class System:
+    """One model scored on one split: per-utterance word and character error counts."""
+
+    name: str
+    split: str
+    ids: list[str]
+    refs: list[str]
+    hyps: list[str]
+    kind: str = "torch"  # torch (decode stage), fp32 / int8 (runtime, export stage)
+    errs: np.ndarray = field(default=None)  # (n, 4): S, D, I, reference words
+    cerrs: np.ndarray = field(default=None)  # (n, 2): char errors, reference chars
+    align: list = field(default=None)  # jiwer word alignment chunks per utterance
+
+    def __post_init__(self):
+        import jiwer
+
+        w = jiwer.process_words(self.refs, self.hyps)
+        c = jiwer.process_characters(self.refs, self.hyps)
+        self.align = w.alignments
+        rows = []
+        for k, chunks in enumerate(w.alignments):
+            s = d = i = n = 0
+            for ch in chunks:
+                if ch.type == "substitute":
+                    s += ch.ref_end_idx - ch.ref_start_idx
+                elif ch.type == "delete":
+                    d += ch.ref_end_idx - ch.ref_start_idx
+                elif ch.type == "insert":
+                    i += ch.hyp_end_idx - ch.hyp_start_idx
+                if ch.type != "insert":
+                    n += ch.ref_end_idx - ch.ref_start_idx
+            rows.append((s, d, i, n))
+        self.errs = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        crow = []
+        for chunks in c.alignments:
+            e = n = 0
+            for ch in chunks:
+                if ch.type in ("substitute", "delete"):
+                    e += ch.ref_end_idx - ch.ref_start_idx
+                elif ch.type == "insert":
+                    e += ch.hyp_end_idx - ch.hyp_start_idx
+                if ch.type != "insert":
+                    n += ch.ref_end_idx - ch.ref_start_idx
+            crow.append((e, n))
+        self.cerrs = np.array(crow, dtype=np.int64).reshape(-1, 2)
+
+    @property
+    def word_errors(self) -> np.ndarray:
+        return self.errs[:, :3].sum(1)
+
+
+def read_recogs(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, refs, hyps)`` of a ``recogs-<name>.txt`` (``id:\\tref=[...]`` / ``id:\\thyp=[...]`` lines)."""
+    ids, refs, hyps = [], [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        uid, _, rest = line.partition(":\t")
+        key, _, value = rest.partition("=")
+        try:
+            words = ast.literal_eval(value)  # a list of strings, never evaluated as code
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{path}:{n}: expected 'id:\\tref=[...]' or 'id:\\thyp=[...]'") from None
+        if key == "ref":
+            ids.append(uid)
+            refs.append(" ".join(words))
+        elif key == "hyp":
+            if not ids or ids[-1] != uid:
+                raise ValueError(f"{path}:{n}: hyp of {uid!r} without its ref line")
+            hyps.append(" ".join(words))
+        else:
+            raise ValueError(f"{path}:{n}: unknown field {key!r}")
+    if len(hyps) != len(refs):
+        raise ValueError(f"{path}: {len(refs)} references but {len(hyps)} hypotheses")
+    return ids, refs, hyps
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+def _groups(ids: list[str], speaker: dict[str, str]) -> tuple[np.ndarray, int]:
+    names = [speaker.get(u, u) for u in ids]  # no speaker known: the utterance is its own group
+    index = {s: k for k, s in enumerate(dict.fromkeys(names))}
+    return np.array([index[s] for s in names], dtype=np.int64), len(index)
+
+
+def _per_group(values: np.ndarray, g: np.ndarray, ng: int) -> np.ndarray:
+    out = np.zeros((ng,) + values.shape[1:], dtype=np.float64)
+    np.add.at(out, g, values)
+    return out
+
+
+def resample_indices(ng: int, seed: int, resamples: int = RESAMPLES) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, ng, size=(resamples, ng))
+
+
+def rate_ci(err: np.ndarray, ref: np.ndarray, idx: np.ndarray) -> tuple[float, float, float]:
+    """Percentage and its 95% bootstrap interval; ``err``/``ref`` per group, ``idx`` the resampled groups."""
+    point = 100 * err.sum() / max(ref.sum(), 1)
+    r = 100 * err[idx].sum(1) / np.maximum(ref[idx].sum(1), 1)
+    lo, hi = np.percentile(r, [2.5, 97.5])
+    return round(float(point), 2), round(float(lo), 2), round(float(hi), 2)
+
+
+def paired(a: System, b: System, speaker: dict[str, str], seed: int) -> dict[str, Any]:
+    """WER of ``b`` minus WER of ``a`` on the utterances both scored, with a speaker-level paired bootstrap
+    interval and the probability that ``b`` is better (fewer errors) than ``a``."""
+    common = sorted(set(a.ids) & set(b.ids))
+    ia = {u: k for k, u in enumerate(a.ids)}
+    ib = {u: k for k, u in enumerate(b.ids)}
+    ea = np.array([a.word_errors[ia[u]] for u in common], dtype=np.float64)
+    eb = np.array([b.word_errors[ib[u]] for u in common], dtype=np.float64)
+    n = np.array([a.errs[ia[u], 3] for u in common], dtype=np.float64)
+    g, ng = _groups(common, speaker)
+    ga, gb, gn = _per_group(ea, g, ng), _per_group(eb, g, ng), _per_group(n, g, ng)
+    idx = resample_indices(ng, seed)
+    d = 100 * (gb[idx].sum(1) - ga[idx].sum(1)) / np.maximum(gn[idx].sum(1), 1)
+    delta = 100 * (eb.sum() - ea.sum()) / max(n.sum(), 1)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    p_better = float((d < 0).mean())
+    noise = lo <= 0 <= hi
+    verdict = ("within noise (the interval holds 0)" if noise else
+               ("better" if hi < 0 else "worse") + f" (p = {p_better:.3f} of improvement)")
+    return {"a": a.name, "b": b.name, "split": a.split, "utterances": len(common), "speakers": ng,
+            "wer_a": round(100 * ea.sum() / max(n.sum(), 1), 2), "wer_b": round(100 * eb.sum() / max(n.sum(), 1), 2),
+            "delta": round(float(delta), 2), "ci": [round(float(lo), 2), round(float(hi), 2)],
+            "p_improvement": round(p_better, 4), "within_noise": bool(noise), "verdict": verdict}
+
+
+# -- collecting an experiment -------------------------------------------------------------------
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def utterance_info(exp: Path) -> dict[str, dict[str, Any]]:
+    """id -> speaker, engine, voice_model, duration from the corpus (or featurize) manifests."""
+    info: dict[str, dict[str, Any]] = {}
+    for stage in ("corpus", "featurize"):
+        for f in sorted((exp / stage).glob("*.jsonl")) if (exp / stage).is_dir() else []:
+            for line in f.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and "id" in row:
+                    cur = info.setdefault(str(row["id"]), {})
+                    for k in ("speaker", "engine", "voice_model", "duration"):
+                        if k in row and k not in cur:
+                            cur[k] = row[k]
+    return info
+
+
+@dataclass
+class Experiment:
+    root: Path
+    systems: dict[tuple[str, str], System]  # (model, split) -> scored
+    models: dict[str, dict[str, Any]]  # model -> params, bytes, kind, source, rtf, latency
+    info: dict[str, dict[str, Any]]
+    curves: dict[str, list[dict[str, Any]]]
+    absent: list[str]
+
+
+def collect(exp: str | Path) -> Experiment:
+    """Everything the report needs from ``exp`` (``exp/<recipe>``); what is missing goes to ``absent``."""
+    exp = Path(exp)
+    if not exp.is_dir():
+        raise FileNotFoundError(f"{exp}: experiment folder not found")
+    systems: dict[tuple[str, str], System] = {}
+    models: dict[str, dict[str, Any]] = {}
+    absent: list[str] = []
+    for d in sorted(p for p in exp.iterdir() if p.is_dir()):
+        summ = _read_json(d / "summary.json")
+        recogs = sorted(d.glob("recogs-*.txt"))
+        if not recogs or not isinstance(summ, dict) or "model" not in summ:
+            continue
+        if not (d / ".done").exists():
+            absent.append(f"{d.name}: the decode stage did not finish; its model is left out")
+            continue
+        name = Path(summ["model"]).parts[0]
+        src = exp / name / "model.safetensors"
+        models[name] = {"kind": "torch", "decode": d.name, "params": summ.get("parameters"),
+                        "bytes": src.stat().st_size if src.exists() else None,
+                        "bidirectional": summ.get("bidirectional")}
+        for r in recogs:
+            split = r.stem[len("recogs-"):]
+            try:
+                ids, refs, hyps = read_recogs(r)
+                systems[(name, split)] = System(name, split, ids, refs, hyps)
+            except ValueError as e:
+                absent.append(str(e))
+    # the export stage's runtime outputs, fp32 and int8, per model
+    ex = _read_json(exp / "export" / "summary.json") if (exp / "export" / ".done").exists() else None
+    if ex is None:
+        absent.append("export: no finished export stage (no runtime or int8 figures)")
+    else:
+        for m, v in ex.get("models", {}).items():
+            cdir = exp / "export" / m / "compare"
+            int8 = v.get("int8")
+            if not int8:
+                absent.append(f"export: {m} has no int8 variant (the stage ran without int8: true)")
+                continue
+            for kind, b in (("fp32", v.get("bytes")), ("int8", int8.get("bytes"))):
+                name = f"{m} [{kind} runtime]"
+                models[name] = {"kind": kind, "source": m, "params": models.get(m, {}).get("params"), "bytes": b}
+                for r in sorted(cdir.glob(f"recogs-*-{kind}.txt")):
+                    split = r.stem[len("recogs-"):-len(f"-{kind}")]
+                    ids, refs, hyps = read_recogs(r)
+                    systems[(name, split)] = System(name, split, ids, refs, hyps, kind=kind)
+            if not cdir.is_dir():
+                absent.append(f"export: {m} has no per-utterance fp32/int8 outputs (exported before they were kept)")
+    lat = _read_json(exp / "latency" / "summary.json")
+    if lat:
+        for m, v in lat.get("models", {}).items():
+            for name, info in models.items():
+                if name == m or info.get("source") == m:
+                    info["latency_ms"] = [v.get("emission_median_ms"), v.get("emission_p90_ms")]
+    else:
+        absent.append("latency: no latency stage output (no token emission latency)")
+    bench = _read_json(exp / "benchmarks" / "streaming.json")
+    if bench:
+        rtf = {"teacher": bench.get("teacher_rtf"), f"{bench.get('student')} [fp32 runtime]": bench.get("onnx_rtf"),
+               f"{bench.get('int8_student')} [int8 runtime]": bench.get("int8_rtf"),
+               bench.get("student"): bench.get("student_torch_rtf")}
+        for name, v in rtf.items():
+            if name in models and v is not None:
+                models[name]["rtf"] = v
+    else:
+        absent.append("benchmarks/streaming.json: no streaming benchmark saved (no RTF; run "
+                      "`python benchmarks/streaming.py --exp EXP`)")
+    curves = {}
+    for name in models:
+        f = exp / name / "metrics.csv"
+        if f.exists():
+            with f.open() as fh:
+                curves[name] = list(csv.DictReader(fh))
+    return Experiment(exp, systems, models, utterance_info(exp), curves, absent)
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baseline", seed: int = 1234,
+          compare: str | Path | None = None) -> dict[str, Any]:
+    """The report as a JSON-ready dict (what ``report.json`` holds)."""
+    e = collect(exp)
+    speaker = {u: v["speaker"] for u, v in e.info.items() if "speaker" in v}
+    splits = sorted({s for _, s in e.systems})
+    rep: dict[str, Any] = {"exp": str(e.root), "seed": seed, "bootstrap": {"resamples": RESAMPLES, "unit": "speaker",
+                                                                          "interval": "95% percentile"},
+                           "teacher": teacher, "baseline": baseline, "splits": splits, "models": {}, "paired": [],
+                           "breakdowns": {}, "top_errors": {}, "worst_utterances": {}, "absent": list(e.absent)}
+    if not speaker:
+        rep["absent"].append("no speaker labels in the corpus manifests: intervals resample utterances")
+    order = sorted(e.models, key=lambda n: (n != teacher, n != baseline, e.models[n]["kind"] != "torch", n))
+    for name in order:  # teacher, baseline, the other torch models, then the runtime fp32/int8 rows
+        rep["models"][name] = {**e.models[name], "splits": {}}
+    for (name, split), s in sorted(e.systems.items()):
+        g, ng = _groups(s.ids, speaker)
+        idx = resample_indices(ng, seed)
+        we, wn = _per_group(s.word_errors.astype(float), g, ng), _per_group(s.errs[:, 3].astype(float), g, ng)
+        ce, cn = _per_group(s.cerrs[:, 0].astype(float), g, ng), _per_group(s.cerrs[:, 1].astype(float), g, ng)
+        wer, wlo, whi = rate_ci(we, wn, idx)
+        cer, clo, chi = rate_ci(ce, cn, idx)
+        row = {"wer": wer, "wer_ci": [wlo, whi], "cer": cer, "cer_ci": [clo, chi],
+               "substitutions": int(s.errs[:, 0].sum()), "deletions": int(s.errs[:, 1].sum()),
+               "insertions": int(s.errs[:, 2].sum()), "ref_words": int(s.errs[:, 3].sum()),
+               "utterances": len(s.ids), "speakers": ng}
+        t, b = e.systems.get((teacher, split)), e.systems.get((baseline, split))
+        if t is not None and b is not None and name not in (teacher, baseline) and t.ids == s.ids == b.ids:
+            bt = _per_group(b.word_errors.astype(float), g, ng)
+            tt = _per_group(t.word_errors.astype(float), g, ng)
+            den = bt[idx].sum(1) - tt[idx].sum(1)
+            gaps = (bt[idx].sum(1) - we[idx].sum(1)) / np.where(den == 0, np.nan, den)
+            point = (bt.sum() - we.sum()) / (bt.sum() - tt.sum()) if bt.sum() != tt.sum() else float("nan")
+            lo, hi = np.nanpercentile(gaps, [2.5, 97.5])
+            row["gap_closed"] = round(100 * float(point), 1)
+            row["gap_closed_ci"] = [round(100 * float(lo), 1), round(100 * float(hi), 1)]
+        rep["models"][name]["splits"][split] = row
+    # paired comparisons: every student against the baseline; every int8 model against its fp32 source
+    for (name, split), s in sorted(e.systems.items()):
+        info = e.models[name]
+        if info["kind"] == "torch" and name not in (teacher, baseline) and (baseline, split) in e.systems \
+                and not info.get("bidirectional"):
+            rep["paired"].append(paired(e.systems[(baseline, split)], s, speaker, seed))
+        if info["kind"] == "int8":
+            src = f"{info['source']} [fp32 runtime]"
+            if (src, split) in e.systems:
+                rep["paired"].append(paired(e.systems[(src, split)], s, speaker, seed))
+    # breakdowns, error lists and worst utterances
+    for split in splits:
+        bd: dict[str, Any] = {}
+        for key in ("voice_model", "engine", "speaker"):
+            table: dict[str, dict[str, float]] = defaultdict(dict)
+            for (name, sp), s in e.systems.items():
+                if sp != split:
+                    continue
+                err, ref = defaultdict(int), defaultdict(int)
+                for k, u in enumerate(s.ids):
+                    grp = e.info.get(u, {}).get(key)
+                    if grp is None:
+                        continue
+                    err[grp] += int(s.word_errors[k])
+                    ref[grp] += int(s.errs[k, 3])
+                for grp in err:
+                    table[grp][name] = round(100 * err[grp] / max(ref[grp], 1), 2)
+            if table:
+                bd[key] = dict(sorted(table.items()))
+        length: dict[str, dict[str, float]] = {}
+        for lo, hi in LENGTH_BINS:
+            label = f"{lo}-{hi} words" if hi < 10**6 else f"{lo}+ words"
+            for (name, sp), s in e.systems.items():
+                if sp != split:
+                    continue
+                m = (s.errs[:, 3] >= lo) & (s.errs[:, 3] <= hi)
+                if m.any():
+                    length.setdefault(label, {})[name] = round(100 * s.word_errors[m].sum() / s.errs[m, 3].sum(), 2)
+        bd["length"] = length
+        rep["breakdowns"][split] = bd
+    for (name, split), s in e.systems.items():
+        subs, dels, ins = Counter(), Counter(), Counter()
+        rows = []
+        for k, chunks in enumerate(s.align):
+            r, h = s.refs[k].split(), s.hyps[k].split()
+            for ch in chunks:
+                rr, hh = r[ch.ref_start_idx:ch.ref_end_idx], h[ch.hyp_start_idx:ch.hyp_end_idx]
+                if ch.type == "substitute":
+                    subs.update(zip(rr, hh))
+                elif ch.type == "delete":
+                    dels.update(rr)
+                elif ch.type == "insert":
+                    ins.update(hh)
+            rows.append((int(s.word_errors[k]), s.ids[k], k))
+        rep["top_errors"].setdefault(name, {})[split] = {
+            "substitutions": [[a, b, n] for (a, b), n in subs.most_common(10)],
+            "deletions": [[a, n] for a, n in dels.most_common(10)],
+            "insertions": [[a, n] for a, n in ins.most_common(10)]}
+        rows.sort(key=lambda x: (-x[0], x[1]))
+        from speechkd.eval.scoring import _aligned_line
+
+        rep["worst_utterances"].setdefault(name, {})[split] = [
+            {"id": uid, "errors": n, "ref_words": int(s.errs[k, 3]), "aligned": _aligned_line(s.refs[k], s.hyps[k])}
+            for n, uid, k in rows[:25] if n > 0]
+    if compare is not None:
+        rep["compare"] = compare_runs(e, collect(compare), speaker, seed)
+    rep["curves"] = {m: [{k: r.get(k) for k in ("epoch", "dev_cer", "dev_wer", "train_loss")} for r in rows]
+                     for m, rows in e.curves.items()}
+    return rep
+
+
+def compare_runs(a: Experiment, b: Experiment, speaker: dict[str, str], seed: int) -> dict[str, Any]:
+    """Per model and split present in both runs: WER of ``b`` (the other run) minus ``a`` (this one),
+    paired on the utterances both scored."""
+    rows = []
+    for key in sorted(set(a.systems) & set(b.systems)):
+        p = paired(a.systems[key], b.systems[key], speaker, seed)
+        rows.append({"model": key[0], "split": key[1], **{k: p[k] for k in ("utterances", "wer_a", "wer_b", "delta", "ci",
+                                                                            "p_improvement", "verdict")}})
+    only = sorted({f"{m} ({s})" for m, s in set(a.systems) ^ set(b.systems)})
+    return {"other": str(b.root), "rows": rows, "only_in_one_run": only}
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(rep: dict[str, Any], posteriors: dict[str, Any] | None = None) -> dict[str, str]:
+    """PNG data URIs: ``wer_vs_bytes``, ``wer_vs_rtf``, ``learning_curves``, ``wer_per_voice``, ``posteriors``
+    (each only where its inputs exist)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str] = {}
+    split = "test" if "test" in rep["splits"] else (rep["splits"][0] if rep["splits"] else None)
+    if split is None:
+        return out
+    for key, label in (("bytes", "model bytes (MB)"), ("rtf", "real-time factor (1 thread)")):
+        pts = [(m["bytes"] / 1e6 if key == "bytes" else m[key], m["splits"][split]["wer"], name)
+               for name, m in rep["models"].items() if m.get(key) and split in m["splits"]]
+        if pts:
+            fig, ax = plt.subplots(figsize=(6.5, 4))
+            for x, y, n in pts:
+                ax.scatter(x, y)
+                ax.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"{split} WER (%)")
+            ax.grid(alpha=0.3)
+            out[f"wer_vs_{key}"] = _png(fig)
+    if rep.get("curves"):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for name, rows in rep["curves"].items():
+            xs = [int(r["epoch"]) for r in rows if r.get("dev_cer")]
+            ys = [float(r["dev_cer"]) for r in rows if r.get("dev_cer")]
+            if xs:
+                ax.plot(xs, ys, marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("dev CER (%)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        out["learning_curves"] = _png(fig)
+    voices = rep["breakdowns"].get(split, {}).get("voice_model")
+    best = best_student(rep, split)
+    teacher = rep["teacher"]
+    if voices and best:
+        names = sorted(voices)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        x = np.arange(len(names))
+        for k, m in enumerate((teacher, best)):
+            ax.bar(x + (k - 0.5) * 0.4, [voices[v].get(m, np.nan) for v in names], width=0.4, label=m)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(f"{split} WER (%)")
+        ax.legend(fontsize=8)
+        out["wer_per_voice"] = _png(fig)
+    if posteriors:
+        fig, axes = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
+        for ax, (name, lp) in zip(axes, posteriors["log_probs"].items()):
+            p = np.exp(np.asarray(lp))
+            ax.plot(p[:, 0], color="0.7", lw=0.8, label="blank")
+            ax.plot(p[:, 1:].max(1), lw=0.9, label="best non-blank")
+            ax.set_ylabel(name, fontsize=8)
+            ax.legend(fontsize=6, loc="upper right")
+        axes[-1].set_xlabel(f"output frame ({posteriors['frame_ms']:g} ms) of {posteriors['id']}")
+        out["posteriors"] = _png(fig)
+    return out
+
+
+def best_student(rep: dict[str, Any], split: str) -> str | None:
+    cands = [(m["splits"][split]["wer"], n) for n, m in rep["models"].items()
+             if m["kind"] == "torch" and n not in (rep["teacher"], rep["baseline"]) and split in m["splits"]]
+    return min(cands)[1] if cands else None
+
+
+def _ci(v) -> str:
+    return f"[{v[0]:.2f}, {v[1]:.2f}]" if v else ""
+
+
+def _fmt_bytes(b) -> str:
+    return f"{b / 1e6:.2f} MB" if b else "absent"
+
+
+def _model_rows(rep, split):
+    rows = []
+    for name, m in rep["models"].items():
+        s = m["splits"].get(split)
+        if not s:
+            continue
+        rows.append([name, m["kind"], f"{s['wer']:.2f}", _ci(s["wer_ci"]), f"{s['cer']:.2f}", _ci(s["cer_ci"]),
+                     f"{s['substitutions']} / {s['deletions']} / {s['insertions']}",
+                     f"{m['params'] / 1e6:.2f} M" if m.get("params") else "", _fmt_bytes(m.get("bytes")),
+                     f"{m['rtf']:.4f}" if m.get("rtf") else "",
+                     f"{m['latency_ms'][0]:g} / {m['latency_ms'][1]:g}" if m.get("latency_ms") else "",
+                     f"{s['gap_closed']:.1f}% {_ci(s['gap_closed_ci'])}" if "gap_closed" in s else ""])
+    return rows
+
+
+MODEL_HEAD = ["model", "kind", "WER", "95% CI", "CER", "95% CI", "S / D / I", "params", "bytes", "RTF",
+              "emission latency ms (median / p90)", "gap closed (WER)"]
+PAIRED_HEAD = ["split", "A", "B", "WER A", "WER B", "B - A", "95% CI", "P(B better)", "verdict"]
+
+
+def _paired_rows(rep):
+    return [[p["split"], p["a"], p["b"], f"{p['wer_a']:.2f}", f"{p['wer_b']:.2f}", f"{p['delta']:+.2f}", _ci(p["ci"]),
+             f"{p['p_improvement']:.3f}", p["verdict"]] for p in rep["paired"]]
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    def table(head, rows):
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+        return "\n".join(out)
+
+    lines = [f"# WER report: {rep['exp']}", "",
+             f"95% intervals from {rep['bootstrap']['resamples']} bootstrap resamples of speakers (seed {rep['seed']}); "
+             "paired comparisons resample the same speakers for both systems.", ""]
+    for split in rep["splits"]:
+        lines += [f"## Models: {split}", "", table(MODEL_HEAD, _model_rows(rep, split)), ""]
+    if rep["paired"]:
+        lines += ["## Paired comparisons", "", table(PAIRED_HEAD, _paired_rows(rep)), ""]
+    if rep.get("compare"):
+        c = rep["compare"]
+        lines += [f"## Compared with {c['other']}", "", table(
+            ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
+            [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
+              r["verdict"]] for r in c["rows"]]), ""]
+    for split, bd in rep["breakdowns"].items():
+        for key, tab in bd.items():
+            names = sorted({m for v in tab.values() for m in v})
+            lines += [f"## WER by {key}: {split}", "", table([key] + names,
+                                                             [[g] + [v.get(m, "") for m in names] for g, v in tab.items()]), ""]
+    if rep["absent"]:
+        lines += ["## Absent inputs", ""] + [f"- {a}" for a in rep["absent"]] + [""]
+    return "\n".join(lines)
+
+
+def render_html(rep: dict[str, Any], images: dict[str, str]) -> str:
+    esc = html.escape
+
+    def anchor(name, split):
+        return "utt-" + "".join(c if c.isalnum() else "-" for c in f"{name}-{split}")
+
+    def table(head, rows, link_col=None, split=None):
+        out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+        for r in rows:
+            cells = []
+            for k, c in enumerate(r):
+                c = esc(str(c))
+                if k == link_col and split:
+                    c = f'<a href="#{anchor(r[0], split)}">{c}</a>'
+                cells.append(f"<td>{c}</td>")
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        return "\n".join(out + ["</table>"])
+
+    parts = [f"<h1>WER report</h1><p>{esc(rep['exp'])}. 95% intervals: {rep['bootstrap']['resamples']} bootstrap "
+             f"resamples of speakers (seed {rep['seed']}); paired comparisons resample the same speakers for both "
+             "systems (Bisani &amp; Ney 2004). A difference whose interval holds 0 is within noise.</p>"]
+    for split in rep["splits"]:
+        parts += [f"<h2>Models: {esc(split)}</h2>", table(MODEL_HEAD, _model_rows(rep, split), link_col=0, split=split)]
+    if rep["paired"]:
+        parts += ["<h2>Paired comparisons</h2>", table(PAIRED_HEAD, _paired_rows(rep))]
+    if rep.get("compare"):
+        c = rep["compare"]
+        parts += [f"<h2>Compared with {esc(c['other'])}</h2>", table(
+            ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
+            [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
+              r["verdict"]] for r in c["rows"]])]
+    titles = {"wer_vs_bytes": "WER against model bytes", "wer_vs_rtf": "WER against real-time factor",
+              "learning_curves": "Learning curves (dev CER per epoch)", "posteriors": "Posteriors of one utterance",
+              "wer_per_voice": "WER per voice: teacher against the best student"}
+    parts.append("<h2>Plots</h2>")
+    for key, title in titles.items():
+        if key in images:
+            parts.append(f'<h3>{esc(title)}</h3><img id="plot-{key}" alt="{esc(title)}" src="{images[key]}">')
+        else:
+            parts.append(f"<h3>{esc(title)}</h3><p class=absent>absent: its inputs were not found</p>")
+    for split, bd in rep["breakdowns"].items():
+        for key, tab in bd.items():
+            names = sorted({m for v in tab.values() for m in v})
+            parts += [f"<h2>WER by {esc(key)}: {esc(split)}</h2>",
+                      table([key] + names, [[g] + [v.get(m, "") for m in names] for g, v in tab.items()])]
+    parts.append("<h2>Most frequent errors</h2>")
+    for name, per in rep["top_errors"].items():
+        for split, t in per.items():
+            subs = ", ".join(f"{esc(a)}&rarr;{esc(b)} ({n})" for a, b, n in t["substitutions"])
+            dels = ", ".join(f"{esc(a)} ({n})" for a, n in t["deletions"])
+            ins = ", ".join(f"{esc(a)} ({n})" for a, n in t["insertions"])
+            parts.append(f"<p><b>{esc(name)}, {esc(split)}</b>: substitutions {subs}; deletions {dels}; "
+                         f"insertions {ins}</p>")
+    parts.append("<h2>Worst utterances (aligned errors)</h2>")
+    for name, per in rep["worst_utterances"].items():
+        for split, rows in per.items():
+            parts.append(f'<h3 id="{anchor(name, split)}">{esc(name)}, {esc(split)}</h3><ol>')
+            parts += [f"<li><code>{esc(r['id'])}</code> {r['errors']} errors / {r['ref_words']} words: "
+                      f"{esc(r['aligned'])}</li>" for r in rows]
+            parts.append("</ol>")
+    if rep["absent"]:
+        parts += ["<h2>Absent inputs</h2><ul>"] + [f"<li>{esc(a)}</li>" for a in rep["absent"]] + ["</ul>"]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+             "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}.absent{color:#a00}code{font-size:12px}li{font-size:13px}")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>speechkd WER report</title>"
+            f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+
+
+def write_report(exp: str | Path, out: str | Path | None = None, *, teacher: str = "teacher",
+                 baseline: str = "baseline", seed: int = 1234, compare: str | Path | None = None,
+                 posteriors: dict[str, Any] | None = None, rep: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``report.html`` to ``out`` (default ``exp/report``)."""
+    from speechkd.utils import atomic_write_text
+
+    out = Path(out) if out else Path(exp) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    if rep is None:
+        rep = build(exp, teacher=teacher, baseline=baseline, seed=seed, compare=compare)
+    images = plots(rep, posteriors)
+    rep["plots"] = sorted(images)
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
+    atomic_write_text(paths["json"], json.dumps(rep, indent=1) + "\n")
+    atomic_write_text(paths["md"], markdown(rep) + "\n")
+    atomic_write_text(paths["html"], render_html(rep, images))
+    return paths
+
+
+def posteriors_of_one_utterance(exp: str | Path, models: list[str], split: str = "test",
+                                featurize: str = "featurize") -> dict[str, Any] | None:
+    """Log-posteriors of the first utterance of ``split`` under each of ``models`` (offline, torch), for the
+    teacher-against-student plot; ``None`` when the inputs are missing."""
+    import torch
+
+    from speechkd.data.dataset import FeatureDataset
+    from speechkd.models.io import load_model
+    from speechkd.text.tokenizer import load_tokenizer
+
+    exp = Path(exp)
+    paths = [exp / m / "model.safetensors" for m in models]
+    manifest = exp / featurize / f"{split}.jsonl"
+    if not manifest.exists() or not all(p.exists() for p in paths):
+        return None
+    tok = load_tokenizer(exp / models[0])
+    ds = FeatureDataset(manifest, tok)
+    uid, feats, _, _ = ds[0]
+    feats = torch.as_tensor(np.asarray(feats, dtype=np.float32))[None]
+    out: dict[str, Any] = {"id": uid, "log_probs": {}}
+    with torch.no_grad():
+        for m, p in zip(models, paths):
+            model = load_model(p).eval()
+            lp, _ = model(feats, torch.tensor([feats.shape[1]]))
+            out["log_probs"][m] = lp[0].numpy()
+            out["frame_ms"] = model.cfg.frame_ms
+    return out
