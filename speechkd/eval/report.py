@@ -309,7 +309,8 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
                "insertions": int(s.errs[:, 2].sum()), "ref_words": int(s.errs[:, 3].sum()),
                "utterances": len(s.ids), "speakers": ng}
         t, b = e.systems.get((teacher, split)), e.systems.get((baseline, split))
-        if t is not None and b is not None and name not in (teacher, baseline) and t.ids == s.ids == b.ids:
+        source = e.models[name].get("source", name)
+        if t is not None and b is not None and source not in (teacher, baseline) and t.ids == s.ids == b.ids:
             bt = _per_group(b.word_errors.astype(float), g, ng)
             tt = _per_group(t.word_errors.astype(float), g, ng)
             den = bt[idx].sum(1) - tt[idx].sum(1)
@@ -651,7 +652,7 @@ def posteriors_of_one_utterance(exp: str | Path, models: list[str], split: str =
     tok = load_tokenizer(exp / models[0])
     ds = FeatureDataset(manifest, tok)
     uid, feats, _, _ = ds[0]
-    feats = torch.as_tensor(np.asarray(feats, dtype=np.float32))[None]
+    feats = torch.from_numpy(np.array(feats, dtype=np.float32))[None]  # a copy: the store's arrays are read-only
     out: dict[str, Any] = {"id": uid, "log_probs": {}}
     with torch.no_grad():
         for m, p in zip(models, paths):
