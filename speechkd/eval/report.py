@@ -609,7 +609,7 @@ def render_html(rep: dict[str, Any], images: dict[str, str]) -> str:
     if rep["absent"]:
         parts += ["<h2>Absent inputs</h2><ul>"] + [f"<li>{esc(a)}</li>" for a in rep["absent"]] + ["</ul>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-             "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
              "td:first-child,th:first-child{text-align:left}.absent{color:#a00}code{font-size:12px}li{font-size:13px}")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>speechkd WER report</title>"
             f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
