@@ -117,26 +117,13 @@ def main() -> None:
     contenders_extra["fbank"] = fbank_pass
 
     def sherpa_contender(model):
-        import onnx
-        import sherpa_onnx
+        from speechkd.eval.raw import sherpa_decoder
 
-        pad = int({p.key: p.value for p in onnx.load(str(model)).metadata_props}["tail_padding_ms"])
-        srec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(sherpa_dir / "tokens.txt"),
-                                                          model=str(model), num_threads=1)
+        decode = sherpa_decoder(model, chunk_ms=160.0, num_threads=1)
 
         def sherpa_pass():
             for wav, sr in waves:
-                s = srec.create_stream()
-                step = int(sr * 0.16)
-                for i in range(0, len(wav), step):
-                    s.accept_waveform(sr, wav[i : i + step])
-                    while srec.is_ready(s):
-                        srec.decode_stream(s)
-                s.accept_waveform(sr, np.zeros(int(pad * sr / 1000), np.float32))
-                s.input_finished()
-                while srec.is_ready(s):
-                    srec.decode_stream(s)
-                srec.get_result(s)
+                decode(wav, sr)
         return sherpa_pass
 
     for name, f in (("sherpa", "model.onnx"), ("sherpa_int8", "model.int8.onnx")):

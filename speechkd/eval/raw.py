@@ -24,22 +24,20 @@ def onnx_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: in
     return lambda path: transcribe_file(rec, path, chunk_ms).text
 
 
-def sherpa_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: int = 1) -> Callable[[Path], str]:
-    """Transcribe with sherpa-onnx's online recognizer (a model from ``speechkd export --format sherpa``):
-    160 ms chunks, then the model's ``tail_padding_ms`` of silence, as a service would feed it."""
+def sherpa_decoder(model: str | Path, chunk_ms: float = 160.0, num_threads: int = 1) -> Callable[..., str]:
+    """``decode(samples, sample_rate) -> text`` with sherpa-onnx's online recognizer (a model from
+    ``speechkd export --format sherpa``): ``chunk_ms`` chunks, then the model's ``tail_padding_ms`` of
+    silence, as a service would feed it."""
     import numpy as np
     import onnxruntime as ort
     import sherpa_onnx
-
-    from speechkd.runtime.recognizer import read_audio
 
     model = Path(model)
     pad_ms = int(ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map.get("tail_padding_ms", 0))
     rec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(model.parent / "tokens.txt"), model=str(model),
                                                      num_threads=num_threads)
 
-    def run(path: Path) -> str:
-        wav, sr = read_audio(path)
+    def decode(wav, sr: int) -> str:
         s = rec.create_stream()
         step = max(1, int(sr * chunk_ms / 1000))
         for i in range(0, len(wav), step):
@@ -52,7 +50,15 @@ def sherpa_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: 
             rec.decode_stream(s)
         return " ".join(rec.get_result(s).split())
 
-    return run
+    return decode
+
+
+def sherpa_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: int = 1) -> Callable[[Path], str]:
+    """:func:`sherpa_decoder` of an audio file."""
+    from speechkd.runtime.recognizer import read_audio
+
+    decode = sherpa_decoder(model, chunk_ms, num_threads)
+    return lambda path: decode(*read_audio(path))
 
 
 def is_sherpa_model(model: str | Path) -> bool:

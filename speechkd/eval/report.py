@@ -285,6 +285,8 @@ def collect(exp: str | Path) -> Experiment:
 def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baseline", seed: int = 1234,
           compare: str | Path | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict (what ``report.json`` holds)."""
+    from speechkd.eval.scoring import _aligned_line
+
     e = collect(exp)
     speaker = {u: v["speaker"] for u, v in e.info.items() if "speaker" in v}
     splits = sorted({s for _, s in e.systems})
@@ -379,8 +381,6 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
             "deletions": [[a, n] for a, n in dels.most_common(10)],
             "insertions": [[a, n] for a, n in ins.most_common(10)]}
         rows.sort(key=lambda x: (-x[0], x[1]))
-        from speechkd.eval.scoring import _aligned_line
-
         rep["worst_utterances"].setdefault(name, {})[split] = [
             {"id": uid, "errors": n, "ref_words": int(s.errs[k, 3]), "aligned": _aligned_line(s.refs[k], s.hyps[k])}
             for n, uid, k in rows[:25] if n > 0]
