@@ -316,11 +316,11 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
             bt = _per_group(b.word_errors.astype(float), g, ng)
             tt = _per_group(t.word_errors.astype(float), g, ng)
             den = bt[idx].sum(1) - tt[idx].sum(1)
-            gaps = (bt[idx].sum(1) - we[idx].sum(1)) / np.where(den == 0, np.nan, den)
-            point = (bt.sum() - we.sum()) / (bt.sum() - tt.sum()) if bt.sum() != tt.sum() else float("nan")
-            lo, hi = np.nanpercentile(gaps, [2.5, 97.5])
-            row["gap_closed"] = round(100 * float(point), 1)
-            row["gap_closed_ci"] = [round(100 * float(lo), 1), round(100 * float(hi), 1)]
+            gaps = (bt[idx].sum(1) - we[idx].sum(1))[den != 0] / den[den != 0]
+            if bt.sum() != tt.sum() and gaps.size:  # no gap between teacher and baseline: nothing to close
+                lo, hi = np.percentile(gaps, [2.5, 97.5])
+                row["gap_closed"] = round(100 * float((bt.sum() - we.sum()) / (bt.sum() - tt.sum())), 1)
+                row["gap_closed_ci"] = [round(100 * float(lo), 1), round(100 * float(hi), 1)]
         rep["models"][name]["splits"][split] = row
     # paired comparisons: every student against the baseline; every int8 model against its fp32 source
     for (name, split), s in sorted(e.systems.items()):
@@ -628,7 +628,7 @@ def write_report(exp: str | Path, out: str | Path | None = None, *, teacher: str
     images = plots(rep, posteriors)
     rep["plots"] = sorted(images)
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
-    atomic_write_text(paths["json"], json.dumps(rep, indent=1) + "\n")
+    atomic_write_text(paths["json"], json.dumps(rep, indent=1, allow_nan=False) + "\n")
     atomic_write_text(paths["md"], markdown(rep) + "\n")
     atomic_write_text(paths["html"], render_html(rep, images))
     return paths

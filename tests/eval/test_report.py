@@ -159,3 +159,12 @@ def test_error_totals_agree_with_nist_sclite(tmp_path):
     assert theirs["utterances"] == len(REFS) and theirs["ref_words"] == ours["ref_words"]
     assert theirs["errors"] == total
     assert abs(theirs["substitutions"] - ours["substitutions"]) <= 0.1 * total
+
+
+def test_no_teacher_baseline_gap_gives_no_gap_closed_and_valid_json(fake_exp, tmp_path):
+    """A tiny run where teacher and baseline make the same errors has no gap to close: the report says nothing
+    of it rather than writing NaN (which is not JSON)."""
+    shutil.copy(fake_exp / "decode_baseline" / "recogs-test.txt", fake_exp / "decode_teacher" / "recogs-test.txt")
+    paths = write_report(fake_exp, tmp_path / "rep")
+    rep = json.loads(paths["json"].read_text())
+    assert "gap_closed" not in rep["models"]["student"]["splits"]["test"]
