@@ -143,7 +143,8 @@ class LSTMCTC(nn.Module):
                 return lp, out_len, feats.new_zeros(feats.shape[0], 0, dim)
             return lp, out_len
         hiddens, out_len = self.encode(feats, lengths)
-        logits = self._logits(self.drop(hiddens[-1]))
+        # float32 log-probs even under autocast (the losses and the decoders read them)
+        logits = self._logits(self.drop(hiddens[-1])).float()
         if return_hidden:
             return logits.log_softmax(-1), out_len, hiddens[-1]
         return logits.log_softmax(-1), out_len

@@ -19,7 +19,7 @@ import copy
 import json
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from speechkd.config import field, require
 from speechkd.distill.compose import KDConfig
@@ -48,6 +48,9 @@ class Config(DistillConfig):
     epochs: int = field(2, help="epochs of fine-tuning")
     average_last: int = field(1, help="final model = average of the last k epoch weights (1 = last)")
     specaug: bool = field(False, help="SpecAugment on training batches")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "fp32", help="fp32 by default: the fake-quantized forward then matches ONNX Runtime's int8 arithmetic, "
+                     "not a bf16 rounding of it")
 
     def __post_init__(self):
         super().__post_init__()

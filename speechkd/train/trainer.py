@@ -3,9 +3,11 @@
 AdamW with linear warm-up and cosine decay, gradient clipping, a guard that skips
 non-finite losses (and counts them), SpecAugment (on the model's device), dev greedy CER/WER
 every epoch, a metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA
-is chosen automatically. Checkpoints every ``checkpoint_every`` steps and at every epoch end make
-resume exact: after SIGKILL, a rerun continues from the last checkpoint and, on the CPU, ends
-with the same weights as an uninterrupted run.
+is chosen automatically, and so is mixed precision (:mod:`speechkd.train.precision`: bf16 autocast
+on a CPU with native bf16, AMP on CUDA; float32 weights, optimizer state and losses). Checkpoints
+every ``checkpoint_every`` steps and at every epoch end make resume exact: after SIGKILL, a rerun continues from the last checkpoint and, on the CPU, ends
+with the same weights as an uninterrupted run. The checkpoint records the precision; resuming in
+another one is refused.
 
 The loss is an :class:`Objective`: plain CTC by default; distillation passes its own, which may
 carry ``heads`` (e.g. a FitNets projection) that are trained and checkpointed beside the model
@@ -31,13 +33,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from speechkd.config import field, require
+from speechkd.config import ConfigError, field, require
 from speechkd.data.dataset import Batch, FeatureDataset
 from speechkd.data.sampler import BucketingSampler
 from speechkd.eval.decode import evaluate, pick_device
 from speechkd.features.specaug import spec_augment
 from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, count_parameters
 from speechkd.train import checkpoint as ck
+from speechkd.train import precision as mp
 from speechkd.utils import atomic_write_text, progress
 
 log = logging.getLogger(__name__)
@@ -73,8 +76,13 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to train")
     threads: int = field(0, help="torch CPU threads (0 = torch default)")
     max_steps: int = field(0, help="stop after this many steps in total (0 = no limit)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "auto", help="mixed precision: auto = bf16 on a CPU with native bf16 (else fp32), on CUDA bf16 where "
+                     "supported (else fp16); fp16 is CUDA only. Weights, optimizer state and losses stay float32")
 
     def __post_init__(self):
+        require(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
+                f"must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for k in ("epochs", "max_frames", "keep_last", "average_last"):
             require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         for k in ("checkpoint_every", "dev_limit", "threads", "max_steps"):
@@ -206,6 +214,11 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg.device)
+        try:
+            self.precision = mp.resolve_precision(cfg.precision, self.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.scaler = mp.grad_scaler(self.precision, self.device)
         self.objective = objective or Objective(tokenizer.blank_id)
         self.unit = _WithHeads(model, self.objective.heads).to(self.device)
         self.net: torch.nn.Module = self.unit
@@ -222,7 +235,7 @@ class Trainer:
             self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
         self.gen = torch.Generator().manual_seed(seed + 1000 * self.rank)  # SpecAugment draws
         self.state = TrainState()
-        self.run_cfg = {"train": asdict(cfg), "seed": seed, "world_size": self.world}
+        self.run_cfg = {"train": asdict(cfg), "seed": seed, "world_size": self.world, "precision": self.precision}
         self.ckpt_dir, self.epoch_dir = self.out_dir / "checkpoints", self.out_dir / "epochs"
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -235,6 +248,13 @@ class Trainer:
         if self.objective.heads is not None:
             self.objective.heads.load_state_dict(ck.read_tensors(last / "heads.safetensors")[1])
         st = ck.load_train_state(last)
+        was = st.get("precision", "fp32")
+        if was != self.precision:
+            raise ck.CheckpointError(
+                f"{last}: this run was trained in {was}, but precision {self.cfg.precision!r} resolves to "
+                f"{self.precision} here; set precision: {was} to resume it exactly, or rerun the stage with --force")
+        if "scaler" in st:
+            self.scaler.load_state_dict(st["scaler"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.sampler.load_state_dict(st["sampler"])
@@ -251,7 +271,9 @@ class Trainer:
         self.state.epoch = epoch
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "sampler": self.sampler.state_dict(), "rng": _rng_state(), "specaug_rng": self.gen.get_state(),
-                 **self.state.to_dict()}
+                 "precision": self.precision, **self.state.to_dict()}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         ck.save_checkpoint(self.ckpt_dir / f"ckpt-{self.state.step:08d}", self.model, state, self.run_cfg,
                            heads=self.objective.heads)
         ck.prune(self.ckpt_dir, self.cfg.keep_last)
@@ -263,19 +285,27 @@ class Trainer:
         feats = batch.feats
         if cfg.specaug:
             feats = spec_augment(feats, batch.feat_lens, generator=self.gen)
-        out = self.net(feats, batch.feat_lens, return_hidden=self.objective.needs_hidden)
-        loss = self.objective(batch, Forward(*out))
+        with mp.autocast(self.precision, self.device):
+            out = self.net(feats, batch.feat_lens, return_hidden=self.objective.needs_hidden)
+        # losses in float32, outside autocast (a no-op cast in fp32)
+        fwd = Forward(out[0].float(), out[1], out[2].float() if len(out) > 2 else None)
+        loss = self.objective(batch, fwd)
         finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0], device=self.device)
         if self.world > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         self.opt.zero_grad(set_to_none=True)
         if finite.item() > 0:
-            loss.backward()
+            self.scaler.scale(loss).backward()
             ok = True
             if cfg.optim.grad_clip:
+                self.scaler.unscale_(self.opt)
                 gn = torch.nn.utils.clip_grad_norm_(self.unit.parameters(), cfg.optim.grad_clip)
                 ok = bool(torch.isfinite(gn))
-            if ok:
+            if self.scaler.is_enabled():  # fp16: the scaler skips an overflowing step and lowers its scale
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                st.skipped += 0 if ok else 1
+            elif ok:
                 self.opt.step()
             else:
                 self.opt.zero_grad(set_to_none=True)
@@ -319,9 +349,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         if self.rank == 0:
-            log.info("training %s: %d parameters, %d steps/epoch, device %s, world %d",
+            log.info("training %s: %d parameters, %d steps/epoch, device %s, %s, world %d",
                      "BiLSTM" if self.model.cfg.bidirectional else "LSTM", count_parameters(self.model),
-                     self.steps_per_epoch, self.device, self.world)
+                     self.steps_per_epoch, self.device, self.precision, self.world)
         stop = False
         for epoch in range(st.epoch, cfg.epochs):
             if self.sampler.epoch != epoch:
@@ -355,7 +385,8 @@ class Trainer:
         """Average the last epochs into ``model.safetensors`` and score it (rank 0)."""
         st = self.state
         summary: dict[str, Any] = {"parameters": count_parameters(self.model), "steps": st.step,
-                                   "skipped_steps": st.skipped, "best": st.best, "epochs_run": len(st.history)}
+                                   "skipped_steps": st.skipped, "best": st.best, "epochs_run": len(st.history),
+                                   "precision": self.precision}
         if self.rank != 0:
             return summary
         eps = sorted(self.epoch_dir.glob("epoch-*.safetensors"))[-self.cfg.average_last:]

@@ -1,0 +1,60 @@
+"""Mixed precision for the trainer: which precision a run uses, and the autocast context it runs under.
+
+* ``fp32``: no autocast.
+* ``bf16``: ``torch.autocast`` in bfloat16 (CPU: oneDNN's bf16 kernels, native on AVX512-BF16 and AMX CPUs;
+  CUDA: bf16 AMP). No loss scaling is needed: bf16 has float32's exponent range.
+* ``fp16``: CUDA AMP in float16 with a ``GradScaler`` (loss scaling); refused on the CPU.
+* ``auto``: ``bf16`` on a CPU with native bf16 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), else
+  ``fp32``; on CUDA ``bf16`` where the GPU supports it, else ``fp16``.
+
+In every precision the master weights and the optimizer state stay float32 (autocast casts copies for the
+matrix products), and the trainer computes the CTC and KD losses in float32 outside the autocast region.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+Precision = Literal["fp32", "bf16", "fp16"]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 matrix products natively (AVX512-BF16, AMX); elsewhere bf16 is emulated
+    and slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto | fp32 | bf16 | fp16`` -> the precision a run on ``device`` uses. A choice the device cannot
+    run is a ``ValueError`` that says what to use instead."""
+    if name not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision: must be auto, fp32, bf16 or fp16, got {name!r}")
+    cuda = device.type == "cuda"
+    if name == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if name == "fp16" and not cuda:
+        raise ValueError("precision: fp16 needs a CUDA device (on the CPU, use bf16 or fp32)")
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision: this GPU has no bf16; use fp16 or fp32")
+    return name  # type: ignore[return-value]
+
+
+def autocast(precision: Precision, device: torch.device):
+    """The context a forward pass runs in: ``torch.autocast`` for bf16/fp16, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def grad_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (disabled, a pass-through, otherwise)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
