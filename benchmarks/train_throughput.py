@@ -1,10 +1,21 @@
-"""Training throughput (seconds of audio per wall second) of the recipe's teacher and baseline.
+"""Training throughput (seconds of audio per wall second) of the recipe's teacher and baseline (student).
 
-Ours: ``LSTMCTC`` on padded batches (the BiLSTM's backward direction runs on a length-aware
-reversal). Peer: the same sizes built from ``torch.nn.LSTM(bidirectional=...)`` over packed
-sequences, the usual way to keep padding out of a BiLSTM. Same random batches (lengths drawn
-like synth-en's, 1.5-7 s), forward + CTC + backward + AdamW step, threads pinned, median of
---repeats. Runs on CUDA too when it is there (--device). Last line: one JSON object.
+1. Ours against a peer: ``LSTMCTC`` on padded batches (the BiLSTM's backward direction runs on a
+   length-aware reversal) against the same sizes built from ``torch.nn.LSTM(bidirectional=...)`` over
+   packed sequences, the usual way to keep padding out of a BiLSTM.
+2. Mixed precision: ours in bf16 autocast (``speechkd.train.precision``, what ``precision: auto`` picks
+   on a CPU with native bf16) against ours in float32 -> ``bf16_speedup_teacher``,
+   ``bf16_speedup_student``. The two alternate repeat by repeat.
+
+Same random batches (lengths drawn like synth-en's, 1.5-7 s), forward + CTC + backward + AdamW step,
+threads pinned, median of --repeats. Runs on CUDA too when it is there (--device).
+
+3. The accuracy cost, with ``--exp EXP`` (an experiment with featurize and tokenizer stages, e.g.
+   exp/default): the real trainer trains the teacher and the student (CTC only) for ``--steps`` steps in
+   fp32 and in bf16 on the same schedule and scores dev CER/WER (``dev_cer_teacher_fp32``, ...), with
+   the wall time of each run.
+
+Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--exp", type=Path, help="experiment dir (featurize + tokenizer) for the dev-CER comparison")
+    ap.add_argument("--steps", type=int, default=300, help="training steps per run of the dev-CER comparison")
     a = ap.parse_args()
 
     import torch
@@ -59,6 +72,7 @@ def main() -> None:
 
     from speechkd.config import from_dict, load_yaml
     from speechkd.models import ModelConfig, build_model
+    from speechkd.train.precision import autocast, resolve_precision
 
     torch.set_num_threads(a.threads)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -76,7 +90,7 @@ def main() -> None:
         tl = torch.clamp(lens // 8, min=1)
         batches.append((feats, lens, torch.randint(1, 29, (int(tl.sum()),), generator=g), tl))
 
-    def run(model, params) -> float:
+    def run(model, params, precision="fp32") -> float:
         opt = torch.optim.AdamW(params, 1e-3)
         sec = 0.0
         if device.type == "cuda":
@@ -84,7 +98,9 @@ def main() -> None:
         t0 = time.perf_counter()
         for feats, lens, tg, tl in batches:
             f, l = feats.to(device), lens.to(device)
-            lp, ol = model(f, l)
+            with autocast(precision, device):
+                lp, ol = model(f, l)
+            lp = lp.float()
             loss = F.ctc_loss(lp.transpose(0, 1), tg.to(device), ol, tl.to(device), zero_infinity=True)
             opt.zero_grad()
             loss.backward()
@@ -107,7 +123,67 @@ def main() -> None:
         res[f"{name}_packed_peer_audio_s_per_s"] = round(p, 1)
         res[f"{name}_ratio_vs_packed"] = round(o / p, 2)
         print(f"{name:9s} ours {o:9.1f} s audio/s   packed nn.LSTM {p:9.1f} s audio/s   ratio {o / p:.2f}", flush=True)
+
+    low = resolve_precision("auto", device)
+    low = "bf16" if low == "fp32" else low  # emulated bf16 where the CPU has none: the figure then says so
+    res["mixed_precision"] = low
+    for name, key in (("teacher", "teacher"), ("baseline", "student")):
+        mcfg = from_dict(ModelConfig, {**stages[name]["model"], "dropout": 0.0})
+        ours = build_model(mcfg).to(device)
+        params = list(ours.parameters())
+        run(ours, params, low)  # warm-up
+        t32, t16 = [], []
+        for _ in range(a.repeats):
+            t32.append(run(ours, params, "fp32"))
+            t16.append(run(ours, params, low))
+        o32, o16 = statistics.median(t32), statistics.median(t16)
+        res[f"{key}_fp32_audio_s_per_s"] = round(o32, 1)
+        res[f"{key}_{low}_audio_s_per_s"] = round(o16, 1)
+        res[f"{low}_speedup_{key}"] = round(o16 / o32, 2)
+        print(f"{key:9s} fp32 {o32:9.1f} s audio/s   {low} {o16:9.1f} s audio/s   speedup {o16 / o32:.2f}", flush=True)
+
+    if a.exp:
+        res.update(dev_cost(a.exp, stages, a.steps, a.threads, low, a.device))
     print(json.dumps(res))
+
+
+def dev_cost(exp: Path, stages: dict, steps: int, threads: int, low: str, device: str) -> dict:
+    """Train the recipe's teacher and baseline for ``steps`` steps in fp32 and in ``low`` precision with
+    the real trainer on ``exp``'s features; dev CER/WER and wall seconds of each."""
+    import tempfile
+
+    import torch
+
+    from speechkd.config import from_dict
+    from speechkd.stages import train as train_stage
+    from speechkd.stages.runner import StageContext
+    from speechkd.train.trainer import train
+
+    out: dict = {"dev_steps": steps}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, key in (("teacher", "teacher"), ("baseline", "student")):
+            for prec in ("fp32", low):
+                body = {k: v for k, v in stages[name].items() if k != "type"}
+                cfg = from_dict(train_stage.Config, {**body, "epochs": 1000, "max_steps": steps, "average_last": 1,
+                                                     "precision": prec, "threads": threads, "device": device})
+                run_dir = Path(tmp) / f"{name}-{prec}"
+                run_dir.mkdir()
+                ctx = StageContext("bench", exp, run_dir, 1234, exp)
+                torch.manual_seed(1234)
+                tok, tr, dev, model = train_stage.prepare(cfg, ctx)
+                t0 = time.perf_counter()
+                summary = train(cfg, model, tr, dev, tok, run_dir, seed=1234)
+                wall = time.perf_counter() - t0
+                out[f"dev_cer_{key}_{prec}"] = summary["final"]["dev_cer"]
+                out[f"dev_wer_{key}_{prec}"] = summary["final"]["dev_wer"]
+                out[f"train_seconds_{key}_{prec}"] = round(wall, 1)  # with two dev scorings
+                out[f"train_audio_s_per_s_{key}_{prec}"] = summary["audio_s_per_s"]  # training steps only
+                print(f"{key:9s} {prec}: {steps} steps in {wall:7.1f} s, dev CER {summary['final']['dev_cer']:.2f} "
+                      f"WER {summary['final']['dev_wer']:.2f}", flush=True)
+            out[f"dev_cer_delta_{key}"] = round(out[f"dev_cer_{key}_{low}"] - out[f"dev_cer_{key}_fp32"], 2)
+            out[f"train_speedup_{key}"] = round(out[f"train_audio_s_per_s_{key}_{low}"] /
+                                                out[f"train_audio_s_per_s_{key}_fp32"], 2)
+    return out
 
 
 if __name__ == "__main__":
