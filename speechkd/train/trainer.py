@@ -83,6 +83,9 @@ class TrainConfig:
     def __post_init__(self):
         require(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
                 f"must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision == "fp16":  # checked with the recipe, not after the stages before this one ran
+            require(self.device != "cpu" and torch.cuda.is_available(), "precision",
+                    "fp16 needs a CUDA device (on the CPU, use bf16 or fp32)")
         for k in ("epochs", "max_frames", "keep_last", "average_last"):
             require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         for k in ("checkpoint_every", "dev_limit", "threads", "max_steps"):

@@ -62,6 +62,19 @@ def test_precision_choice_per_device():
         resolve_precision("int4", cpu)
     with pytest.raises(ConfigError, match="precision"):
         from_dict(TrainConfig, {"precision": "fp8"})
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):  # at load time, before any stage runs
+        from_dict(TrainConfig, {"precision": "fp16", "device": "cpu"})
+
+
+def test_fp16_on_a_cpu_machine_fails_when_the_recipe_is_checked(tmp_path):
+    from speechkd.stages.runner import run_recipe
+    from tests.conftest import REPO
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match=r"teacher.*precision: fp16 needs a CUDA device"):
+        run_recipe(REPO / "pipelines" / "quick", exp_root=tmp_path, overrides=["teacher.precision=fp16"])
+    assert not (tmp_path / "quick" / "corpus").exists()  # nothing ran
 
 
 class Recording(Objective):
@@ -89,7 +102,7 @@ def test_bf16_runs_the_lstm_in_bf16_and_the_loss_in_float32(feats, tmp_path):
     states = [s for st in t.opt.state.values() for s in st.values() if torch.is_tensor(s) and s.dim()]
     assert states and all(s.dtype == torch.float32 for s in states)  # optimizer state
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        _trainer(feats, tmp_path / "x", "fp16")
+        _trainer(feats, tmp_path / "x", "fp16")  # device cpu: refused when the config is built
 
 
 def test_precision_is_recorded_and_a_resume_in_another_one_is_refused(feats, tmp_path):
