@@ -6,7 +6,8 @@ Runs the recipe's teacher (or ``--stage``) with the trainer's own pieces on an e
 ``--precision`` (fp32 or bf16). Phases are ``record_function`` ranges around each piece of the step;
 the reversal is the ``aten::gather`` calls of the forward and their backward. Padding is counted from
 the sampler's batches (padded frames over real frames). Profiler overhead inflates every phase a
-little; read the shares, not the seconds. Last line: one JSON object.
+little; read the shares, not the seconds. ``--quick``: the quick recipe's teacher on its tiny corpus
+(built up to the tokenizer if missing), a few steps. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -14,22 +15,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 PHASES = ("data", "forward", "loss", "backward", "clip", "optimizer")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--exp", type=Path, required=True, help="experiment dir with featurize and tokenizer stages")
-    ap.add_argument("--stage", default="teacher", help="train stage of pipelines/default whose config is used")
+    ap.add_argument("--exp", type=Path, help="experiment dir with featurize and tokenizer stages (e.g. exp/default)")
+    ap.add_argument("--stage", default="teacher", help="train stage of the recipe whose config is used")
     ap.add_argument("--steps", type=int, default=60, help="steps to profile (0 = one whole epoch)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="pipelines/quick (built if missing), 4 steps")
     a = ap.parse_args()
+    recipe = REPO / "pipelines" / ("quick" if a.quick else "default")
+    if a.quick:
+        import os
+
+        from speechkd.stages.runner import run_recipe
+
+        a.exp, a.steps = REPO / "exp" / "quick", min(a.steps or 4, 4)
+        if not (a.exp / "tokenizer" / ".done").exists():
+            os.chdir(REPO)
+            run_recipe(recipe, to_stage="tokenizer")
+    if a.exp is None:
+        ap.error("--exp is required (or --quick)")
 
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -40,10 +56,8 @@ def main() -> None:
     from speechkd.train.precision import autocast
     from speechkd.train.trainer import Forward, Trainer
 
-    import tempfile
-
     torch.set_num_threads(a.threads)
-    stages = load_yaml(Path(__file__).resolve().parents[1] / "pipelines" / "default" / "recipe.yaml")["stages"]
+    stages = load_yaml(recipe / "recipe.yaml")["stages"]
     body = {k: v for k, v in stages[a.stage].items() if k != "type"}
     cfg = from_dict(train_stage.Config, {**body, "precision": a.precision, "threads": a.threads, "device": "cpu"})
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,9 +5,9 @@ non-finite losses (and counts them), SpecAugment (on the model's device), dev gr
 every epoch, a metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA
 is chosen automatically, and so is mixed precision (:mod:`speechkd.train.precision`: bf16 autocast
 on a CPU with native bf16, AMP on CUDA; float32 weights, optimizer state and losses). Checkpoints
-every ``checkpoint_every`` steps and at every epoch end make resume exact: after SIGKILL, a rerun continues from the last checkpoint and, on the CPU, ends
-with the same weights as an uninterrupted run. The checkpoint records the precision; resuming in
-another one is refused.
+every ``checkpoint_every`` steps and at every epoch end make resume exact: after SIGKILL, a rerun
+continues from the last checkpoint and, on the CPU, ends with the same weights as an uninterrupted
+run. The checkpoint records the precision; resuming in another one is refused.
 
 The loss is an :class:`Objective`: plain CTC by default; distillation passes its own, which may
 carry ``heads`` (e.g. a FitNets projection) that are trained and checkpointed beside the model
@@ -81,11 +81,12 @@ class TrainConfig:
                      "supported (else fp16); fp16 is CUDA only. Weights, optimizer state and losses stay float32")
 
     def __post_init__(self):
-        require(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
-                f"must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.precision == "fp16":  # checked with the recipe, not after the stages before this one ran
-            require(self.device != "cpu" and torch.cuda.is_available(), "precision",
-                    "fp16 needs a CUDA device (on the CPU, use bf16 or fp32)")
+        # the precision rules, checked with the recipe (not after the stages before this one ran)
+        cuda = self.device != "cpu" and torch.cuda.is_available()
+        try:
+            mp.resolve_precision(self.precision, torch.device("cuda" if cuda else "cpu"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for k in ("epochs", "max_frames", "keep_last", "average_last"):
             require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         for k in ("checkpoint_every", "dev_limit", "threads", "max_steps"):
