@@ -105,10 +105,13 @@ def main() -> None:
         for wav, sr in waves:
             fb = rec._new_fbank()
             step = int(sr * 0.16)
-            for i in range(0, len(wav), step):
+            done = 0
+            for i in range(0, len(wav), step):  # each frame read once, then popped, as the runtime does
                 fb.accept_waveform(float(sr), wav[i : i + step].tolist())
-                for t in range(fb.num_frames_ready):
-                    fb.get_frame(t)
+                ready = fb.num_frames_ready
+                np.array([fb.get_frame(t) for t in range(done, ready)], np.float32)
+                fb.pop(ready - done)
+                done = ready
 
     sherpa_dir = exp / "export" / a.student / "sherpa"
     contenders_extra = {}

@@ -144,7 +144,8 @@ class StreamingRecognizer:
         self._fb = self._new_fbank()
         self._next_frame = 0  # fbank frames consumed
         self._popped = 0  # fbank frames discarded from kaldi-native-fbank's buffer
-        self._pending: list[np.ndarray] = []  # frames not yet run (fewer than a chunk, or a partial stack)
+        # fbank frames not yet run (fewer than a chunk, or a partial stack), rows of (frames, feat_dim)
+        self._pending = np.zeros((0, int(self.fbank["num_mel_bins"])), np.float32)
         self._h = np.zeros((self.layers, 1, self.hidden), np.float32)
         self._c = np.zeros((self.layers, 1, self.hidden), np.float32)
         self._out_frames = 0
@@ -194,40 +195,46 @@ class StreamingRecognizer:
     def _drain(self, final: bool) -> None:
         ready = self._fb.num_frames_ready
         if self._next_frame < ready:
-            while self._next_frame < ready:
-                # a copy: get_frame returns a view of a buffer that pop() recycles
-                self._pending.append(np.array(self._fb.get_frame(self._next_frame), np.float32))
-                self._next_frame += 1
+            # np.array copies: get_frame returns a view of a buffer that pop() recycles
+            new = np.array([self._fb.get_frame(i) for i in range(self._next_frame, ready)], np.float32)
+            self._pending = np.concatenate([self._pending, new]) if len(self._pending) else new
+            self._next_frame = ready
             self._fb.pop(ready - self._popped)  # the fbank keeps every frame unless told: memory stays bounded
             self._popped = ready
-        while len(self._pending) >= self.chunk_frames:
-            self._run(self._pending[: self.chunk_frames])
-            self._pending = self._pending[self.chunk_frames:]
+        n = len(self._pending) // self.chunk_frames * self.chunk_frames
+        for i in range(0, n, self.chunk_frames):
+            self._run(self._pending[i : i + self.chunk_frames])
+        self._pending = self._pending[n:]
         if final:
             n = len(self._pending) // self.stack * self.stack  # a trailing partial stack is dropped, as offline
             if n:
                 self._run(self._pending[:n])
-            self._pending = []
+            self._pending = self._pending[:0]
 
-    def _run(self, frames: list[np.ndarray]) -> None:
+    def _run(self, frames: np.ndarray) -> None:
         import time
 
-        x = np.stack(frames)[None]
+        x = np.ascontiguousarray(frames)[None]
         t0 = time.perf_counter()
         lp, self._h, self._c = self.session.run(None, {"x": x, "h": self._h, "c": self._c})
         self.chunk_seconds.append(time.perf_counter() - t0)
         lp = lp[0]
         if self.keep_log_probs:
             self.log_probs.append(lp)
-        r = self._result
-        n0 = len(r.tokens)
-        for t, k in enumerate(lp.argmax(-1).tolist()):
-            if k != self.blank and k != self._prev:
-                r.tokens.append(k)
-                r.times_ms.append((self._out_frames + t) * self.frame_ms)
-            self._prev = k
+        if not len(lp):
+            return
+        # greedy CTC, vectorised over the chunk: a token is emitted where the best symbol is not blank
+        # and differs from the frame before (the previous chunk's last frame carries over)
+        best = lp.argmax(-1)
+        prev = np.concatenate(([self._prev], best[:-1]))
+        emit = np.flatnonzero((best != self.blank) & (best != prev))
+        self._prev = int(best[-1])
         self._out_frames += lp.shape[0]
-        if len(r.tokens) != n0:  # the text changes only with new tokens (detokenizing is O(tokens so far))
+        if emit.size:  # the text changes only with new tokens (detokenizing is O(tokens so far))
+            r = self._result
+            start = self._out_frames - lp.shape[0]
+            r.tokens.extend(best[emit].tolist())
+            r.times_ms.extend(((start + emit) * self.frame_ms).tolist())
             r.text = detokenize([self.symbols[k] for k in r.tokens])
 
 
