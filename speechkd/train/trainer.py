@@ -38,6 +38,7 @@ from speechkd.data.dataset import Batch, FeatureDataset
 from speechkd.data.sampler import BucketingSampler
 from speechkd.eval.decode import evaluate, pick_device
 from speechkd.features.specaug import spec_augment
+from speechkd.features.vtlp import vtlp
 from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, count_parameters
 from speechkd.train import checkpoint as ck
 from speechkd.train import precision as mp
@@ -69,6 +70,8 @@ class TrainConfig:
     epochs: int = field(10, help="epochs")
     max_frames: int = field(20000, help="padded input frames per batch (per process)")
     specaug: bool = field(True, help="SpecAugment on training batches")
+    vtlp: float = field(0.0, help="vocal tract length perturbation: warp each training utterance's filterbank "
+                                  "axis by a factor drawn from [1 - vtlp, 1 + vtlp] (0 = off; 0.1 is usual)")
     checkpoint_every: int = field(0, help="also checkpoint every N steps (0 = epoch ends only)")
     keep_last: int = field(2, help="resume checkpoints kept")
     average_last: int = field(3, help="final model = average of the last k epoch weights (1 = last)")
@@ -89,6 +92,7 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
         for k in ("epochs", "max_frames", "keep_last", "average_last"):
             require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        require(0.0 <= self.vtlp < 0.5, "vtlp", f"must be in [0, 0.5), got {self.vtlp}")
         for k in ("checkpoint_every", "dev_limit", "threads", "max_steps"):
             require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
 
@@ -287,6 +291,8 @@ class Trainer:
         cfg, st = self.cfg, self.state
         batch = self.train_ds.batch(b).to(self.device)
         feats = batch.feats
+        if cfg.vtlp:
+            feats = vtlp(feats, batch.feat_lens, max_warp=cfg.vtlp, generator=self.gen)
         if cfg.specaug:
             feats = spec_augment(feats, batch.feat_lens, generator=self.gen)
         with mp.autocast(self.precision, self.device):

@@ -42,12 +42,12 @@ def feats(tmp_path_factory):
     return FeatureDataset(out / "train.jsonl", tok, stack=3), FeatureDataset(out / "dev.jsonl", tok), tok
 
 
-def _trainer(feats, out, precision, objective=None, epochs=2, device="cpu"):
+def _trainer(feats, out, precision, objective=None, epochs=2, device="cpu", **extra):
     tr, dev, tok = feats
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=tok.vocab_size, hidden=16, layers=2, bidirectional=True))
     cfg = from_dict(TrainConfig, {"epochs": epochs, "max_frames": 600, "precision": precision, "device": device,
-                                  "average_last": 1, "optim": {"warmup_steps": 2}})
+                                  "average_last": 1, "optim": {"warmup_steps": 2}, **extra})
     return Trainer(cfg, model, tr, dev, tok, out, seed=3, objective=objective)
 
 
