@@ -2,6 +2,7 @@
 
 Real-time factor (compute seconds / audio seconds; lower is faster) of:
 * the teacher in torch on whole utterances (fbank + forward; a BiLSTM cannot stream);
+  every contender starts from the same decoded waveforms (file reading is timed for none);
 * the student in torch on whole utterances (fbank + forward);
 * the teacher's forward alone on features computed beforehand (``teacher_network_rtf``);
 * the student through speechkd's runtime (online fbank + ONNX Runtime chunk by chunk + greedy decoding);
@@ -71,11 +72,11 @@ def main() -> None:
     audio_s = sum(u.duration for u in rows)
     waves = [read_audio(f) for f in files]
 
-    def torch_pass(model):
+    def torch_pass(model):  # from the same decoded waveforms the runtime gets
         def run():
             with torch.no_grad():
-                for f in files:
-                    feats = compute_fbank(load_audio(f))[None]
+                for wav, _ in waves:
+                    feats = compute_fbank(wav)[None]
                     lp, ol = model(feats, torch.tensor([feats.shape[1]]))
                     greedy_decode(lp, ol)
         return run
