@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from speechkd.config import check_name, field, require
@@ -78,6 +79,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     from speechkd.export import export_streaming
 
     out: dict[str, Any] = {"models": {}}
+    _remove_stale(cfg, ctx.out_dir)
     for m in cfg.models:
         meta = export_streaming(ctx.stage_dir(m) / "model.safetensors", ctx.out_dir / m, chunk_ms=cfg.chunk_ms)
         out["models"][m] = {k: meta[k] for k in ("bytes", "chunk_frames", "delay_frames", "delay_ms", "frame_ms")}
@@ -103,3 +105,18 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             out["models"][m]["int8"] = int8_variant(cfg, ctx, m)
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out
+
+
+def _remove_stale(cfg: Config, out_dir: Path) -> None:
+    """A rerun writes every model folder afresh: files an earlier run wrote and this config would not (a
+    ``model.int8.onnx`` after ``int8`` was turned off, a ``sherpa/`` flavour, a model no longer listed) are
+    removed, so nothing in the stage folder is older than its weights."""
+    import shutil
+
+    if not out_dir.is_dir():
+        return
+    for d in out_dir.iterdir():
+        if d.is_dir() and (d.name in cfg.models or (d / "model.onnx").exists()):
+            shutil.rmtree(d)
+            if d.name not in cfg.models:
+                log.info("removed %s: exported by an earlier run, not in this stage's models", d)

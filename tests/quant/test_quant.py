@@ -220,3 +220,27 @@ def test_sherpa_onnx_decodes_the_int8_sherpa_flavour(exported_int8, tmp_path):
     import difflib
 
     assert difflib.SequenceMatcher(None, tokens["model.onnx"], tokens["model.int8.onnx"]).ratio() > 0.8
+
+
+def test_export_stage_rerun_leaves_no_file_this_config_would_not_write(tmp_path):
+    """int8 on, then off: the old model.int8.onnx goes; a model no longer listed goes; the listed one stays."""
+    from speechkd.config import from_dict
+    from speechkd.stages import export as stage
+    from speechkd.stages.runner import StageContext
+
+    exp = tmp_path / "exp"
+    for name in ("a", "b"):
+        make_model(exp / name)
+        (exp / name / ".done").write_text("{}")
+    out = exp / "export"
+    out.mkdir()
+    ctx = StageContext("t", exp, out, 1, tmp_path)
+    stage.run(from_dict(stage.Config, {"models": ["a", "b"], "int8": True, "compare_split": ""}), ctx)
+    assert (out / "a" / "model.int8.onnx").exists() and (out / "b" / "model.int8.onnx").exists()
+    (out / "notes.txt").write_text("mine")  # not an export: left alone
+    stage.run(from_dict(stage.Config, {"models": ["a"]}), ctx)
+    assert (out / "a" / "model.onnx").exists() and (out / "a" / "tokens.txt").exists()
+    assert not (out / "a" / "model.int8.onnx").exists()
+    assert not (out / "b").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert list(json.loads((out / "summary.json").read_text())["models"]) == ["a"]
