@@ -62,11 +62,12 @@ def sherpa_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: 
 
 
 def is_sherpa_model(model: str | Path) -> bool:
-    """A model written by ``speechkd export --format sherpa`` (sherpa-onnx's NeMo CTC metadata, not ours)."""
-    import onnxruntime as ort
+    """A model written by ``speechkd export --format sherpa`` (sherpa-onnx's NeMo CTC metadata, not ours).
+    Reads the metadata only (no inference session is built)."""
+    import onnx
 
     try:
-        meta = ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map
+        meta = {p.key for p in onnx.load(str(model), load_external_data=False).metadata_props}
     except Exception:
         return False
     return "window_size" in meta and "speechkd_format" not in meta
