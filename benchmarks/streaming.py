@@ -1,8 +1,8 @@
 """Streaming speed, one process, 1 thread, same test utterances for every contender.
 
-Real-time factor (compute seconds / audio seconds; lower is faster) of:
+Every contender starts from the same decoded waveforms (file reading is timed for none). Real-time factor
+(compute seconds / audio seconds; lower is faster) of:
 * the teacher in torch on whole utterances (fbank + forward; a BiLSTM cannot stream);
-  every contender starts from the same decoded waveforms (file reading is timed for none);
 * the student in torch on whole utterances (fbank + forward);
 * the teacher's forward alone on features computed beforehand (``teacher_network_rtf``);
 * the student through speechkd's runtime (online fbank + ONNX Runtime chunk by chunk + greedy decoding);

@@ -61,7 +61,6 @@ def test_trainer_config_checks_vtlp_range():
         TrainConfig(vtlp=-0.1)
 
 
-
 def test_trainer_feeds_the_model_warped_features_and_stays_deterministic(feats, tmp_path):  # noqa: F811
     seen = []
 
