@@ -33,7 +33,9 @@ class KDConfig:
                                      "than the estimated spike lag, trading latency for accuracy")
     delay_reference: str = field("baseline", help="stage whose streaming model gives the student-side spikes "
                                                    "(read only when delay is null)")
-    window: int = field(0, help="match the best teacher frame within +-window (0 = off; cache only)")
+    window: int = field(0, help="match the best teacher frame within +-window (0 = off; cache only). With a "
+                                "peaky CTC teacher a neighbour of every spike is blank, so the student can "
+                                "match blank everywhere: on synth-en window 1 doubled the deletions")
     seq: Literal["none", "1best", "nbest", "occupancy"] = field("none", help="sequence KD (cache only)")
     seq_weight: float = field(0.5, help="share of sequence KD in the non-frame part")
     nbest: int = field(4, help="hypotheses used by seq: nbest")
