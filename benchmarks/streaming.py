@@ -59,7 +59,6 @@ def main() -> None:
         a.utts, a.repeats = min(a.utts, 8), min(a.repeats, 2)
     if not (exp / "export" / ".done").exists():
         sys.exit(f"{exp / 'export'} not found: run `make demo` first (or use --quick)")
-    from speechkd.data.audio import load_audio
     from speechkd.data.manifest import read_manifest
     from speechkd.eval.scoring import greedy_decode
     from speechkd.features.fbank import compute_fbank
@@ -135,7 +134,7 @@ def main() -> None:
             contenders_extra[name] = sherpa_contender(sherpa_dir / f)
 
     teacher = load_model(exp / "teacher" / "model.safetensors").eval()
-    teacher_feats = [compute_fbank(load_audio(f))[None] for f in files]
+    teacher_feats = [compute_fbank(wav)[None] for wav, _ in waves]
 
     def teacher_network():  # the teacher's forward alone, on features computed beforehand
         with torch.no_grad():
