@@ -28,7 +28,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-cache-dir -r requirements.txt || { \
 	  echo "pip install into $(VENV) failed; free disk here: $$(df -Ph . | awk 'NR==2 {print $$4}')." \
-	       "The pinned install takes about 6.2 GB in $(VENV) and about 3 GB more of downloads while it runs." >&2; \
+	       "The pinned install needs about 6.5 GB free (6.2 GB stays in $(VENV))." >&2; \
 	  exit 1; }
 	$(PY) -m pip install -q --no-cache-dir --no-deps -e .
 	touch $(STAMP)
