@@ -189,21 +189,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
+MAX_YAML_BYTES = 4 << 20  # a recipe or spec is a few KB; this bounds what a wrong path can make us read
+
+
+def read_small_file(path: str | Path, what: str = "file", limit: int = MAX_YAML_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; a one-line :class:`ConfigError` otherwise
+    (a folder, FIFO or device such as /dev/zero is refused before anything is read)."""
+    import stat
+
     path = Path(path)
     try:
-        text = path.read_text()
+        st = path.stat()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        raise ConfigError(f"{path}: cannot read the {what}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: the {what} is not a regular file")
+    if st.st_size > limit:
+        raise ConfigError(f"{path}: the {what} is {st.st_size} bytes; more than the {limit} allowed")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what}: {e.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{path}: the {what} is larger than the {limit} bytes allowed")
+    return data
+
+
+def load_yaml(path: str | Path, what: str = "YAML file") -> dict[str, Any]:
+    """Read a YAML mapping from a regular file of bounded size; errors name the file and a position,
+    never the file's content."""
+    path = Path(path)
+    raw = read_small_file(path, what)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text (byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: the {what} is not valid YAML{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: the {what} must hold a mapping (key: value lines) at the top level")
     return data
 
 

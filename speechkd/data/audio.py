@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 16000
+MAX_PEAK = 100.0  # float audio is expected in [-1, 1]; beyond this it is corrupt (fbank would overflow)
 
 
 class AudioError(ValueError):
@@ -39,14 +40,17 @@ def load_audio(path: str | Path, *, offset: float | None = None, duration: float
 
     ``offset`` and ``duration`` are in seconds (``duration=None`` reads to the end). The header is
     read first: if what would be read is longer than ``max_seconds``, nothing is decoded and the
-    error's reason is ``too_long``. Other reasons: ``missing``, ``empty_file``, ``unreadable``,
-    ``no_samples`` or ``non_finite``.
+    error's reason is ``too_long``. Other reasons: ``missing``, ``not_a_file``, ``empty_file``,
+    ``unreadable``, ``no_samples``, ``non_finite`` or ``out_of_range`` (a float file whose samples
+    reach beyond +-``MAX_PEAK``: its features would not be finite).
     """
     import soundfile as sf
 
     path = Path(path)
     if not path.exists():
         raise AudioError(path, "missing", "audio file does not exist")
+    if not path.is_file():
+        raise AudioError(path, "not_a_file", "is not a regular file (a folder, FIFO or device); give an audio file")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty_file", "audio file is empty (0 bytes)")
     offset = offset or 0.0
@@ -71,7 +75,16 @@ def load_audio(path: str | Path, *, offset: float | None = None, duration: float
     if not np.isfinite(wav).all():
         n = int((~np.isfinite(wav)).sum())
         raise AudioError(path, "non_finite", f"audio has {n} NaN/Inf samples")
+    check_peak(wav, path)
     return resample(np.ascontiguousarray(wav, dtype=np.float32), sr, target_sr)
+
+
+def check_peak(wav: np.ndarray, path: str | Path) -> None:
+    """Refuse float audio whose samples reach beyond +-``MAX_PEAK`` (expected: [-1, 1])."""
+    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+    if peak > MAX_PEAK:
+        raise AudioError(path, "out_of_range", f"samples reach {peak:.3g}; audio must lie in [-1, 1] (float files "
+                                               f"beyond +-{MAX_PEAK:g} are refused: their features overflow)")
 
 
 def audio_info(path: str | Path) -> tuple[int, int]:

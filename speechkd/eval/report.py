@@ -25,6 +25,7 @@ import html
 import io
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ class System:
     def __post_init__(self):
         import jiwer
 
+        from speechkd.eval.scoring import normalize_refs
+
+        self.refs, self.hyps = normalize_refs(self.refs), normalize_refs(self.hyps)
         w = jiwer.process_words(self.refs, self.hyps)
         c = jiwer.process_characters(self.refs, self.hyps)
         self.align = w.alignments
@@ -93,7 +97,11 @@ class System:
 def read_recogs(path: Path) -> tuple[list[str], list[str], list[str]]:
     """``(ids, refs, hyps)`` of a ``recogs-<name>.txt`` (``id:\\tref=[...]`` / ``id:\\thyp=[...]`` lines)."""
     ids, refs, hyps = [], [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         uid, _, rest = line.partition(":\t")
@@ -102,6 +110,8 @@ def read_recogs(path: Path) -> tuple[list[str], list[str], list[str]]:
             words = ast.literal_eval(value)  # a list of strings, never evaluated as code
         except (ValueError, SyntaxError):
             raise ValueError(f"{path}:{n}: expected 'id:\\tref=[...]' or 'id:\\thyp=[...]'") from None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"{path}:{n}: {key or 'the value'} must be a list of words (strings)")
         if key == "ref":
             ids.append(uid)
             refs.append(" ".join(words))
@@ -142,29 +152,66 @@ def rate_ci(err: np.ndarray, ref: np.ndarray, idx: np.ndarray) -> tuple[float, f
     return round(float(point), 2), round(float(lo), 2), round(float(hi), 2)
 
 
-def paired(a: System, b: System, speaker: dict[str, str], seed: int) -> dict[str, Any]:
-    """WER of ``b`` minus WER of ``a`` on the utterances both scored, with a speaker-level paired bootstrap
-    interval and the probability that ``b`` is better (fewer errors) than ``a``."""
-    common = sorted(set(a.ids) & set(b.ids))
-    ia = {u: k for k, u in enumerate(a.ids)}
-    ib = {u: k for k, u in enumerate(b.ids)}
-    ea = np.array([a.word_errors[ia[u]] for u in common], dtype=np.float64)
-    eb = np.array([b.word_errors[ib[u]] for u in common], dtype=np.float64)
-    n = np.array([a.errs[ia[u], 3] for u in common], dtype=np.float64)
-    g, ng = _groups(common, speaker)
+def _paired_delta(ea, eb, n, g, ng, idx) -> tuple[float, float, float, float]:
+    """``b`` minus ``a`` in percent of the reference units, its 95% interval and P(b better)."""
     ga, gb, gn = _per_group(ea, g, ng), _per_group(eb, g, ng), _per_group(n, g, ng)
-    idx = resample_indices(ng, seed)
     d = 100 * (gb[idx].sum(1) - ga[idx].sum(1)) / np.maximum(gn[idx].sum(1), 1)
     delta = 100 * (eb.sum() - ea.sum()) / max(n.sum(), 1)
     lo, hi = np.percentile(d, [2.5, 97.5])
-    p_better = float((d < 0).mean())
+    return float(delta), float(lo), float(hi), float((d < 0).mean())
+
+
+def paired(a: System, b: System, speaker: dict[str, str], seed: int) -> dict[str, Any]:
+    """WER (and CER) of ``b`` minus that of ``a`` on the utterances both scored, with a speaker-level
+    paired bootstrap interval and the probability that ``b`` is better (fewer errors) than ``a``.
+    Raises ValueError when the two share no utterance."""
+    common = sorted(set(a.ids) & set(b.ids))
+    if not common:
+        raise ValueError(f"{a.name} and {b.name} share no utterance on {a.split}: nothing to compare")
+    ia = {u: k for k, u in enumerate(a.ids)}
+    ib = {u: k for k, u in enumerate(b.ids)}
+    ka = np.array([ia[u] for u in common])
+    kb = np.array([ib[u] for u in common])
+    g, ng = _groups(common, speaker)
+    idx = resample_indices(ng, seed)
+    n = a.errs[ka, 3].astype(np.float64)
+    delta, lo, hi, p_better = _paired_delta(a.word_errors[ka].astype(np.float64),
+                                            b.word_errors[kb].astype(np.float64), n, g, ng, idx)
+    nc = a.cerrs[ka, 1].astype(np.float64)
+    cdelta, clo, chi, cp = _paired_delta(a.cerrs[ka, 0].astype(np.float64), b.cerrs[kb, 0].astype(np.float64), nc,
+                                         g, ng, idx)
     noise = lo <= 0 <= hi
     verdict = ("within noise (the interval holds 0)" if noise else
                ("better" if hi < 0 else "worse") + f" (p = {p_better:.3f} of improvement)")
+    cnoise = clo <= 0 <= chi
     return {"a": a.name, "b": b.name, "split": a.split, "utterances": len(common), "speakers": ng,
-            "wer_a": round(100 * ea.sum() / max(n.sum(), 1), 2), "wer_b": round(100 * eb.sum() / max(n.sum(), 1), 2),
-            "delta": round(float(delta), 2), "ci": [round(float(lo), 2), round(float(hi), 2)],
-            "p_improvement": round(p_better, 4), "within_noise": bool(noise), "verdict": verdict}
+            "wer_a": round(100 * float(a.word_errors[ka].sum()) / max(n.sum(), 1), 2),
+            "wer_b": round(100 * float(b.word_errors[kb].sum()) / max(n.sum(), 1), 2),
+            "delta": round(delta, 2), "ci": [round(lo, 2), round(hi, 2)],
+            "p_improvement": round(p_better, 4), "within_noise": bool(noise), "verdict": verdict,
+            "cer_a": round(100 * float(a.cerrs[ka, 0].sum()) / max(nc.sum(), 1), 2),
+            "cer_b": round(100 * float(b.cerrs[kb, 0].sum()) / max(nc.sum(), 1), 2),
+            "cer_delta": round(cdelta, 2), "cer_ci": [round(clo, 2), round(chi, 2)],
+            "cer_p_improvement": round(cp, 4), "cer_within_noise": bool(cnoise),
+            "cer_verdict": "within noise" if cnoise else ("better" if chi < 0 else "worse")}
+
+
+def gap_closed(base: np.ndarray, teach: np.ndarray, stud: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
+    """Share of the baseline-to-teacher error gap a student closes, from per-group error counts, with a
+    bootstrap interval; when the teacher does not beat the baseline beyond noise there is no gap to share
+    out, and the result says so (``status``, ``note``) instead of giving a share."""
+    gap = base.sum() - teach.sum()
+    den = base[idx].sum(1) - teach[idx].sum(1)
+    glo, ghi = np.percentile(den, [2.5, 97.5]) if den.size else (0.0, 0.0)
+    if gap <= 0:
+        return {"status": "teacher_not_better", "note": "no gap: the teacher is not better than the baseline"}
+    if glo <= 0:
+        return {"status": "gap_within_noise", "note": "no share: the teacher-baseline gap is within noise "
+                                                      "(its interval holds 0)"}
+    shares = (base[idx].sum(1) - stud[idx].sum(1)) / den
+    lo, hi = np.percentile(shares, [2.5, 97.5])
+    return {"status": "ok", "value": round(100 * float((base.sum() - stud.sum()) / gap), 1),
+            "ci": [round(100 * float(lo), 1), round(100 * float(hi), 1)]}
 
 
 # -- collecting an experiment -------------------------------------------------------------------
@@ -174,6 +221,27 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _read_dict(path: Path, absent: list[str] | None = None) -> dict | None:
+    """A JSON object from ``path``; ``None`` (and a line in ``absent`` when the file exists) otherwise."""
+    d = _read_json(path)
+    if isinstance(d, dict):
+        return d
+    if absent is not None and path.exists():
+        absent.append(f"{path}: unreadable (not a JSON object); its figures are left out")
+    return None
+
+
+def _safe_name(m: Any) -> bool:
+    return isinstance(m, str) and bool(m) and "/" not in m and "\\" not in m and m not in (".", "..")
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, else ``None`` (NaN, Inf, strings and the like in a JSON file are ignored)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return v
 
 
 def utterance_info(exp: Path) -> dict[str, dict[str, Any]]:
@@ -215,14 +283,18 @@ def collect(exp: str | Path) -> Experiment:
     for d in sorted(p for p in exp.iterdir() if p.is_dir()):
         summ = _read_json(d / "summary.json")
         recogs = sorted(d.glob("recogs-*.txt"))
-        if not recogs or not isinstance(summ, dict) or "model" not in summ:
+        if not recogs:
+            continue
+        if not isinstance(summ, dict) or not isinstance(summ.get("model"), str) or not summ["model"].strip():
+            absent.append(f"{d.name}: {d / 'summary.json'} is missing or unreadable (no model named); its "
+                          "recognitions are left out")
             continue
         if not (d / ".done").exists():
             absent.append(f"{d.name}: the decode stage did not finish; its model is left out")
             continue
         name = Path(summ["model"]).parts[0]
         src = exp / name / "model.safetensors"
-        models[name] = {"kind": "torch", "decode": d.name, "params": summ.get("parameters"),
+        models[name] = {"kind": "torch", "decode": d.name, "params": _num(summ.get("parameters")),
                         "bytes": src.stat().st_size if src.exists() else None,
                         "bidirectional": summ.get("bidirectional")}
         for r in recogs:
@@ -233,41 +305,53 @@ def collect(exp: str | Path) -> Experiment:
             except ValueError as e:
                 absent.append(str(e))
     # the export stage's runtime outputs, fp32 and int8, per model
-    ex = _read_json(exp / "export" / "summary.json") if (exp / "export" / ".done").exists() else None
+    ex = _read_dict(exp / "export" / "summary.json", absent) if (exp / "export" / ".done").exists() else None
+    ex_models = ex.get("models") if ex is not None else None
     if ex is None:
         absent.append("export: no finished export stage (no runtime or int8 figures)")
+    elif not isinstance(ex_models, dict):
+        absent.append(f"{exp / 'export' / 'summary.json'}: 'models' is not a mapping; runtime figures left out")
     else:
-        for m, v in ex.get("models", {}).items():
+        for m, v in ex_models.items():
+            if not isinstance(v, dict) or not _safe_name(m):
+                absent.append(f"{exp / 'export' / 'summary.json'}: entry {m!r} is malformed; left out")
+                continue
             cdir = exp / "export" / m / "compare"
-            int8 = v.get("int8")
+            int8 = v.get("int8") if isinstance(v.get("int8"), dict) else None
             if not int8:
                 absent.append(f"export: {m} has no int8 variant (the stage ran without int8: true)")
                 continue
-            for kind, b in (("fp32", v.get("bytes")), ("int8", int8.get("bytes"))):
+            for kind, b in (("fp32", _num(v.get("bytes"))), ("int8", _num(int8.get("bytes")))):
                 name = f"{m} [{kind} runtime]"
                 models[name] = {"kind": kind, "source": m, "params": models.get(m, {}).get("params"), "bytes": b}
                 for r in sorted(cdir.glob(f"recogs-*-{kind}.txt")):
                     split = r.stem[len("recogs-"):-len(f"-{kind}")]
-                    ids, refs, hyps = read_recogs(r)
-                    systems[(name, split)] = System(name, split, ids, refs, hyps, kind=kind)
+                    try:
+                        ids, refs, hyps = read_recogs(r)
+                        systems[(name, split)] = System(name, split, ids, refs, hyps, kind=kind)
+                    except ValueError as e:
+                        absent.append(str(e))
             if not cdir.is_dir():
                 absent.append(f"export: {m} has no per-utterance fp32/int8 outputs (exported before they were kept)")
-    lat = _read_json(exp / "latency" / "summary.json")
+    lat = _read_dict(exp / "latency" / "summary.json", absent)
     if lat:
-        for m, v in lat.get("models", {}).items():
+        for m, v in (lat.get("models") if isinstance(lat.get("models"), dict) else {}).items():
+            if not isinstance(v, dict):
+                continue
+            med, p90 = _num(v.get("emission_median_ms")), _num(v.get("emission_p90_ms"))
             for name, info in models.items():
-                if name == m or info.get("source") == m:
-                    info["latency_ms"] = [v.get("emission_median_ms"), v.get("emission_p90_ms")]
+                if (name == m or info.get("source") == m) and med is not None and p90 is not None:
+                    info["latency_ms"] = [med, p90]
     else:
         absent.append("latency: no latency stage output (no token emission latency)")
-    bench = _read_json(exp / "benchmarks" / "streaming.json")
+    bench = _read_dict(exp / "benchmarks" / "streaming.json", absent)
     if bench:
         rtf = {"teacher": bench.get("teacher_rtf"), f"{bench.get('student')} [fp32 runtime]": bench.get("onnx_rtf"),
                f"{bench.get('int8_student')} [int8 runtime]": bench.get("int8_rtf"),
                bench.get("student"): bench.get("student_torch_rtf")}
         for name, v in rtf.items():
-            if name in models and v is not None:
-                models[name]["rtf"] = v
+            if name in models and _num(v) is not None:
+                models[name]["rtf"] = _num(v)
     else:
         absent.append("benchmarks/streaming.json: no streaming benchmark saved (no RTF; run "
                       "`python benchmarks/streaming.py --exp EXP`)")
@@ -313,25 +397,24 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
         t, b = e.systems.get((teacher, split)), e.systems.get((baseline, split))
         source = e.models[name].get("source", name)
         if t is not None and b is not None and source not in (teacher, baseline) and t.ids == s.ids == b.ids:
-            bt = _per_group(b.word_errors.astype(float), g, ng)
-            tt = _per_group(t.word_errors.astype(float), g, ng)
-            den = bt[idx].sum(1) - tt[idx].sum(1)
-            gaps = (bt[idx].sum(1) - we[idx].sum(1))[den != 0] / den[den != 0]
-            if bt.sum() != tt.sum() and gaps.size:  # no gap between teacher and baseline: nothing to close
-                lo, hi = np.percentile(gaps, [2.5, 97.5])
-                row["gap_closed"] = round(100 * float((bt.sum() - we.sum()) / (bt.sum() - tt.sum())), 1)
-                row["gap_closed_ci"] = [round(100 * float(lo), 1), round(100 * float(hi), 1)]
+            for unit, get, mine in (("", lambda x: x.word_errors, we), ("cer_", lambda x: x.cerrs[:, 0], ce)):
+                gc = gap_closed(_per_group(get(b).astype(float), g, ng), _per_group(get(t).astype(float), g, ng),
+                                mine, idx)
+                if gc["status"] == "ok":
+                    row[f"{unit}gap_closed"], row[f"{unit}gap_closed_ci"] = gc["value"], gc["ci"]
+                else:
+                    row[f"{unit}gap_closed_note"] = gc["note"]
         rep["models"][name]["splits"][split] = row
     # paired comparisons: every student against the baseline; every int8 model against its fp32 source
     for (name, split), s in sorted(e.systems.items()):
         info = e.models[name]
         if info["kind"] == "torch" and name not in (teacher, baseline) and (baseline, split) in e.systems \
                 and not info.get("bidirectional"):
-            rep["paired"].append(paired(e.systems[(baseline, split)], s, speaker, seed))
+            _add_paired(rep, e.systems[(baseline, split)], s, speaker, seed)
         if info["kind"] == "int8":
             src = f"{info['source']} [fp32 runtime]"
             if (src, split) in e.systems:
-                rep["paired"].append(paired(e.systems[(src, split)], s, speaker, seed))
+                _add_paired(rep, e.systems[(src, split)], s, speaker, seed)
     # breakdowns, error lists and worst utterances
     for split in splits:
         bd: dict[str, Any] = {}
@@ -391,16 +474,30 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
     return rep
 
 
+def _add_paired(rep: dict, a: System, b: System, speaker: dict[str, str], seed: int) -> None:
+    try:
+        rep["paired"].append(paired(a, b, speaker, seed))
+    except ValueError as e:
+        rep["absent"].append(f"paired comparison: {e}")
+
+
 def compare_runs(a: Experiment, b: Experiment, speaker: dict[str, str], seed: int) -> dict[str, Any]:
     """Per model and split present in both runs: WER of ``b`` (the other run) minus ``a`` (this one),
     paired on the utterances both scored."""
-    rows = []
+    rows, disjoint = [], []
     for key in sorted(set(a.systems) & set(b.systems)):
+        if not set(a.systems[key].ids) & set(b.systems[key].ids):
+            disjoint.append(f"{key[0]} ({key[1]})")
+            continue
         p = paired(a.systems[key], b.systems[key], speaker, seed)
         rows.append({"model": key[0], "split": key[1], **{k: p[k] for k in ("utterances", "wer_a", "wer_b", "delta", "ci",
                                                                             "p_improvement", "verdict")}})
     only = sorted({f"{m} ({s})" for m, s in set(a.systems) ^ set(b.systems)})
-    return {"other": str(b.root), "rows": rows, "only_in_one_run": only}
+    out = {"other": str(b.root), "rows": rows, "only_in_one_run": only, "no_common_utterances": disjoint}
+    if not rows:
+        out["note"] = ("the two runs share no utterance: nothing to compare" if disjoint else
+                       "the two runs share no model and split: nothing to compare")
+    return out
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -503,18 +600,26 @@ def _model_rows(rep, split):
                      f"{m['params'] / 1e6:.2f} M" if m.get("params") else "", _fmt_bytes(m.get("bytes")),
                      f"{m['rtf']:.4f}" if m.get("rtf") else "",
                      f"{m['latency_ms'][0]:g} / {m['latency_ms'][1]:g}" if m.get("latency_ms") else "",
-                     f"{s['gap_closed']:.1f}% {_ci(s['gap_closed_ci'])}" if "gap_closed" in s else ""])
+                     _gap_cell(s, ""), _gap_cell(s, "cer_")])
     return rows
 
 
+def _gap_cell(s: dict, unit: str) -> str:
+    if f"{unit}gap_closed" in s:
+        return f"{s[f'{unit}gap_closed']:.1f}% {_ci(s[f'{unit}gap_closed_ci'])}"
+    return s.get(f"{unit}gap_closed_note", "")
+
+
 MODEL_HEAD = ["model", "kind", "WER", "95% CI", "CER", "95% CI", "S / D / I", "params", "bytes", "RTF",
-              "emission latency ms (median / p90)", "gap closed (WER)"]
-PAIRED_HEAD = ["split", "A", "B", "WER A", "WER B", "B - A", "95% CI", "P(B better)", "verdict"]
+              "emission latency ms (median / p90)", "gap closed (WER)", "gap closed (CER)"]
+PAIRED_HEAD = ["split", "A", "B", "WER A", "WER B", "B - A", "95% CI", "P(B better)", "verdict",
+               "CER A", "CER B", "CER B - A", "CER 95% CI", "CER verdict"]
 
 
 def _paired_rows(rep):
     return [[p["split"], p["a"], p["b"], f"{p['wer_a']:.2f}", f"{p['wer_b']:.2f}", f"{p['delta']:+.2f}", _ci(p["ci"]),
-             f"{p['p_improvement']:.3f}", p["verdict"]] for p in rep["paired"]]
+             f"{p['p_improvement']:.3f}", p["verdict"], f"{p['cer_a']:.2f}", f"{p['cer_b']:.2f}",
+             f"{p['cer_delta']:+.2f}", _ci(p["cer_ci"]), p["cer_verdict"]] for p in rep["paired"]]
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -535,7 +640,7 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += [f"## Compared with {c['other']}", "", table(
             ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
             [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
-              r["verdict"]] for r in c["rows"]]), ""]
+              r["verdict"]] for r in c["rows"]]) if c["rows"] else c.get("note", ""), ""]
     for split, bd in rep["breakdowns"].items():
         for key, tab in bd.items():
             names = sorted({m for v in tab.values() for m in v})
@@ -576,7 +681,7 @@ def render_html(rep: dict[str, Any], images: dict[str, str]) -> str:
         parts += [f"<h2>Compared with {esc(c['other'])}</h2>", table(
             ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
             [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
-              r["verdict"]] for r in c["rows"]])]
+              r["verdict"]] for r in c["rows"]]) if c["rows"] else f"<p>{esc(c.get('note', ''))}</p>"]
     titles = {"wer_vs_bytes": "WER against model bytes", "wer_vs_rtf": "WER against real-time factor",
               "learning_curves": "Learning curves (dev CER per epoch)", "posteriors": "Posteriors of one utterance",
               "wer_per_voice": "WER per voice: teacher against the best student"}

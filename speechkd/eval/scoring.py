@@ -27,12 +27,29 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0
     return out
 
 
+def normalize_refs(refs: list[str]) -> list[str]:
+    """References through the same normalisation as training text (what the importers apply), so
+    ``"H."`` scores like ``"h"``. A non-string reference is an error naming its position."""
+    from speechkd.text.normalize import normalize_text
+
+    out = []
+    for i, r in enumerate(refs):
+        if not isinstance(r, str):
+            raise ValueError(f"reference {i + 1} is a {type(r).__name__}, not text")
+        out.append(normalize_text(r))
+    return out
+
+
 def score(refs: list[str], hyps: list[str]) -> dict[str, Any]:
-    """WER and CER in percent, with substitution/deletion/insertion counts (jiwer)."""
+    """WER and CER in percent, with substitution/deletion/insertion counts (jiwer). References and
+    hypotheses are normalised first (:func:`normalize_refs`)."""
     import jiwer
 
     if not refs:
         raise ValueError("nothing to score")
+    refs, hyps = normalize_refs(refs), normalize_refs(hyps)
+    if not any(refs):
+        raise ValueError("every reference is empty after normalisation; nothing to score")
     w = jiwer.process_words(refs, hyps)
     c = jiwer.process_characters(refs, hyps)
     nref = w.hits + w.substitutions + w.deletions
@@ -85,6 +102,7 @@ def write_reports(out_dir: str | Path, name: str, ids: list[str], refs: list[str
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``recogs-<name>.txt``, ``errs-<name>.txt`` and ``wer-summary-<name>.json``; return the summary."""
     out_dir = Path(out_dir)
+    refs, hyps = normalize_refs(refs), normalize_refs(hyps)
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     summary = {**score(refs, hyps), **(extra or {})}
     recogs = "".join(f"{ids[i]}:\tref={refs[i].split()}\n{ids[i]}:\thyp={hyps[i].split()}\n" for i in order)

@@ -28,7 +28,10 @@ class CMVNStats:
     @classmethod
     def load(cls, path: str | Path) -> "CMVNStats":
         d = json.loads(Path(path).read_text())
-        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64), int(d["count"]))
+        st = cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64), int(d["count"]))
+        if not (np.isfinite(st.mean).all() and np.isfinite(st.std).all() and (st.std > 0).all()):
+            raise ValueError(f"{path}: CMVN statistics hold NaN/Inf or a non-positive std; rerun featurize")
+        return st
 
 
 def compute_cmvn(chunks: Iterable[np.ndarray], *, floor: float = 1e-5) -> CMVNStats:
@@ -46,7 +49,11 @@ def compute_cmvn(chunks: Iterable[np.ndarray], *, floor: float = 1e-5) -> CMVNSt
         raise ValueError("no frames to compute CMVN statistics from")
     mean = s / n
     var = np.maximum(sq / n - mean**2, 0.0)
-    return CMVNStats(mean, np.maximum(np.sqrt(var), floor), n)
+    std = np.maximum(np.sqrt(var), floor)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ValueError(f"CMVN statistics over {n} frames are not finite: the features hold NaN/Inf or values "
+                         "too large to square")
+    return CMVNStats(mean, std, n)
 
 
 def apply_cmvn(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -35,31 +35,164 @@ class Result:
     is_final: bool = False
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+MAX_PEAK = 100.0  # float audio is expected in [-1, 1]; beyond this it is corrupt
+
+
+def check_samples(x: np.ndarray, where: str) -> None:
+    """Refuse NaN/Inf and float samples beyond +-``MAX_PEAK`` (audio is expected in [-1, 1])."""
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: audio has {int((~np.isfinite(x)).sum())} NaN/Inf samples")
+    if x.size and float(np.max(np.abs(x))) > MAX_PEAK:
+        raise ValueError(f"{where}: samples reach {float(np.max(np.abs(x))):.3g}; audio must lie in [-1, 1]")
+
+
+def read_audio(path: str | Path, offset: float | None = None,
+               duration: float | None = None) -> tuple[np.ndarray, int]:
     """``(samples float32 in [-1, 1], mono, sample_rate)`` of an audio file (soundfile); stereo is downmixed.
-    Errors name the file."""
+    ``offset``/``duration`` (seconds) read a segment. Errors name the file."""
     import soundfile as sf
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: audio file does not exist")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a folder, FIFO or device); give an audio file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: audio file is empty (0 bytes)")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            start = min(int(round((offset or 0.0) * sr)), f.frames)
+            n = f.frames - start if duration is None else min(int(round(duration * sr)), f.frames - start)
+            if start:
+                f.seek(start)
+            data = f.read(frames=n, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types
-        raise ValueError(f"{path}: cannot decode audio: {e}") from None
+        raise ValueError(f"{path}: cannot decode audio: {str(e)[:200]}") from None
     if data.shape[0] == 0:
-        raise ValueError(f"{path}: audio has no samples")
-    return (data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).astype(np.float32), int(sr)
+        raise ValueError(f"{path}: audio has no samples" + (f" at offset {offset}s" if offset else ""))
+    x = (data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).astype(np.float32)
+    check_samples(x, str(path))
+    return x, int(sr)
 
 
 def resample(samples: np.ndarray, sr: int, target: int) -> np.ndarray:
+    """Resample a whole signal (soxr)."""
     if sr == target:
         return samples
     import soxr
 
     return soxr.resample(samples, sr, target).astype(np.float32)
+
+
+class StreamResampler:
+    """Resampling that keeps its filter state across chunks (soxr's stream API), so the output does not
+    depend on how a stream is cut into chunks; :meth:`flush` returns what the filter still holds."""
+
+    def __init__(self, in_rate: int, out_rate: int):
+        import soxr
+
+        self.in_rate, self.out_rate = int(in_rate), int(out_rate)
+        self._rs = soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32", quality="HQ")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._rs.resample_chunk(np.ascontiguousarray(x, np.float32), last=False)
+
+    def flush(self) -> np.ndarray:
+        return self._rs.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+# bounds every value of a model's metadata is checked against when it is loaded (a model is a file a
+# user hands in: a wrong value must be a clear error, not a crash, a hang or a huge allocation)
+BOUNDS = {"sample_rate": (1000, 384000), "stack": (1, 32), "feat_dim": (1, 1024), "vocab_size": (2, 1_000_000),
+          "chunk_frames": (1, 100_000), "num_layers": (1, 128), "hidden_size": (1, 65536),
+          "delay_frames": (0, 10_000), "flush_frames": (0, 100_000)}
+WINDOWS = ("povey", "hamming", "hanning", "rectangular", "blackman", "sine")
+
+
+def _int(meta, key: str, model: Path) -> int:
+    lo, hi = BOUNDS[key]
+    try:
+        v = int(str(meta[key]).strip())
+    except ValueError:
+        raise ModelError(f"{model}: metadata {key}={str(meta[key])[:40]!r} is not an integer") from None
+    if not lo <= v <= hi:
+        raise ModelError(f"{model}: metadata {key}={v} is out of range [{lo}, {hi}]")
+    return v
+
+
+def _float(value, key: str, model: Path, lo: float, hi: float, *, open_lo: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ModelError(f"{model}: metadata {key}={str(value)[:40]!r} is not a number") from None
+    if not (np.isfinite(v) and (v > lo if open_lo else v >= lo) and v <= hi):
+        raise ModelError(f"{model}: metadata {key}={v:g} is out of range {'(' if open_lo else '['}{lo:g}, {hi:g}]")
+    return v
+
+
+def check_fbank(f, model: Path, sample_rate: int, feat_dim: int) -> dict:
+    """The ``fbank`` metadata (a JSON object) checked value by value."""
+    if not isinstance(f, dict):
+        raise ModelError(f"{model}: metadata fbank is not a JSON object")
+    need = ("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms", "low_freq", "high_freq",
+            "preemphasis", "window", "dither")
+    missing = [k for k in need if k not in f]
+    if missing:
+        raise ModelError(f"{model}: metadata fbank lacks {', '.join(missing)}")
+    if _float(f["sample_rate"], "fbank.sample_rate", model, 1000, 384000) != sample_rate:
+        raise ModelError(f"{model}: metadata fbank.sample_rate differs from sample_rate={sample_rate}")
+    if _float(f["num_mel_bins"], "fbank.num_mel_bins", model, 1, 1024) != feat_dim:
+        raise ModelError(f"{model}: metadata fbank.num_mel_bins differs from feat_dim={feat_dim}")
+    shift = _float(f["frame_shift_ms"], "fbank.frame_shift_ms", model, 1.0, 1000.0)
+    _float(f["frame_length_ms"], "fbank.frame_length_ms", model, shift, 1000.0)
+    nyq = sample_rate / 2
+    _float(f["low_freq"], "fbank.low_freq", model, 0.0, nyq)
+    _float(f["high_freq"], "fbank.high_freq", model, -nyq, nyq)
+    _float(f["preemphasis"], "fbank.preemphasis", model, 0.0, 1.0)
+    _float(f["dither"], "fbank.dither", model, 0.0, 1.0)
+    if f["window"] not in WINDOWS:
+        raise ModelError(f"{model}: metadata fbank.window={str(f['window'])[:40]!r} is not one of {', '.join(WINDOWS)}")
+    return f
+
+
+def _graph_dim(session, name: str, axis: int):
+    for i in session.get_inputs():
+        if i.name == name and len(i.shape) > axis and isinstance(i.shape[axis], int):
+            return i.shape[axis]
+    return None
+
+
+def read_tokens(path: Path, vocab: int, blank_id: int) -> list[str]:
+    """``tokens.txt`` (``symbol id`` per line): ids exactly 0..vocab-1, each once; symbols unique; the blank
+    id holds ``<blk>`` (or ``<blank>``). Errors name ``file:line``."""
+    if not path.is_file():
+        raise ModelError(f"{path}: tokens file not found (it belongs beside the model)")
+    if path.stat().st_size > 64 << 20:
+        raise ModelError(f"{path}: tokens file is larger than 64 MB")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ModelError(f"{path}: tokens file is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read tokens: {e.strerror}") from None
+    syms: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ModelError(f"{path}:{n}: expected '<symbol> <id>'")
+        sym, i = parts[0], int(parts[1])
+        if i in syms:
+            raise ModelError(f"{path}:{n}: id {i} appears twice")
+        if sym in seen:
+            raise ModelError(f"{path}:{n}: the symbol on this line appears twice (first at line {seen[sym]})")
+        syms[i], seen[sym] = sym, n
+    if sorted(syms) != list(range(vocab)):
+        raise ModelError(f"{path}: ids must be 0..{vocab - 1} (the model's vocabulary), got {len(syms)} entries")
+    if syms[blank_id] not in ("<blk>", "<blank>"):
+        raise ModelError(f"{path}: id {blank_id} (the model's blank_id) is not <blk>")
+    return [syms[i] for i in range(vocab)]
 
 
 class StreamingRecognizer:
@@ -86,36 +219,38 @@ class StreamingRecognizer:
             raise ModelError(f"{model}: not a speechkd streaming model (metadata lacks {', '.join(missing)}); "
                              "export it with `speechkd export`")
         self.meta = meta
-        self.sample_rate = int(meta["sample_rate"])
-        self.stack = int(meta["stack"])
-        self.blank = int(meta["blank_id"])
-        self.layers, self.hidden = int(meta["num_layers"]), int(meta["hidden_size"])
-        self.frame_ms = float(meta["frame_ms"])
-        self.delay_frames = int(meta["delay_frames"])
-        self.flush_frames = int(meta["flush_frames"])
-        chunk = int(chunk_frames or meta["chunk_frames"])
+        self.sample_rate = _int(meta, "sample_rate", model)
+        self.stack = _int(meta, "stack", model)
+        feat_dim = _int(meta, "feat_dim", model)
+        vocab = _int(meta, "vocab_size", model)
+        self.blank = int(meta["blank_id"]) if str(meta["blank_id"]).isdigit() else -1
+        if not 0 <= self.blank < vocab:
+            raise ModelError(f"{model}: metadata blank_id={str(meta['blank_id'])[:20]!r} is not an id in "
+                             f"[0, {vocab - 1}]")
+        self.layers, self.hidden = _int(meta, "num_layers", model), _int(meta, "hidden_size", model)
+        self.delay_frames = _int(meta, "delay_frames", model)
+        self.flush_frames = _int(meta, "flush_frames", model)
+        try:
+            fb = json.loads(meta["fbank"])
+        except ValueError:
+            raise ModelError(f"{model}: metadata fbank is not JSON") from None
+        self.fbank = check_fbank(fb, model, self.sample_rate, feat_dim)
+        self.frame_ms = _float(meta["frame_ms"], "frame_ms", model, 0.0, 10_000.0, open_lo=True)
+        scale = _float(meta.get("waveform_scale", "1.0"), "waveform_scale", model, 0.0, 1e6, open_lo=True)
+        if scale != 1.0:
+            raise ModelError(f"{model}: metadata waveform_scale={scale:g}; this runtime feeds samples in [-1, 1] "
+                             "(waveform_scale 1)")
+        for name, axis, want, key in (("x", 2, feat_dim, "feat_dim"), ("h", 0, self.layers, "num_layers"),
+                                      ("h", 2, self.hidden, "hidden_size")):
+            got = _graph_dim(self.session, name, axis)
+            if got is not None and got != want:
+                raise ModelError(f"{model}: metadata {key}={want} does not match the graph's input {name!r} "
+                                 f"(dimension {axis} is {got})")
+        chunk = int(chunk_frames) if chunk_frames else _int(meta, "chunk_frames", model)
         self.chunk_frames = max(self.stack, chunk // self.stack * self.stack)
-        self.fbank = json.loads(meta["fbank"])
-        self.symbols = self._read_tokens(Path(tokens) if tokens else model.parent / "tokens.txt",
-                                         int(meta["vocab_size"]))
+        self.symbols = read_tokens(Path(tokens) if tokens else model.parent / "tokens.txt", vocab, self.blank)
         self.keep_log_probs = keep_log_probs
         self.reset()
-
-    @staticmethod
-    def _read_tokens(path: Path, vocab: int) -> list[str]:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ModelError(f"{path}: cannot read tokens: {e}") from None
-        syms: dict[int, str] = {}
-        for n, line in enumerate(lines, 1):
-            parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise ModelError(f"{path}:{n}: expected '<symbol> <id>'")
-            syms[int(parts[1])] = parts[0]
-        if sorted(syms) != list(range(vocab)):
-            raise ModelError(f"{path}: ids must be 0..{vocab - 1} (the model's vocabulary), got {len(syms)} entries")
-        return [syms[i] for i in range(vocab)]
 
     def _new_fbank(self):
         import kaldi_native_fbank as knf
@@ -155,6 +290,8 @@ class StreamingRecognizer:
         self.log_probs: list[np.ndarray] = []
         self.chunk_seconds: list[float] = []  # wall time of each ONNX call (for latency figures)
         self.resampled_from: int | None = None
+        self._resampler: StreamResampler | None = None
+        self._rate: int | None = None  # the stream's input sample rate (set by the first chunk)
 
     def accept_waveform(self, samples, sample_rate: int) -> None:
         """Feed audio: ``samples`` float in [-1, 1], mono ``(n,)`` or ``(n, channels)`` (downmixed),
@@ -166,11 +303,22 @@ class StreamingRecognizer:
             x = x.mean(axis=1)
         if x.ndim != 1:
             raise ValueError(f"samples must be (n,) or (n, channels), got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("samples contain NaN or Inf")
-        if int(sample_rate) != self.sample_rate:
-            self.resampled_from = int(sample_rate)
-            x = resample(x, int(sample_rate), self.sample_rate)
+        check_samples(x, "accept_waveform")
+        sr = int(sample_rate)
+        if sr <= 0:
+            raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate}")
+        if self._rate is not None and self._rate != sr:
+            raise ValueError(f"the stream's sample rate changed from {self._rate} to {sr} Hz; "
+                             "call reset() to start a new stream")
+        self._rate = sr
+        if sr != self.sample_rate:
+            if self._resampler is None:
+                self._resampler = StreamResampler(sr, self.sample_rate)
+            self.resampled_from = sr
+            x = self._resampler(x)
+        self._feed(x)
+
+    def _feed(self, x: np.ndarray) -> None:
         if x.size:
             self._fb.accept_waveform(float(self.sample_rate), x.tolist())
             self._drain(final=False)
@@ -178,6 +326,8 @@ class StreamingRecognizer:
     def input_finished(self) -> Result:
         """End of stream: flush the KD delay (trailing silence), run what is left, finalise the result."""
         if not self._finished:
+            if self._resampler is not None:
+                self._feed(self._resampler.flush())
             if self.flush_frames:
                 n = int(round(self.flush_frames * float(self.fbank["frame_shift_ms"]) * self.sample_rate / 1000))
                 self._fb.accept_waveform(float(self.sample_rate), [0.0] * n)
@@ -245,10 +395,11 @@ def detokenize(symbols: list[str]) -> str:
     return " ".join(s.split())
 
 
-def transcribe_file(rec: StreamingRecognizer, path: str | Path, chunk_ms: float = 160.0, on_partial=None) -> Result:
-    """Stream one file through ``rec`` in ``chunk_ms`` pieces (a fresh stream); ``on_partial(text)`` is
-    called whenever the partial text changes."""
-    wav, sr = read_audio(path)
+def transcribe_file(rec: StreamingRecognizer, path: str | Path, chunk_ms: float = 160.0, on_partial=None, *,
+                    offset: float | None = None, duration: float | None = None) -> Result:
+    """Stream one file (or its segment: ``offset``/``duration`` seconds) through ``rec`` in ``chunk_ms``
+    pieces (a fresh stream); ``on_partial(text)`` is called whenever the partial text changes."""
+    wav, sr = read_audio(path, offset, duration)
     rec.reset()
     step = max(1, int(sr * chunk_ms / 1000))
     last = ""

@@ -77,25 +77,29 @@ def _text_inputs(kind: str, src: Path) -> list[Path]:
     return [src] if src.is_file() else []
 
 
-def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str | None:
+def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str:
     """Content of the files this stage reads: the spec (synth), or the importers' manifests, TSVs,
-    Kaldi files and transcripts, so editing any of them reruns the stage."""
+    Kaldi files and transcripts, so editing any of them reruns the stage. Raises ConfigError when an
+    input is missing or unreadable: the recipe is refused before any stage folder is touched."""
+    from speechkd.config import read_small_file
+
     h = hashlib.sha256()
     if cfg.kind == "synth":
-        try:
-            h.update(resolve_spec(cfg.spec, base).read_bytes())
-        except (ConfigError, OSError):
-            return None  # reported when the stage runs
+        spec = resolve_spec(cfg.spec, base)
+        h.update(read_small_file(spec, "corpus spec"))
         return h.hexdigest()
     for split, src in sorted(cfg.splits.items()):
         root = resolve_source(src, base)
+        if not root.exists():
+            raise ConfigError(f"corpus.splits.{split}: {src!r} not found"
+                              + (f" (looked in {base} and the working directory)" if base else ""))
         h.update(f"{split}\0{root.resolve()}\0".encode())
         for f in _text_inputs(cfg.kind, root):
             h.update(f"{f.relative_to(root) if f != root else f.name}\0".encode())
             try:
                 h.update(f.read_bytes())
-            except OSError:
-                h.update(b"<unreadable>")
+            except OSError as e:
+                raise ConfigError(f"corpus.splits.{split}: cannot read {f}: {e.strerror}") from None
     return h.hexdigest()
 
 

@@ -105,6 +105,9 @@ def featurize_utterance(u: Utterance, audio_path: Path, cfg: Config) -> tuple[np
     feats = compute_fbank(wav, cfg.fbank).numpy()
     if feats.shape[0] == 0:
         return None, ("too_short", f"{actual:.3f}s is shorter than one {cfg.fbank.frame_length_ms} ms frame")
+    if not np.isfinite(feats).all():
+        n = int((~np.isfinite(feats).all(axis=1)).sum())
+        return None, ("non_finite_features", f"{n} of {feats.shape[0]} feature frames are NaN/Inf")
     return feats, None
 
 
@@ -241,7 +244,10 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     if cfg.cmvn_split in splits:
         split_dir = out / "shards" / cfg.cmvn_split
-        stats = compute_cmvn(np.load(p, mmap_mode="r") for p in sorted(split_dir.glob("feats-*.npy")))
+        try:
+            stats = compute_cmvn(np.load(p, mmap_mode="r") for p in sorted(split_dir.glob("feats-*.npy")))
+        except ValueError as e:
+            raise ValueError(f"{split_dir}: {e}") from None
         stats.save(out / "cmvn.json")
         summary["cmvn_frames"] = stats.count
     else:

@@ -154,7 +154,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
                                   f"{' or '.join(repr(t) for t in types)}")
             if ref not in reads:
                 reads.append(ref)
-        extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
+        try:
+            extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
+        except ConfigError as e:  # a missing input is refused here, before any stage folder is touched
+            raise ConfigError(f"{rf}: stages.{sname}: {e}") from None
         fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "inputs": extra,
                           "upstream": {r: by_name[r].fingerprint for r in reads}})
         st = PlannedStage(sname, stype, cfg, fp, reads)
@@ -179,6 +182,49 @@ def _started(d: Path) -> tuple[str | None, dict | None]:
         return m.get("fingerprint"), m.get("inputs")
     except ConfigError:
         return None, None
+
+
+MARKERS = ("config.yaml", "outputs.json", ".done")
+
+
+def _foreign(d: Path) -> list[str]:
+    """Entries of a stage folder that speechkd did not write: those present before the stage first ran
+    (recorded in its ``config.yaml``); every entry when the folder has no speechkd marker."""
+    if not d.is_dir():
+        return []
+    try:
+        meta = load_yaml(d / "config.yaml").get("_meta") if (d / "config.yaml").exists() else None
+    except ConfigError:
+        meta = None
+    if not isinstance(meta, dict):
+        return sorted(p.name for p in d.iterdir() if p.name not in MARKERS)
+    return [str(x) for x in meta.get("foreign") or []]
+
+
+def _wipe(d: Path) -> list[str]:
+    """Remove what the stage wrote into ``d`` and keep everything else; returns the kept names."""
+    if not d.is_dir():
+        return []
+    keep = set(_foreign(d))
+    for p in d.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return sorted(keep)
+
+
+def _check_upstream(planned: list[PlannedStage], exp_dir: Path, i0: int, i1: int) -> None:
+    """Every stage to run reads only stages that have finished or that this run makes first."""
+    to_run = {p.name for p in planned[i0:i1 + 1]}
+    for st in planned[i0:i1 + 1]:
+        for r in st.reads:
+            if r not in to_run and not (exp_dir / r / ".done").exists():
+                raise ConfigError(f"stage {st.name!r} reads stage {r!r}, which has not finished "
+                                  f"({exp_dir / r / '.done'} is missing) and is not part of this run; "
+                                  f"run from {r!r} (--from {r}) first; nothing was changed")
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -270,6 +316,7 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
          rank: int) -> list[tuple[str, str]]:
     import torch
 
+    _check_upstream(planned, exp_dir, i0, i1)
     threads = torch.get_num_threads()  # every stage starts with the process's thread count
     results = []
     for idx, st in enumerate(planned):
@@ -298,15 +345,20 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
                     why = ("--force" if force else "its config changed" if not same_config else
                            "a stage it reads was rebuilt" if done else "its config changed")
                     log.info("stage %s: rerunning from scratch (%s)", st.name, why)
-                    shutil.rmtree(out)
+                    kept = _wipe(out)
+                    if kept:
+                        log.warning("stage %s: kept %d file(s) speechkd did not write: %s", st.name, len(kept),
+                                    ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else ""))
             elif failures:
                 log.info("stage %s: rerunning in place to retry its %d failure(s)", st.name, failures)
             if (out / ".done").exists():
                 (out / ".done").unlink()
+            foreign = _foreign(out)
             out.mkdir(parents=True, exist_ok=True)
             save_yaml({**to_dict(st.cfg), "_meta": {"stage": st.name, "type": st.type, "recipe": str(rf),
                                                      "seed": meta["seed"], "fingerprint": st.fingerprint,
-                                                     "reads": st.reads, "inputs": inputs_now}},
+                                                     "reads": st.reads, "inputs": inputs_now,
+                                                     "foreign": foreign}},
                       out / "config.yaml")
         _barrier()
         ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"], repo_root=Path.cwd(),

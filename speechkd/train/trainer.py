@@ -79,6 +79,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to train")
     threads: int = field(0, help="torch CPU threads (0 = torch default)")
     max_steps: int = field(0, help="stop after this many steps in total (0 = no limit)")
+    max_skipped_fraction: float = field(0.5, help="fail the stage when more than this fraction of an epoch's steps "
+                                                  "were skipped as non-finite (a run that learns nothing)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", help="mixed precision: auto = bf16 on a CPU with native bf16 (else fp32), on CUDA bf16 where "
                      "supported (else fp16); fp16 is CUDA only. Weights, optimizer state and losses stay float32")
@@ -93,8 +95,14 @@ class TrainConfig:
         for k in ("epochs", "max_frames", "keep_last", "average_last"):
             require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         require(0.0 <= self.vtlp < 0.5, "vtlp", f"must be in [0, 0.5), got {self.vtlp}")
+        require(0.0 <= self.max_skipped_fraction < 1.0, "max_skipped_fraction",
+                f"must be in [0, 1), got {self.max_skipped_fraction}")
         for k in ("checkpoint_every", "dev_limit", "threads", "max_steps"):
             require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+
+
+class TrainingFailed(RuntimeError):
+    """Training that cannot learn: too many steps were skipped as non-finite."""
 
 
 @dataclass
@@ -356,6 +364,13 @@ class Trainer:
             ck.save_weights(self.model, self.out_dir / "best.safetensors")
         _write_csv(self.out_dir / "metrics.csv", st.history)
 
+    def _check_skipped(self, epoch: int, steps: int, skipped: int) -> None:
+        if steps and skipped / steps > self.cfg.max_skipped_fraction:
+            raise TrainingFailed(
+                f"{self.out_dir}: {skipped} of {steps} steps of epoch {epoch + 1} were skipped because the loss or "
+                f"its gradients were not finite (more than max_skipped_fraction={self.cfg.max_skipped_fraction}); "
+                "check the features for NaN/Inf (featurize's cmvn.json and rejected/), or lower optim.lr")
+
     def fit(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         if self.rank == 0:
@@ -368,6 +383,7 @@ class Trainer:
                 self.sampler.set_epoch(epoch)
             self.net.train()
             st.start_epoch()
+            step0, skipped0 = st.step, st.skipped
             bar = progress(total=self.steps_per_epoch, initial=self.sampler.position,
                            desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=self.rank != 0)
             for b in self.sampler:
@@ -381,6 +397,7 @@ class Trainer:
                     stop = True
                     break
             bar.close()
+            self._check_skipped(epoch, st.step - step0, st.skipped - skipped0)
             self.end_epoch(epoch)
             self.sampler.set_epoch(epoch + 1)
             st.reset_counters()

@@ -64,7 +64,10 @@ def test_report_numbers_are_the_decode_numbers_with_speaker_intervals(fake_exp):
         assert got["speakers"] == 4 and got["wer_ci"][0] <= got["wer"] <= got["wer_ci"][1]
         assert got["wer_ci"][1] > got["wer_ci"][0]  # 4 speakers: a real interval
     assert list(rep["models"])[:2] == ["teacher", "baseline"]
-    assert "gap_closed" in rep["models"]["student"]["splits"]["test"]
+    st = rep["models"]["student"]["splits"]["test"]
+    # 8 utterances: the teacher-baseline gap is within noise here, so no share is given (tests/eval/
+    # test_report_gap.py has a clear gap)
+    assert "gap_closed" not in st and "within noise" in st["gap_closed_note"]
     assert build(fake_exp) == rep  # seeded: the same report twice
     assert build(fake_exp, seed=7)["models"]["student"]["splits"]["test"]["wer_ci"] != \
         rep["models"]["student"]["splits"]["test"]["wer_ci"]
@@ -167,4 +170,5 @@ def test_no_teacher_baseline_gap_gives_no_gap_closed_and_valid_json(fake_exp, tm
     shutil.copy(fake_exp / "decode_baseline" / "recogs-test.txt", fake_exp / "decode_teacher" / "recogs-test.txt")
     paths = write_report(fake_exp, tmp_path / "rep")
     rep = json.loads(paths["json"].read_text())
-    assert "gap_closed" not in rep["models"]["student"]["splits"]["test"]
+    st = rep["models"]["student"]["splits"]["test"]
+    assert "gap_closed" not in st and "not better" in st["gap_closed_note"]
