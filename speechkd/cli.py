@@ -5,10 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 log = logging.getLogger("speechkd.cli")
+
+
+def _bounded(kind, lo, hi, what):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (lo <= v <= hi):  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{what} must be in [{lo:g}, {hi:g}], got {text}")
+        return v
+
+    return parse
+
+
+_chunk_ms = _bounded(float, 1.0, 60000.0, "chunk (ms)")
+_threads = _bounded(int, 1, 256, "threads")
+_rate = _bounded(int, 1000, 384000, "sample rate (Hz)")
+_delay = _bounded(int, 0, 1000, "delay (output frames)")
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -16,6 +36,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     results = run_recipe(a.recipe, from_stage=a.from_stage, to_stage=a.to_stage, force=a.force,
                          overrides=a.overrides, exp_root=a.exp_root)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone prints the summary
+        return 0
     for name, status in results:
         print(f"{name:>16}: {status}")
     return 0
@@ -31,10 +53,16 @@ def _cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _cmd_import(a: argparse.Namespace) -> int:
-    from speechkd.data.importers import IMPORTERS
+    from speechkd.data.checks import BadInputLog
+    from speechkd.data.importers import IMPORTERS, rejected_path
 
-    utts = IMPORTERS[a.kind](a.source, a.out, policy=a.bad_input)
-    print(f"wrote {len(utts)} utterances ({sum(u.duration for u in utts) / 3600:.3f} h) to {a.out}")
+    bad = BadInputLog(a.bad_input, rejected_path(a.out))
+    utts = IMPORTERS[a.kind](a.source, a.out, policy=a.bad_input, bad=bad)
+    line = f"wrote {len(utts)} utterances ({sum(u.duration for u in utts) / 3600:.3f} h) to {a.out}"
+    if bad.rejected:
+        reasons = ", ".join(f"{k}: {v}" for k, v in bad.counts().items())
+        line += f"; rejected {len(bad.rejected)} ({reasons}), listed in {bad.out_file}"
+    print(line)
     return 0
 
 
@@ -62,7 +90,7 @@ def _cmd_decode(a: argparse.Namespace) -> int:
     check_vocabulary(model, tok, a.model)
     names = report_names(a.manifests)  # two test.jsonl from different folders get different report names
     for manifest, name in zip(a.manifests, names):
-        ev = evaluate(model, FeatureDataset(manifest, tok), tok, device, a.max_frames)
+        ev = evaluate(model, FeatureDataset(manifest, tok, dim=model.cfg.input_dim), tok, device, a.max_frames)
         s = write_reports(a.out, name, ev["ids"], ev["refs"], ev["hyps"], {"model": str(a.model),
                                                                            "manifest": str(manifest)})
         print(f"{name}: WER {s['wer']:.2f}%  CER {s['cer']:.2f}%  ({s['utterances']} utterances) -> {a.out}")
@@ -118,25 +146,23 @@ def _cmd_report(a: argparse.Namespace) -> int:
 def _cmd_transcribe(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file
+    from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file, transcribe_stream
 
     rec = StreamingRecognizer(a.model, num_threads=a.threads)
     tty = sys.stderr.isatty() and not a.no_partials
     failed = 0
     for f in a.files:
-        if f == "-":  # raw 16-bit little-endian mono PCM at the model's rate
-            rec.reset()
-            step = int(rec.sample_rate * a.chunk_ms / 1000) * 2
-            while True:
-                buf = sys.stdin.buffer.read(step)
-                if not buf:
-                    break
-                if len(buf) % 2:
-                    buf = buf[:-1]
-                rec.accept_waveform(np.frombuffer(buf, "<i2").astype(np.float32) / 32768.0, rec.sample_rate)
-                if tty:
-                    print(f"\r\033[K-: {rec.result().text}", end="", file=sys.stderr, flush=True)
-            res = rec.input_finished()
+        if f == "-":  # a WAV stream (header detected) or raw 16-bit little-endian mono PCM at --rate
+            show = (lambda t: print(f"\r\033[K-: {t}", end="", file=sys.stderr, flush=True)) if tty else None
+            try:
+                res, fmt, was_wav = transcribe_stream(rec, sys.stdin.buffer.read, a.chunk_ms, a.rate, show)
+            except ValueError as e:
+                print(f"error: stdin: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            if not was_wav and a.rate is None:
+                print(f"note: stdin: read as raw 16-bit mono PCM at the model's {fmt.rate} Hz (no WAV header; "
+                      "give --rate for another rate)", file=sys.stderr)
         else:
             show = (lambda t, f=f: print(f"\r\033[K{f}: {t}", end="", file=sys.stderr, flush=True)) if tty else None
             try:
@@ -167,7 +193,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         run = torch_transcriber(a.model, a.tokenizer, a.device)
     bad = 0
     for manifest, name in zip(a.manifests, report_names(a.manifests)):
-        ev = evaluate_manifest(run, manifest, segments_ok=not onnx)
+        ev = evaluate_manifest(run, manifest)
         for uid, path, msg in ev["failed"]:
             print(f"error: utterance {uid!r}: {msg}", file=sys.stderr)
         bad += len(ev["failed"])
@@ -182,13 +208,29 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_config(a: argparse.Namespace) -> int:
+    """``config``: every stage type; ``config TYPE``; or ``config RECIPE STAGE`` (a stage of a recipe, with
+    the recipe's values as the defaults shown)."""
     from speechkd.config import help_text
     from speechkd.stages import STAGE_TYPES, get_stage
 
+    if a.stage_name is not None:
+        from speechkd.stages.runner import load_recipe
+
+        _, planned = load_recipe(a.stage)
+        st = {p.name: p for p in planned}.get(a.stage_name)
+        if st is None:
+            print(f"error: {a.stage}: no stage {a.stage_name!r}; stages: {', '.join(p.name for p in planned)}",
+                  file=sys.stderr)
+            return 2
+        mod = get_stage(st.type)
+        print(f"{st.name} ({st.type}): {(mod.__doc__ or '').strip().splitlines()[0]}")
+        print(help_text(mod.Config, defaults=st.cfg))
+        return 0
     names = [a.stage] if a.stage else sorted(STAGE_TYPES)
     for n in names:
         if n not in STAGE_TYPES:
-            print(f"unknown stage {n!r}; known: {', '.join(sorted(STAGE_TYPES))}", file=sys.stderr)
+            print(f"error: unknown stage type {n!r}; known: {', '.join(sorted(STAGE_TYPES))} (or give a recipe and "
+                  f"one of its stages: speechkd config pipelines/default {n})", file=sys.stderr)
             return 2
         mod = get_stage(n)
         print(f"{n}: {(mod.__doc__ or '').strip().splitlines()[0]}")
@@ -204,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a recipe's stages (skips finished ones)")
-    r.add_argument("recipe", help="recipe folder (pipelines/<name>) or its recipe.yaml")
+    r.add_argument("recipe", nargs="?", help="recipe folder (pipelines/<name>) or its recipe.yaml")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. corpus.hours=0.1 featurize.num_workers=1")
     r.add_argument("--from", dest="from_stage", help="first stage to run")
     r.add_argument("--to", dest="to_stage", help="last stage to run")
@@ -219,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hours", type=float, help="planned hours (default: the spec's)")
     s.add_argument("--seed", type=int, help="seed (default: the spec's)")
     s.add_argument("--spec", help="corpus spec YAML (default: data_manifests/synth-en.yaml)")
-    s.add_argument("--workers", type=int, help="parallel jobs (default: CPU cores)")
+    s.add_argument("--workers", type=_bounded(int, 1, 256, "--workers"), help="parallel jobs (default: CPU cores)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
     i = csub.add_parser("import", help="import a corpus into a JSONL manifest")
@@ -240,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", required=True, help="weights (.safetensors) written by a train stage")
     d.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
     d.add_argument("--out", required=True, help="folder for recogs-/errs-/wer-summary- files")
-    d.add_argument("--max-frames", type=int, default=40000, help="padded frames per batch")
+    d.add_argument("--max-frames", type=_bounded(int, 1, 10**8, "--max-frames"), default=40000,
+                   help="padded frames per batch")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to decode")
     d.add_argument("manifests", nargs="+", help="featurize-stage manifests (<split>.jsonl)")
     d.set_defaults(func=_cmd_decode)
@@ -249,12 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="weights (.safetensors) of a train or distill stage")
     e.add_argument("--out", required=True, help="output folder (model.onnx, tokens.txt)")
     e.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
-    e.add_argument("--chunk-ms", type=float, default=160.0, help="default chunk the runtime feeds (ms)")
-    e.add_argument("--delay", type=int, help="KD delay in output frames (default: the distill stage's)")
+    e.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help="default chunk the runtime feeds (ms)")
+    e.add_argument("--delay", type=_delay, help="KD delay in output frames, 0 to 1000 (default: the distill stage's)")
     e.add_argument("--format", choices=["onnx", "sherpa"], default="onnx",
                    help="onnx: speechkd's runtime; sherpa: sherpa_onnx.OnlineRecognizer.from_nemo_ctc")
     e.add_argument("--adapt-manifest", help="sherpa: manifest of training audio to fit the feature adapter on")
-    e.add_argument("--adapt-every", type=int, default=16, help="sherpa: use every N-th file of that manifest")
+    e.add_argument("--adapt-every", type=_bounded(int, 1, 10**6, "--adapt-every"), default=16, help="sherpa: use every N-th file of that manifest")
     e.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx (ONNX Runtime dynamic int8: LSTM and MatMul weights per channel)")
     e.set_defaults(func=_cmd_export)
@@ -272,9 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("transcribe", help="stream audio files (or - for raw 16-bit PCM on stdin) through an exported model")
     t.add_argument("--model", required=True, help="model.onnx written by `speechkd export`")
-    t.add_argument("files", nargs="+", help="audio files, or - for raw 16-bit mono PCM at the model's rate on stdin")
-    t.add_argument("--chunk-ms", type=float, default=160.0, help="audio per chunk (ms)")
-    t.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    t.add_argument("files", nargs="+", help="audio files, or - for stdin: a WAV stream (as arecord writes) or raw "
+                                            "16-bit little-endian mono PCM at --rate")
+    t.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help="audio per chunk (ms, 1 to 60000)")
+    t.add_argument("--threads", type=_threads, default=1, help="ONNX Runtime threads (1 to 256)")
+    t.add_argument("--rate", type=_rate, help="stdin without a WAV header: its sample rate (Hz; default the "
+                                              "model's)")
     t.add_argument("--no-partials", action="store_true", help="do not show partial results on a terminal")
     t.set_defaults(func=_cmd_transcribe)
 
@@ -283,14 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "model.safetensors (offline)")
     ev.add_argument("--out", default="eval", help="folder for recogs-/errs-/wer-summary- files")
     ev.add_argument("--tokenizer", help=".safetensors only: tokenizer folder (default: the model's folder)")
-    ev.add_argument("--chunk-ms", type=float, default=160.0, help=".onnx only: audio per chunk (ms)")
-    ev.add_argument("--threads", type=int, default=1, help=".onnx only: ONNX Runtime threads")
+    ev.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help=".onnx only: audio per chunk (ms, 1 to 60000)")
+    ev.add_argument("--threads", type=_threads, default=1, help=".onnx only: ONNX Runtime threads (1 to 256)")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=".safetensors only")
     ev.add_argument("manifests", nargs="+", help="NeMo-style JSONL manifests (audio_filepath, duration, text)")
     ev.set_defaults(func=_cmd_eval)
 
-    cf = sub.add_parser("config", help="show a stage's config keys with help")
-    cf.add_argument("stage", nargs="?")
+    cf = sub.add_parser("config", help="show a stage's config keys with help: config [TYPE] or config RECIPE STAGE")
+    cf.add_argument("stage", nargs="?", help="a stage type (train, distill, ...), or a recipe folder")
+    cf.add_argument("stage_name", nargs="?", help="with a recipe: one of its stages (e.g. teacher)")
     cf.set_defaults(func=_cmd_config)
     return p
 
@@ -305,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.cmd == "run" and not args.recipe:
+        parser.error("run: give a recipe folder, e.g. `speechkd run pipelines/quick` (overrides are optional)")
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -100,3 +103,27 @@ def progress(iterable=None, **kw):
     if not sys.stderr.isatty():
         kw.setdefault("mininterval", 15.0)
     return tqdm(iterable, **kw)
+
+
+def _disk_full(e: BaseException, where: Path) -> bool:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    try:  # protobuf and ONNX Runtime report a short write as a corrupt file, not as ENOSPC
+        return shutil.disk_usage(where).free < (1 << 20)
+    except OSError:
+        return False
+
+
+@contextmanager
+def clean_on_failure(out_dir: Path, names: tuple[str, ...], what: str, error: type[Exception] = OSError):
+    """Run a step that writes files; on any failure remove ``names`` from ``out_dir`` (nothing half-written
+    stays) and turn a full disk into a one-line ``error`` naming the file."""
+    try:
+        yield
+    except BaseException as e:
+        for n in names:
+            (out_dir / n).unlink(missing_ok=True)
+        if isinstance(e, Exception) and _disk_full(e, out_dir):
+            raise error(f"{out_dir / what}: the disk is full (no space left while writing it); free some "
+                        "space and run again (nothing half-written was left)") from None
+        raise

@@ -54,7 +54,7 @@ def test_dotted_overrides_parse_yaml_values():
 def test_bad_yaml_names_file(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("a: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml: the YAML file is not valid YAML at line 2, column 1"):
         load_yaml(p)
 
 

@@ -40,8 +40,11 @@ class Batch:
 class FeatureDataset:
     """Utterances of a featurize-stage manifest with their token ids."""
 
-    def __init__(self, manifest: str | Path, tokenizer, *, limit: int = 0, stack: int | None = None):
+    def __init__(self, manifest: str | Path, tokenizer, *, limit: int = 0, stack: int | None = None,
+                 dim: int | None = None):
+        """``dim``: the feature dimension the model takes (a shard of another is an error naming it)."""
         manifest = Path(manifest)
+        self.dim = dim
         utts = read_manifest(manifest)
         if limit:
             utts = utts[:limit]
@@ -83,7 +86,7 @@ class FeatureDataset:
         return [r.frames for r in self.refs]
 
     def __getitem__(self, i: int) -> tuple[str, np.ndarray, list[int], str]:
-        return self.ids[i], self.store.get(self.refs[i]), self.tokens[i], self.texts[i]
+        return self.ids[i], self.store.get(self.refs[i], self.dim), self.tokens[i], self.texts[i]
 
     def batch(self, indices: list[int]) -> Batch:
         b = collate([self[i] for i in indices])

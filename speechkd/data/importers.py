@@ -26,7 +26,7 @@ from speechkd.data.audio import audio_info
 from speechkd.data.checks import BadInputLog
 from speechkd.data.manifest import (ManifestError, Utterance, iter_manifest, relative_to_manifest, text_lines,
                                     write_manifest)
-from speechkd.text.normalize import normalize_text
+from speechkd.text.normalize import normalize_text, unspellable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ def _make(uid: str, audio: Path, raw_text: str, speaker: str, bad: BadInputLog, 
             bad.reject(uid, str(audio), "unreadable", f"cannot read audio header: {e}")
             return None
         duration = frames / sr if sr else 0.0
+    foreign = unspellable(raw_text)
+    if foreign:
+        bad.reject(uid, str(audio), "unspellable_text", f"transcript has {len(foreign)} letter(s) with no spelling in "
+                                                        "[a-z'] (another script); transcribe or transliterate it")
+        return None
     text = normalize_text(raw_text)
     extra = {"raw_text": raw_text} if raw_text != text else {}
     path = relative_to_manifest(audio, out_dir) if out_dir else str(audio.resolve())

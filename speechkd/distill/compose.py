@@ -26,10 +26,10 @@ from speechkd.train.trainer import Forward, Objective, ctc_loss
 
 @dataclass
 class KDConfig:
-    alpha: float = field(0.5, help="weight of frame-level KD (the rest goes to CTC / sequence KD)")
+    alpha: float = field(0.9, help="weight of frame-level KD (the rest goes to CTC / sequence KD)")
     temperature: float = field(1.0, help="KD temperature tau (loss scaled by tau^2)")
     delay: int | None = field(None, help="teacher delay in frames; null = estimate from the data")
-    extra_delay: int = field(0, help="look-ahead frames added to the delay: the student emits this much later "
+    extra_delay: int = field(2, help="look-ahead frames added to the delay: the student emits this much later "
                                      "than the estimated spike lag, trading latency for accuracy")
     delay_reference: str = field("baseline", help="stage whose streaming model gives the student-side spikes "
                                                    "(read only when delay is null)")

@@ -21,7 +21,8 @@ def onnx_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: in
     from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file
 
     rec = StreamingRecognizer(model, num_threads=num_threads)
-    return lambda path: transcribe_file(rec, path, chunk_ms).text
+    return lambda path, offset=None, duration=None: transcribe_file(rec, path, chunk_ms, offset=offset,
+                                                                    duration=duration).text
 
 
 def sherpa_decoder(model: str | Path, chunk_ms: float = 160.0, num_threads: int = 1) -> Callable[..., str]:
@@ -33,11 +34,23 @@ def sherpa_decoder(model: str | Path, chunk_ms: float = 160.0, num_threads: int 
     import sherpa_onnx
 
     model = Path(model)
-    pad_ms = int(ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map.get("tail_padding_ms", 0))
-    rec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(model.parent / "tokens.txt"), model=str(model),
+    tokens = model.parent / "tokens.txt"
+    if not tokens.is_file():
+        raise ValueError(f"{tokens}: tokens file not found (a sherpa-onnx model needs it beside model.onnx)")
+    try:
+        pad_ms = int(float(ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map.get(
+            "tail_padding_ms", 0)))
+    except ValueError:
+        raise ValueError(f"{model}: metadata tail_padding_ms is not a number") from None
+    if not 0 <= pad_ms <= 10_000:
+        raise ValueError(f"{model}: metadata tail_padding_ms={pad_ms} is out of range [0, 10000]")
+    rec = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(tokens), model=str(model),
                                                      num_threads=num_threads)
 
     def decode(wav, sr: int) -> str:
+        from speechkd.runtime.recognizer import check_samples
+
+        check_samples(np.asarray(wav), "audio")  # the same refusal as the ONNX and torch paths
         s = rec.create_stream()
         step = max(1, int(sr * chunk_ms / 1000))
         for i in range(0, len(wav), step):
@@ -58,7 +71,7 @@ def sherpa_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: 
     from speechkd.runtime.recognizer import read_audio
 
     decode = sherpa_decoder(model, chunk_ms, num_threads)
-    return lambda path: decode(*read_audio(path))
+    return lambda path, offset=None, duration=None: decode(*read_audio(path, offset, duration))
 
 
 def is_sherpa_model(model: str | Path) -> bool:
@@ -100,7 +113,7 @@ def torch_transcriber(model: str | Path, tokenizer_dir: str | Path | None = None
     return run
 
 
-def evaluate_manifest(transcribe: Callable, manifest: str | Path, *, segments_ok: bool = False) -> dict[str, Any]:
+def evaluate_manifest(transcribe: Callable, manifest: str | Path) -> dict[str, Any]:
     """Transcribe every row of ``manifest``; returns ``ids``, ``refs``, ``hyps`` and ``failed``
     (``[(id, path, message)]`` for rows whose audio could not be used)."""
     manifest = Path(manifest)
@@ -109,9 +122,7 @@ def evaluate_manifest(transcribe: Callable, manifest: str | Path, *, segments_ok
     for u in progress(rows, desc=f"eval {manifest.name}", unit="utt"):
         path = u.resolve_audio(manifest.parent)
         try:
-            if u.offset is not None:
-                if not segments_ok:
-                    raise ValueError("segments (rows with 'offset') are scored with .safetensors models only")
+            if u.offset is not None:  # a segment: every model kind reads just its span
                 hyp = transcribe(path, u.offset, u.duration)
             else:
                 hyp = transcribe(path)

@@ -208,7 +208,8 @@ def gap_closed(base: np.ndarray, teach: np.ndarray, stud: np.ndarray, idx: np.nd
     if glo <= 0:
         return {"status": "gap_within_noise", "note": "no share: the teacher-baseline gap is within noise "
                                                       "(its interval holds 0)"}
-    shares = (base[idx].sum(1) - stud[idx].sum(1)) / den
+    ok = den > 0  # resamples without a gap say nothing about the share
+    shares = (base[idx].sum(1) - stud[idx].sum(1))[ok] / den[ok]
     lo, hi = np.percentile(shares, [2.5, 97.5])
     return {"status": "ok", "value": round(100 * float((base.sum() - stud.sum()) / gap), 1),
             "ci": [round(100 * float(lo), 1), round(100 * float(hi), 1)]}

@@ -18,7 +18,9 @@ The ONNX metadata (``custom_metadata_map``, string values) holds everything a ru
 ``tokenizer_kind``, ``chunk_frames`` (default input frames per chunk), ``num_layers``,
 ``hidden_size``, ``state_shape``, ``delay_frames`` / ``delay_ms`` (how late the KD student emits;
 a runtime feeds that much trailing silence at the end of a stream), ``flush_frames`` (input
-frames of silence to feed at the end), ``chunk_rule`` and ``fbank_framing`` (in words).
+frames of silence to feed at the end), ``chunk_rule`` and ``fbank_framing`` (in words),
+``waveform_scale`` (1: fbank is computed on samples in [-1, 1], not on Kaldi's int16 scale) and
+``waveform`` (the same in words), and ``source`` (the stage and file name of the weights).
 """
 
 from __future__ import annotations
@@ -36,12 +38,17 @@ from speechkd.features.fbank import FbankOptions
 from speechkd.models.io import check_vocabulary, load_model
 from speechkd.models.lstm_ctc import LSTMCTC
 from speechkd.text.tokenizer import load_tokenizer
-from speechkd.utils import atomic_write_text
+from speechkd.utils import atomic_write_text, clean_on_failure
 
 log = logging.getLogger(__name__)
 
 FORMAT = "speechkd-streaming-lstm-ctc-v1"
 OPSET = 17
+MAX_DELAY = 1000  # output frames; a runtime feeds delay * stack frames of silence at the end of a stream
+# files an export writes into a model folder; a new export removes them all first, so a folder never
+# holds files of two different models (a baseline's model.int8.onnx beside a student's model.onnx)
+ARTIFACTS = ("model.onnx", "model.int8.onnx", "tokens.txt", "model-inferred.onnx", ".model.onnx.tmp",
+             ".model.int8.onnx.tmp")
 
 
 class ExportError(ValueError):
@@ -102,6 +109,12 @@ def write_tokens(tokens: list[str], path: Path) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def clear_model_dir(out_dir: Path) -> None:
+    """Remove what an earlier export wrote into ``out_dir`` (see ``ARTIFACTS``); other files stay."""
+    for n in ARTIFACTS:
+        (out_dir / n).unlink(missing_ok=True)
+
+
 def finish_onnx(tmp: Path, meta: dict[str, Any], dst: Path) -> None:
     """Add ``meta`` (values as strings) to the ONNX model at ``tmp`` and move it to ``dst``."""
     import onnx
@@ -130,10 +143,11 @@ def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_d
     check_vocabulary(model, tok, model_path)
     fbank = model_fbank(model_path.parent, cfg.frame_shift_ms)
     delay = model_delay(model_path.parent) if delay_frames is None else int(delay_frames)
-    if delay < 0:
-        raise ExportError(f"delay_frames must be >= 0, got {delay}")
+    if not 0 <= delay <= MAX_DELAY:
+        raise ExportError(f"delay_frames must be in [0, {MAX_DELAY}] output frames, got {delay}")
     chunk = max(cfg.stack, int(round(chunk_ms / fbank.frame_shift_ms / cfg.stack)) * cfg.stack)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_model_dir(out_dir)
     graph = StreamingGraph(model)
     x = torch.zeros(1, chunk, cfg.input_dim)
     h = torch.zeros(cfg.layers, 1, cfg.hidden)
@@ -141,7 +155,7 @@ def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_d
     tmp = out_dir / ".model.onnx.tmp"
     import warnings
 
-    with torch.no_grad(), warnings.catch_warnings():
+    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError), torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")  # h0/c0 are inputs: batch is free
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")  # dynamo=False on purpose
         torch.onnx.export(graph, (x, h, c), str(tmp), dynamo=False, opset_version=OPSET,
@@ -159,9 +173,13 @@ def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_d
         "chunk_rule": f"x holds a multiple of stack={cfg.stack} frames; keep the remainder for the next chunk; "
                       "at the end of a stream feed flush_frames frames of silence, then drop a trailing partial stack",
         "fbank_framing": "kaldi snip_edges=true (frame t covers samples [t*hop, t*hop+window))",
-        "source": str(model_path),
+        "waveform_scale": 1.0,
+        "waveform": "mono float samples in [-1, 1] at sample_rate (int16 PCM divided by 32768), not Kaldi's "
+                    "int16 scale",
+        "source": f"{model_path.parent.name}/{model_path.name}",
     }
-    finish_onnx(tmp, meta, out_dir / "model.onnx")
-    write_tokens(tok.tokens(), out_dir / "tokens.txt")
+    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError):
+        finish_onnx(tmp, meta, out_dir / "model.onnx")
+        write_tokens(tok.tokens(), out_dir / "tokens.txt")
     log.info("exported %s -> %s (chunk %d frames, delay %d frames)", model_path, out_dir / "model.onnx", chunk, delay)
     return {**meta, "bytes": (out_dir / "model.onnx").stat().st_size}

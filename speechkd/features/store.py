@@ -34,9 +34,13 @@ class FeatureRef:
     @classmethod
     def from_json(cls, d: dict, where: str = "") -> "FeatureRef":
         try:
-            return cls(str(d["shard"]), int(d["offset"]), int(d["frames"]))
+            ref = cls(str(d["shard"]), int(d["offset"]), int(d["frames"]))
         except (KeyError, TypeError, ValueError):
-            raise FeatureStoreError(f"{where}: malformed 'feats' reference {d!r}") from None
+            raise FeatureStoreError(f"{where}: malformed 'feats' reference (needs shard, offset, frames)") from None
+        if ref.offset < 0 or ref.frames < 1:
+            raise FeatureStoreError(f"{where}: 'feats' reference has offset {ref.offset} and frames {ref.frames}; "
+                                    "need offset >= 0 and frames >= 1")
+        return ref
 
 
 def write_shard(path: str | Path, feats: list[np.ndarray], dtype: str = "float32") -> list[tuple[int, int]]:
@@ -70,14 +74,25 @@ class FeatureStore:
             try:
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise FeatureStoreError(f"{path}: cannot map feature shard: {e}") from None
+                raise FeatureStoreError(f"{path}: cannot map feature shard: {str(e)[:200]}") from None
+            if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+                raise FeatureStoreError(f"{path}: a feature shard is a 2-D float array (frames, dim); this one has "
+                                        f"shape {list(arr.shape)} and dtype {arr.dtype}")
             self._maps[name] = arr
         return arr
 
-    def get(self, ref: FeatureRef) -> np.ndarray:
-        """The ``(frames, dim)`` view for ``ref`` (read-only)."""
+    def get(self, ref: FeatureRef, dim: int | None = None) -> np.ndarray:
+        """The ``(frames, dim)`` view for ``ref`` (read-only). With ``dim``, a shard of another feature
+        dimension is an error naming it; features that are not finite are an error too."""
         arr = self._shard(ref.shard)
-        if ref.offset < 0 or ref.offset + ref.frames > arr.shape[0]:
+        if ref.offset < 0 or ref.frames < 0 or ref.offset + ref.frames > arr.shape[0]:
             raise FeatureStoreError(f"{self.base / ref.shard}: reference [{ref.offset}, {ref.offset + ref.frames}) "
                                     f"is outside the shard's {arr.shape[0]} frames (truncated shard?)")
-        return arr[ref.offset : ref.offset + ref.frames]
+        if dim is not None and arr.shape[1] != dim:
+            raise FeatureStoreError(f"{self.base / ref.shard}: features are {arr.shape[1]}-dimensional; the model "
+                                    f"takes {dim}")
+        x = arr[ref.offset : ref.offset + ref.frames]
+        if not np.isfinite(x).all():
+            raise FeatureStoreError(f"{self.base / ref.shard}: frames [{ref.offset}, {ref.offset + ref.frames}) "
+                                    "hold NaN/Inf; rerun featurize")
+        return x

@@ -74,10 +74,34 @@ def read_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
     if "model_config" not in meta:
         raise CheckpointError(f"{path}: not a speechkd model (no model_config in the safetensors metadata)")
     try:
-        cfg = from_dict(ModelConfig, json.loads(meta["model_config"]), where=f"{path}: model_config")
-    except (ConfigError, json.JSONDecodeError) as e:
+        raw = json.loads(meta["model_config"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: the model_config metadata is not JSON") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: the model_config metadata is not a JSON object")
+    try:
+        cfg = from_dict(ModelConfig, raw, where=f"{path}: model_config")
+    except ConfigError as e:
         raise CheckpointError(str(e)) from None
     return cfg, tensors
+
+
+def check_shapes(cfg: ModelConfig, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """The file's tensors have exactly the names and shapes the stored config builds; checked on torch's
+    ``meta`` device (no memory), before anything is allocated."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    if missing or extra:
+        parts = ([f"missing {len(missing)} tensor(s) (e.g. {missing[0]})"] if missing else []) + \
+                ([f"{len(extra)} unexpected (e.g. {extra[0]})"] if extra else [])
+        raise CheckpointError(f"{path}: the tensors do not fit the stored model_config "
+                              f"(layers={cfg.layers}, hidden={cfg.hidden}): {'; '.join(parts)}")
+    for k in sorted(want):
+        if want[k] != got[k]:
+            raise CheckpointError(f"{path}: tensor {k} has shape {list(got[k])} but the stored model_config "
+                                  f"(layers={cfg.layers}, hidden={cfg.hidden}) needs {list(want[k])}")
 
 
 def load_model(path: str | Path, *, expect: ModelConfig | None = None, device: str | torch.device = "cpu") -> LSTMCTC:
@@ -90,6 +114,7 @@ def load_model(path: str | Path, *, expect: ModelConfig | None = None, device: s
         diff = {k: (v, getattr(cfg, k)) for k, v in asdict(expect).items() if getattr(cfg, k) != v}
         raise CheckpointError(f"{path}: checkpoint is another architecture: "
                               + ", ".join(f"{k}: expected {a!r}, file has {b!r}" for k, (a, b) in diff.items()))
+    check_shapes(cfg, tensors, path)
     model = build_model(cfg)
     try:
         model.load_state_dict(tensors, strict=True)

@@ -36,10 +36,12 @@ class ModelConfig:
     tokenizer: str = field("", help="fingerprint of the tokenizer's symbols; set by training, checked when decoding")
 
     def __post_init__(self):
-        require(self.input_dim >= 1, "input_dim", f"must be >= 1, got {self.input_dim}")
-        require(self.vocab_size >= 2, "vocab_size", f"must be >= 2 (blank + one token), got {self.vocab_size}")
-        require(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
-        require(self.layers >= 1, "layers", f"must be >= 1, got {self.layers}")
+        # upper bounds too: a config read from a file a user hands in must not allocate terabytes
+        require(1 <= self.input_dim <= 4096, "input_dim", f"must be in [1, 4096], got {self.input_dim}")
+        require(2 <= self.vocab_size <= 1_000_000, "vocab_size",
+                f"must be in [2, 1000000] (blank + tokens), got {self.vocab_size}")
+        require(1 <= self.hidden <= 16384, "hidden", f"must be in [1, 16384], got {self.hidden}")
+        require(1 <= self.layers <= 64, "layers", f"must be in [1, 64], got {self.layers}")
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         require(0 <= self.proj < self.hidden or self.proj == 0, "proj",
                 f"must be 0 (none) or in [1, hidden={self.hidden}), got {self.proj}")

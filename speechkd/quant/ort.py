@@ -49,21 +49,32 @@ def graph_report(path: str | Path) -> dict[str, Any]:
 def quantize_int8(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """Write the int8 version of the ONNX model ``src`` to ``dst`` (its metadata is kept, plus
     ``quantization``); returns the :func:`graph_report` of the result with both sizes."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from speechkd.utils import clean_on_failure
+
     src, dst = Path(src), Path(dst)
-    before = graph_report(src)
-    n_lstm = sum(1 for x in before["float_weight_nodes"] if x.startswith("LSTM:"))
     tmp = dst.with_name(f".{dst.name}.tmp")
+    inferred = src.with_name(f"{src.stem}-inferred.onnx")  # ONNX Runtime's shape-inference copy
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a 'run pre-processing' hint through the root logger
-    try:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["LSTM", "MatMul", "Gemm"])
-    finally:
-        root.setLevel(level)
+    with clean_on_failure(dst.parent, (tmp.name, dst.name, inferred.name), dst.name, QuantizationError):
+        try:
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["LSTM", "MatMul", "Gemm"])
+        finally:
+            root.setLevel(level)
+            inferred.unlink(missing_ok=True)
+        _finish_int8(src, tmp, dst)
+    return _report(src, dst)
+
+
+def _finish_int8(src: Path, tmp: Path, dst: Path) -> None:
+    import onnx
+
+    before = graph_report(src)
+    n_lstm = sum(1 for x in before["float_weight_nodes"] if x.startswith("LSTM:"))
     rep = graph_report(tmp)
     n_qlstm = rep["quantized"].get("DynamicQuantizeLSTM", 0)
     if rep["float_weight_nodes"] or n_qlstm != n_lstm:
@@ -80,6 +91,10 @@ def quantize_int8(src: str | Path, dst: str | Path) -> dict[str, Any]:
         p.key, p.value = "quantization", value
     onnx.save(proto, str(tmp))
     tmp.replace(dst)
+
+
+def _report(src: Path, dst: Path) -> dict[str, Any]:
+    rep = graph_report(dst)
     rep.update(bytes=dst.stat().st_size, fp32_bytes=src.stat().st_size,
                size_ratio=round(src.stat().st_size / dst.stat().st_size, 2))
     log.info("int8 %s: %s quantized, float ops %s, %.2fx smaller", dst, rep["quantized"], rep["float_ops"],

@@ -409,3 +409,113 @@ def transcribe_file(rec: StreamingRecognizer, path: str | Path, chunk_ms: float 
             last = rec.result().text
             on_partial(last)
     return rec.input_finished()
+
+
+@dataclass
+class PcmFormat:
+    """How a byte stream holds samples: ``rate`` (Hz), ``channels``, ``width`` (bytes per sample) and
+    ``kind`` (``int`` little-endian signed PCM, or ``float`` IEEE)."""
+
+    rate: int
+    channels: int = 1
+    width: int = 2
+    kind: str = "int"
+
+    def decode(self, buf: bytes) -> np.ndarray:
+        """Whole frames of ``buf`` -> mono float32 in [-1, 1]."""
+        if self.kind == "float":
+            x = np.frombuffer(buf, "<f4" if self.width == 4 else "<f8").astype(np.float32)
+        elif self.width == 1:  # 8-bit WAV is unsigned
+            x = (np.frombuffer(buf, np.uint8).astype(np.float32) - 128.0) / 128.0
+        elif self.width == 3:
+            b = np.frombuffer(buf, np.uint8).reshape(-1, 3).astype(np.int32)
+            v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+            x = (np.where(v >= 1 << 23, v - (1 << 24), v) / float(1 << 23)).astype(np.float32)
+        else:
+            x = np.frombuffer(buf, {2: "<i2", 4: "<i4"}[self.width]).astype(np.float32) / float(1 << (8 * self.width - 1))
+        return x.reshape(-1, self.channels).mean(axis=1) if self.channels > 1 else x
+
+
+def parse_wav_header(head: bytes) -> tuple[PcmFormat, int] | None:
+    """``(format, offset of the first sample)`` when ``head`` starts with a RIFF/WAVE header (as ``arecord``
+    writes by default, with a placeholder data size), ``None`` when it does not start with ``RIFF``.
+    Raises ValueError for a WAV header it cannot stream (compressed formats, no ``data`` chunk in ``head``)."""
+    import struct
+
+    if head[:4] != b"RIFF":
+        return None
+    if head[8:12] != b"WAVE":
+        raise ValueError("stdin starts with RIFF but is not a WAVE file")
+    pos, fmt = 12, None
+    while pos + 8 <= len(head):
+        cid, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if cid == b"fmt ":
+            if pos + 24 > len(head):
+                break
+            tag, ch, rate, _, _, bits = struct.unpack("<HHIIHH", head[pos + 8:pos + 24])
+            if tag == 0xFFFE and pos + 34 <= len(head):  # WAVE_FORMAT_EXTENSIBLE: the sub-format's tag
+                tag = struct.unpack("<H", head[pos + 32:pos + 34])[0]
+            if tag not in (1, 3) or bits % 8 or not 1 <= bits // 8 <= 8 or ch < 1 or rate < 1:
+                raise ValueError(f"the WAV on stdin is not plain PCM or float (format tag {tag}, {bits} bits); "
+                                 "convert it, e.g. sox in.wav -b 16 -e signed out.wav")
+            if (tag == 3 and bits not in (32, 64)) or (tag == 1 and bits not in (8, 16, 24, 32)):
+                raise ValueError(f"the WAV on stdin has {bits}-bit samples of a kind that cannot be read")
+            fmt = PcmFormat(rate, ch, bits // 8, "float" if tag == 3 else "int")
+        elif cid == b"data":
+            if fmt is None:
+                raise ValueError("the WAV on stdin has its data before its 'fmt ' chunk")
+            return fmt, pos + 8
+        pos += 8 + size + (size & 1)
+    raise ValueError("the WAV header on stdin is incomplete or too long (no 'data' chunk in its first bytes)")
+
+
+def transcribe_stream(rec: StreamingRecognizer, read, chunk_ms: float = 160.0, rate: int | None = None,
+                      on_partial=None, head_bytes: int = 4096) -> tuple[Result, PcmFormat, bool]:
+    """Stream a byte source (``read(n) -> bytes``, e.g. stdin) through ``rec``: a WAV stream (a RIFF header
+    is detected and read) or raw 16-bit little-endian mono PCM at ``rate`` (default: the model's rate).
+    Returns ``(result, format, was_wav)``."""
+    head = b""
+    while len(head) < 12:
+        more = read(12 - len(head))
+        if not more:
+            break
+        head += more
+    wav = head[:4] == b"RIFF"
+    if wav:
+        while True:
+            try:
+                parsed = parse_wav_header(head)
+                break
+            except ValueError:
+                if len(head) >= head_bytes:
+                    raise
+                more = read(min(512, head_bytes - len(head)))
+                if not more:
+                    raise
+                head += more
+        fmt, start = parsed
+        if rate is not None and rate != fmt.rate:
+            raise ValueError(f"--rate {rate} contradicts the WAV header on stdin ({fmt.rate} Hz)")
+        pending = head[start:]
+    else:
+        fmt = PcmFormat(int(rate or rec.sample_rate))
+        pending = head
+    rec.reset()
+    frame = fmt.width * fmt.channels
+    step = max(1, int(fmt.rate * chunk_ms / 1000)) * frame
+    last, eof = "", False
+    while not eof:
+        while len(pending) < step and not eof:
+            more = read(step - len(pending))
+            if more:
+                pending += more
+            else:
+                eof = True
+        n = len(pending) // frame * frame
+        if n:
+            rec.accept_waveform(fmt.decode(pending[:n]), fmt.rate)
+            pending = pending[n:]
+            if on_partial is not None and rec.result().text != last:
+                last = rec.result().text
+                on_partial(last)
+    return rec.input_finished(), fmt, wav

@@ -31,12 +31,14 @@ class Config:
     checkpoint: Literal["model.safetensors", "best.safetensors"] = field(
         "model.safetensors", help="weights file in that stage (the averaged model or the best epoch)")
     featurize: str = field("featurize", help="featurize stage holding the splits")
-    splits: list[str] = field(default_factory=lambda: ["dev", "test", "test_unseen_voice"], help="splits to score")
+    splits: list[str] = field(default_factory=list, help="splits to score (default: every split the featurize "
+                                                         "stage writes except the training split)")
+    train_split: str = field("train", help="the split left out of the default splits")
     max_frames: int = field(40000, help="padded frames per decoding batch")
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to decode")
 
     def __post_init__(self):
-        require(len(self.splits) >= 1, "splits", "name at least one split")
+        check_name(self.train_split, "train_split", "split name")
         for i, s in enumerate(self.splits):
             check_name(s, f"splits[{i}]", "split name")
         require(self.max_frames >= 1, "max_frames", f"must be >= 1, got {self.max_frames}")
@@ -46,6 +48,12 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
     return [("model", cfg.model, MODEL_STAGES), ("featurize", cfg.featurize, ("featurize",))]
 
 
+def check(cfg: Config, lookup) -> None:
+    from speechkd.stages import check_splits
+
+    check_splits(cfg.splits, lookup(cfg.featurize), lookup)
+
+
 def run(cfg: Config, ctx) -> dict[str, Any]:
     mdir, fdir = ctx.stage_dir(cfg.model), ctx.stage_dir(cfg.featurize)
     device = pick_device(cfg.device)
@@ -53,19 +61,21 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     tok = load_tokenizer(mdir)
     check_vocabulary(model, tok, mdir / cfg.checkpoint)
     out: dict[str, Any] = {"model": f"{cfg.model}/{cfg.checkpoint}", "parameters": count_parameters(model),
-                           "bidirectional": model.cfg.bidirectional, "splits": {}, "missing_splits": []}
-    for split in cfg.splits:
+                           "bidirectional": model.cfg.bidirectional, "splits": {}}
+    from speechkd.stages.featurize import declared_splits
+
+    have = declared_splits(fdir)
+    splits = cfg.splits or [s for s in have if s != cfg.train_split]
+    for split in splits:
         path = fdir / f"{split}.jsonl"
-        if not path.exists():
-            log.warning("decode: %s not found, skipping split %r", path, split)
-            out["missing_splits"].append(split)
-            continue
-        ev = evaluate(model, FeatureDataset(path, tok), tok, device, cfg.max_frames)
+        if split not in have or not path.exists():  # checked with the recipe; a featurize rerun may differ
+            raise FileNotFoundError(f"decode.splits: {fdir} has no split {split!r} (it has {', '.join(have)})")
+        ev = evaluate(model, FeatureDataset(path, tok, dim=model.cfg.input_dim), tok, device, cfg.max_frames)
         summ = write_reports(ctx.out_dir, split, ev["ids"], ev["refs"], ev["hyps"], {"model": out["model"]})
         out["splits"][split] = {k: summ[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions",
                                                      "ref_words", "utterances")}
         log.info("decode %s: WER %.2f%% CER %.2f%% (%d utterances)", split, summ["wer"], summ["cer"], summ["utterances"])
     if not out["splits"]:
-        raise FileNotFoundError(f"{fdir}: none of the splits {cfg.splits} was featurized; nothing to decode")
+        raise FileNotFoundError(f"{fdir}: none of the splits {splits} was featurized; nothing to decode")
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out

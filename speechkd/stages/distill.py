@@ -22,6 +22,7 @@ from speechkd.distill.compose import KDConfig, KDObjective
 from speechkd.distill.timing import estimate_delay
 from speechkd.eval.decode import pick_device
 from speechkd.models.io import check_vocabulary, load_model
+from speechkd.models.lstm_ctc import ModelConfig
 from speechkd.stages import MODEL_STAGES
 from speechkd.stages.train import Config as TrainStageConfig
 from speechkd.stages.train import left_out, prepare
@@ -34,6 +35,8 @@ DISTRIBUTED = True
 
 @dataclass
 class Config(TrainStageConfig):
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(bidirectional=False),
+                               help="the student (unidirectional by default: it streams)")
     cache: str = field("teacher_cache", help="teacher_cache stage")
     kd: KDConfig = field(default_factory=KDConfig, help="distillation loss")
 

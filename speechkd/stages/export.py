@@ -54,6 +54,17 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
     return ups
 
 
+def check(cfg: Config, lookup) -> None:
+    from speechkd.stages import check_splits, planned_bidirectional
+
+    for i, m in enumerate(cfg.models):
+        if planned_bidirectional(lookup(m), lookup):
+            raise ValueError(f"models[{i}]: {m!r} is a bidirectional model, which needs the whole utterance and "
+                             "cannot stream; export unidirectional students and the baseline")
+    if cfg.int8 and cfg.compare_split:
+        check_splits([cfg.compare_split], lookup(cfg.featurize), lookup, "compare_split")
+
+
 def int8_variant(cfg: Config, ctx, m: str) -> dict[str, Any]:
     """``<m>/model.int8.onnx``, its node report and, on ``compare_split``, what int8 changed."""
     from speechkd.eval.scoring import write_reports

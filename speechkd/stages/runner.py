@@ -154,6 +154,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
                                   f"{' or '.join(repr(t) for t in types)}")
             if ref not in reads:
                 reads.append(ref)
+        if hasattr(mod, "check"):  # what this stage needs of the stages it reads, known from the recipe alone
+            try:
+                mod.check(cfg, by_name.__getitem__)
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"{where}: {e}") from None
         try:
             extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
         except ConfigError as e:  # a missing input is refused here, before any stage folder is touched
@@ -202,10 +207,17 @@ def _foreign(d: Path) -> list[str]:
 
 
 def _wipe(d: Path) -> list[str]:
-    """Remove what the stage wrote into ``d`` and keep everything else; returns the kept names."""
+    """Remove what the stage wrote into ``d`` and keep everything else; returns the kept names. A finished
+    stage lists what it wrote in its ``.done``; an unfinished one removes all but the entries that were
+    there before it first ran."""
     if not d.is_dir():
         return []
-    keep = set(_foreign(d))
+    written = _marker(d).get("written")
+    if isinstance(written, list):
+        mine = {str(x) for x in written} | set(MARKERS)
+        keep = {p.name for p in d.iterdir() if p.name not in mine}
+    else:
+        keep = set(_foreign(d))
     for p in d.iterdir():
         if p.name in keep:
             continue
@@ -333,7 +345,8 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
         same_inputs = done.get("inputs", {}) == inputs_now
         failures = int(done.get("failures", 0) or 0)
         if not force and same_config and same_inputs and not failures:
-            log.info("stage %s: up to date, skipping (%s)", st.name, out)
+            if rank == 0:
+                log.info("stage %s: up to date, skipping (%s)", st.name, out)
             results.append((st.name, "skipped"))
             continue
         if rank == 0:
@@ -369,7 +382,8 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
         t0 = time.time()
         outputs: dict[str, Any] = {}
         if rank == 0 or getattr(mod, "DISTRIBUTED", False):
-            log.info("stage %s (%s): running -> %s", st.name, st.type, out)
+            if rank == 0:
+                log.info("stage %s (%s): running -> %s", st.name, st.type, out)
             outputs = mod.run(st.cfg, ctx) or {}
         elapsed = time.time() - t0
         _barrier()
@@ -380,9 +394,12 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
             finished = time.strftime("%Y-%m-%dT%H:%M:%S")
             stamp = stable_hash({"fingerprint": st.fingerprint, "finished": finished, "t": time.time(),
                                  "outputs": text})[:16]
+            foreign = set(_foreign(out))
+            written = sorted(p.name for p in out.iterdir() if p.name not in foreign and p.name not in MARKERS)
             atomic_write_text(out / ".done", json.dumps({"fingerprint": st.fingerprint, "stamp": stamp,
                                                         "inputs": inputs_now, "failures": failed,
-                                                        "seconds": round(elapsed, 2), "finished": finished}) + "\n")
+                                                        "seconds": round(elapsed, 2), "finished": finished,
+                                                        "written": written}) + "\n")
             if failed:
                 log.warning("stage %s: done in %.1f s with %d failure(s) (see its outputs.json); the next run "
                             "retries them", st.name, elapsed, failed)

@@ -61,6 +61,20 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
         (f"teachers[{i}]", t, MODEL_STAGES) for i, t in enumerate(cfg.teachers)]
 
 
+MAX_BEAM = 1024
+
+
+def check(cfg: Config, lookup) -> None:
+    from speechkd.stages import check_splits, planned_vocab
+
+    require(cfg.beam <= MAX_BEAM, "beam", f"must be <= {MAX_BEAM}, got {cfg.beam}")
+    check_splits(cfg.splits, lookup(cfg.featurize), lookup)
+    for t in cfg.teachers:
+        v = planned_vocab(lookup(t), lookup)
+        if v is not None and cfg.k > v:
+            raise ValueError(f"k: {cfg.k} posteriors per frame, but teacher {t!r} has a vocabulary of {v}")
+
+
 def run(cfg: Config, ctx) -> dict[str, Any]:
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1

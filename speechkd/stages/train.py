@@ -74,6 +74,7 @@ def prepare(cfg: Config, ctx):
     stats = CMVNStats.load(feat_dir / "cmvn.json")
     mcfg = replace(cfg.model, vocab_size=tok.vocab_size, input_dim=len(stats.mean),
                    frame_shift_ms=feature_shift_ms(feat_dir), tokenizer=tokenizer_fingerprint(tok))
+    train_ds.dim = dev_ds.dim = mcfg.input_dim
     model = build_model(mcfg)
     model.set_cmvn(stats.mean, stats.std)
     return tok, train_ds, dev_ds, model

@@ -77,7 +77,7 @@ def test_from_to_and_force(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     exp = tmp_path / "exp"
     assert run_recipe(recipe, exp_root=exp, to_stage="corpus") == [("corpus", "ran")]
-    with pytest.raises(RuntimeError, match="stage 'featurize' has not finished"):
+    with pytest.raises(ConfigError, match="reads stage 'featurize', which has not finished"):
         run_recipe(recipe, exp_root=exp, from_stage="tokenizer")
     assert run_recipe(recipe, exp_root=exp, from_stage="featurize", to_stage="featurize") == [("featurize", "ran")]
     assert run_recipe(recipe, exp_root=exp, from_stage="featurize", to_stage="featurize", force=True) == [("featurize", "ran")]

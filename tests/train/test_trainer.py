@@ -185,3 +185,21 @@ def test_decode_refuses_a_tokenizer_that_does_not_match_the_model(prepared, tmp_
     summaries = sorted(p.name for p in (tmp_path / "o").glob("wer-summary-*.json"))
     assert summaries == ["wer-summary-copy_dev.json", "wer-summary-featurize_dev.json"]
     assert json.loads((tmp_path / "o" / "wer-summary-copy_dev.json").read_text())["manifest"] == str(other / "dev.jsonl")
+
+
+def test_a_run_whose_steps_are_all_skipped_fails_naming_the_cause(prepared, tmp_path):
+    """Issue 20, 1: every step non-finite (NaN features) used to end as success with 'loss 0.000'."""
+    from speechkd.config import from_dict
+    from speechkd.stages import train as train_stage
+    from speechkd.stages.runner import StageContext
+    from speechkd.train.trainer import TrainingFailed, ctc_loss, train
+
+    exp = _copy(prepared, tmp_path)
+    out = exp / "t" / "x"
+    out.mkdir()
+    cfg = from_dict(train_stage.Config, {"model": {"layers": 1, "hidden": 16}, "epochs": 2, "max_frames": 1200})
+    ctx = StageContext("t", exp / "t", out, 0, REPO)
+    tok, tr, dev, model = train_stage.prepare(cfg, ctx)
+    with pytest.raises(TrainingFailed, match=r"steps of epoch 1 were skipped because the loss .* not finite"):
+        train(cfg, model, tr, dev, tok, out, seed=0, loss_fn=lambda m, b, lp, ol: ctc_loss(lp, ol, b) * float("nan"))
+    assert not (out / "model.safetensors").exists()

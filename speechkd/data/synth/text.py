@@ -59,8 +59,8 @@ def load_sentences(fortunes_dir: Path, fortune_files: list[str], wordnet_dir: Pa
     raw = fortune_sentences(fortunes_dir, fortune_files) + wordnet_examples(wordnet_dir)
     keep: set[str] = set()
     for s in raw:
-        if re.search(r"\d", s):  # spelled-out numbers read oddly across engines; skip them
-            continue
+        if re.search(r"[\d%+=@°½⅓⅔¼¾⅕⅛]", s):  # numbers and symbols read as words read differently across
+            continue                            # engines; skip them
         t = normalize_text(s)
         words = t.split()
         if not (min_words <= len(words) <= max_words):
