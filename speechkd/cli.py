@@ -144,8 +144,6 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_transcribe(a: argparse.Namespace) -> int:
-    import numpy as np
-
     from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file, transcribe_stream
 
     rec = StreamingRecognizer(a.model, num_threads=a.threads)

@@ -19,10 +19,7 @@ resamples in which the second system has fewer errors). Seeded: the same inputs 
 from __future__ import annotations
 
 import ast
-import base64
 import csv
-import html
-import io
 import json
 import logging
 import math
@@ -470,9 +467,76 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
             for n, uid, k in rows[:25] if n > 0]
     if compare is not None:
         rep["compare"] = compare_runs(e, collect(compare), speaker, seed)
+    rep["corpus"] = corpus_summary(e.root)
+    rep["summary"] = headline(rep)
     rep["curves"] = {m: [{k: r.get(k) for k in ("epoch", "dev_cer", "dev_wer", "train_loss")} for r in rows]
                      for m, rows in e.curves.items()}
     return rep
+
+
+def corpus_summary(exp: Path) -> dict[str, dict[str, float]]:
+    """Utterances and hours per split, from the corpus stage's manifests (else the featurize stage's)."""
+    for stage in ("corpus", "featurize"):
+        out: dict[str, dict[str, float]] = {}
+        for m in sorted((exp / stage).glob("*.jsonl")):
+            n, sec = 0, 0.0
+            try:
+                with m.open(encoding="utf-8") as f:
+                    for line in f:
+                        if line.strip():
+                            d = json.loads(line)
+                            n += 1
+                            sec += float(_num(d.get("duration")) or 0.0) if isinstance(d, dict) else 0.0
+            except (OSError, ValueError):
+                continue
+            out[m.stem] = {"utterances": n, "hours": round(sec / 3600, 3)}
+        if out:
+            return out
+    return {}
+
+
+def headline(rep: dict[str, Any]) -> dict[str, Any]:
+    """What a team decides from: the recommended model for shipping (the best WER among streaming models on
+    ``test``, else the first split) with its size, RTF and emission latency, and one sentence each on how it
+    compares with the baseline and with the teacher."""
+    split = "test" if "test" in rep["splits"] else (rep["splits"][0] if rep["splits"] else None)
+    teacher, baseline = rep["teacher"], rep["baseline"]
+    cands = [(m["splits"][split]["wer"], n) for n, m in rep["models"].items()
+             if split and m["kind"] == "torch" and n != teacher and not m.get("bidirectional") and split in m["splits"]]
+    if not cands:
+        return {"split": split, "recommended": None, "sentences": ["No streaming model was scored: nothing to "
+                                                                    "recommend."]}
+    _, name = min(cands)
+    m = rep["models"][name]
+    s = m["splits"][split]
+    facts = [f"{split} WER {s['wer']:.2f}% [{s['wer_ci'][0]:.2f}, {s['wer_ci'][1]:.2f}]",
+             f"CER {s['cer']:.2f}% [{s['cer_ci'][0]:.2f}, {s['cer_ci'][1]:.2f}]"]
+    if m.get("bytes"):
+        facts.append(f"{m['bytes'] / 1e6:.2f} MB of weights")
+    int8 = rep["models"].get(f"{name} [int8 runtime]")
+    if int8 and int8.get("bytes") and split in int8["splits"]:
+        facts.append(f"{int8['bytes'] / 1e6:.2f} MB as int8 ONNX (WER {int8['splits'][split]['wer']:.2f}%)")
+    if m.get("rtf") or (rep["models"].get(f"{name} [fp32 runtime]") or {}).get("rtf"):
+        rtf = m.get("rtf") or rep["models"][f"{name} [fp32 runtime]"]["rtf"]
+        facts.append(f"real-time factor {rtf:.4f} (one thread)")
+    if m.get("latency_ms"):
+        facts.append(f"token emission latency {m['latency_ms'][0]:g} ms median, {m['latency_ms'][1]:g} ms p90")
+    sentences = [f"Recommended for shipping: {name} ({', '.join(facts)})."]
+    if name == baseline:
+        sentences.append(f"It is the baseline itself: no student beats it on {split}.")
+    else:
+        p = next((p for p in rep["paired"] if p["a"] == baseline and p["b"] == name and p["split"] == split), None)
+        if p:
+            sentences.append(f"Against the baseline (no KD): WER {p['wer_b']:.2f}% vs {p['wer_a']:.2f}%, "
+                             f"{p['delta']:+.2f} [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}], {p['verdict']}; CER "
+                             f"{p['cer_delta']:+.2f} [{p['cer_ci'][0]:+.2f}, {p['cer_ci'][1]:+.2f}], {p['cer_verdict']}.")
+    t = rep["models"].get(teacher, {}).get("splits", {}).get(split)
+    if t:
+        gap = (f"it closes {s['gap_closed']:.1f}% [{s['gap_closed_ci'][0]:.1f}, {s['gap_closed_ci'][1]:.1f}] of the "
+               "baseline-to-teacher WER gap" if "gap_closed" in s else s.get("gap_closed_note", ""))
+        sentences.append(f"The teacher (offline, cannot stream) has WER {t['wer']:.2f}% "
+                         f"[{t['wer_ci'][0]:.2f}, {t['wer_ci'][1]:.2f}]" + (f"; {gap}." if gap else "."))
+    return {"split": split, "recommended": name, "sentences": sentences}
 
 
 def _add_paired(rep: dict, a: System, b: System, speaker: dict[str, str], seed: int) -> None:
@@ -501,230 +565,17 @@ def compare_runs(a: Experiment, b: Experiment, speaker: dict[str, str], seed: in
     return out
 
 
-# -- rendering ------------------------------------------------------------------------------------
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def plots(rep: dict[str, Any], posteriors: dict[str, Any] | None = None) -> dict[str, str]:
-    """PNG data URIs: ``wer_vs_bytes``, ``wer_vs_rtf``, ``learning_curves``, ``wer_per_voice``, ``posteriors``
-    (each only where its inputs exist)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: dict[str, str] = {}
-    split = "test" if "test" in rep["splits"] else (rep["splits"][0] if rep["splits"] else None)
-    if split is None:
-        return out
-    for key, label in (("bytes", "model bytes (MB)"), ("rtf", "real-time factor (1 thread)")):
-        pts = [(m["bytes"] / 1e6 if key == "bytes" else m[key], m["splits"][split]["wer"], name)
-               for name, m in rep["models"].items() if m.get(key) and split in m["splits"]]
-        if pts:
-            fig, ax = plt.subplots(figsize=(6.5, 4))
-            for x, y, n in pts:
-                ax.scatter(x, y)
-                ax.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.set_xscale("log")
-            ax.set_xlabel(label)
-            ax.set_ylabel(f"{split} WER (%)")
-            ax.grid(alpha=0.3)
-            out[f"wer_vs_{key}"] = _png(fig)
-    if rep.get("curves"):
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for name, rows in rep["curves"].items():
-            xs = [int(r["epoch"]) for r in rows if r.get("dev_cer")]
-            ys = [float(r["dev_cer"]) for r in rows if r.get("dev_cer")]
-            if xs:
-                ax.plot(xs, ys, marker="o", label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("dev CER (%)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        out["learning_curves"] = _png(fig)
-    voices = rep["breakdowns"].get(split, {}).get("voice_model")
-    best = best_student(rep, split)
-    teacher = rep["teacher"]
-    if voices and best:
-        names = sorted(voices)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        x = np.arange(len(names))
-        for k, m in enumerate((teacher, best)):
-            ax.bar(x + (k - 0.5) * 0.4, [voices[v].get(m, np.nan) for v in names], width=0.4, label=m)
-        ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel(f"{split} WER (%)")
-        ax.legend(fontsize=8)
-        out["wer_per_voice"] = _png(fig)
-    if posteriors:
-        fig, axes = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
-        for ax, (name, lp) in zip(axes, posteriors["log_probs"].items()):
-            p = np.exp(np.asarray(lp))
-            ax.plot(p[:, 0], color="0.7", lw=0.8, label="blank")
-            ax.plot(p[:, 1:].max(1), lw=0.9, label="best non-blank")
-            ax.set_ylabel(name, fontsize=8)
-            ax.legend(fontsize=6, loc="upper right")
-        axes[-1].set_xlabel(f"output frame ({posteriors['frame_ms']:g} ms) of {posteriors['id']}")
-        out["posteriors"] = _png(fig)
-    return out
-
-
 def best_student(rep: dict[str, Any], split: str) -> str | None:
     cands = [(m["splits"][split]["wer"], n) for n, m in rep["models"].items()
              if m["kind"] == "torch" and n not in (rep["teacher"], rep["baseline"]) and split in m["splits"]]
     return min(cands)[1] if cands else None
 
 
-def _ci(v) -> str:
-    return f"[{v[0]:.2f}, {v[1]:.2f}]" if v else ""
-
-
-def _fmt_bytes(b) -> str:
-    return f"{b / 1e6:.2f} MB" if b else "absent"
-
-
-def _model_rows(rep, split):
-    rows = []
-    for name, m in rep["models"].items():
-        s = m["splits"].get(split)
-        if not s:
-            continue
-        rows.append([name, m["kind"], f"{s['wer']:.2f}", _ci(s["wer_ci"]), f"{s['cer']:.2f}", _ci(s["cer_ci"]),
-                     f"{s['substitutions']} / {s['deletions']} / {s['insertions']}",
-                     f"{m['params'] / 1e6:.2f} M" if m.get("params") else "", _fmt_bytes(m.get("bytes")),
-                     f"{m['rtf']:.4f}" if m.get("rtf") else "",
-                     f"{m['latency_ms'][0]:g} / {m['latency_ms'][1]:g}" if m.get("latency_ms") else "",
-                     _gap_cell(s, ""), _gap_cell(s, "cer_")])
-    return rows
-
-
-def _gap_cell(s: dict, unit: str) -> str:
-    if f"{unit}gap_closed" in s:
-        return f"{s[f'{unit}gap_closed']:.1f}% {_ci(s[f'{unit}gap_closed_ci'])}"
-    return s.get(f"{unit}gap_closed_note", "")
-
-
-MODEL_HEAD = ["model", "kind", "WER", "95% CI", "CER", "95% CI", "S / D / I", "params", "bytes", "RTF",
-              "emission latency ms (median / p90)", "gap closed (WER)", "gap closed (CER)"]
-PAIRED_HEAD = ["split", "A", "B", "WER A", "WER B", "B - A", "95% CI", "P(B better)", "verdict",
-               "CER A", "CER B", "CER B - A", "CER 95% CI", "CER verdict"]
-
-
-def _paired_rows(rep):
-    return [[p["split"], p["a"], p["b"], f"{p['wer_a']:.2f}", f"{p['wer_b']:.2f}", f"{p['delta']:+.2f}", _ci(p["ci"]),
-             f"{p['p_improvement']:.3f}", p["verdict"], f"{p['cer_a']:.2f}", f"{p['cer_b']:.2f}",
-             f"{p['cer_delta']:+.2f}", _ci(p["cer_ci"]), p["cer_verdict"]] for p in rep["paired"]]
-
-
-def markdown(rep: dict[str, Any]) -> str:
-    def table(head, rows):
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-        return "\n".join(out)
-
-    lines = [f"# WER report: {rep['exp']}", "",
-             f"95% intervals from {rep['bootstrap']['resamples']} bootstrap resamples of speakers (seed {rep['seed']}); "
-             "paired comparisons resample the same speakers for both systems.", ""]
-    for split in rep["splits"]:
-        lines += [f"## Models: {split}", "", table(MODEL_HEAD, _model_rows(rep, split)), ""]
-    if rep["paired"]:
-        lines += ["## Paired comparisons", "", table(PAIRED_HEAD, _paired_rows(rep)), ""]
-    if rep.get("compare"):
-        c = rep["compare"]
-        lines += [f"## Compared with {c['other']}", "", table(
-            ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
-            [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
-              r["verdict"]] for r in c["rows"]]) if c["rows"] else c.get("note", ""), ""]
-    for split, bd in rep["breakdowns"].items():
-        for key, tab in bd.items():
-            names = sorted({m for v in tab.values() for m in v})
-            lines += [f"## WER by {key}: {split}", "", table([key] + names,
-                                                             [[g] + [v.get(m, "") for m in names] for g, v in tab.items()]), ""]
-    if rep["absent"]:
-        lines += ["## Absent inputs", ""] + [f"- {a}" for a in rep["absent"]] + [""]
-    return "\n".join(lines)
-
-
-def render_html(rep: dict[str, Any], images: dict[str, str]) -> str:
-    esc = html.escape
-
-    def anchor(name, split):
-        return "utt-" + "".join(c if c.isalnum() else "-" for c in f"{name}-{split}")
-
-    def table(head, rows, link_col=None, split=None):
-        out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
-        for r in rows:
-            cells = []
-            for k, c in enumerate(r):
-                c = esc(str(c))
-                if k == link_col and split:
-                    c = f'<a href="#{anchor(r[0], split)}">{c}</a>'
-                cells.append(f"<td>{c}</td>")
-            out.append("<tr>" + "".join(cells) + "</tr>")
-        return "\n".join(out + ["</table>"])
-
-    parts = [f"<h1>WER report</h1><p>{esc(rep['exp'])}. 95% intervals: {rep['bootstrap']['resamples']} bootstrap "
-             f"resamples of speakers (seed {rep['seed']}); paired comparisons resample the same speakers for both "
-             "systems (Bisani &amp; Ney 2004). A difference whose interval holds 0 is within noise.</p>"]
-    for split in rep["splits"]:
-        parts += [f"<h2>Models: {esc(split)}</h2>", table(MODEL_HEAD, _model_rows(rep, split), link_col=0, split=split)]
-    if rep["paired"]:
-        parts += ["<h2>Paired comparisons</h2>", table(PAIRED_HEAD, _paired_rows(rep))]
-    if rep.get("compare"):
-        c = rep["compare"]
-        parts += [f"<h2>Compared with {esc(c['other'])}</h2>", table(
-            ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
-            [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
-              r["verdict"]] for r in c["rows"]]) if c["rows"] else f"<p>{esc(c.get('note', ''))}</p>"]
-    titles = {"wer_vs_bytes": "WER against model bytes", "wer_vs_rtf": "WER against real-time factor",
-              "learning_curves": "Learning curves (dev CER per epoch)", "posteriors": "Posteriors of one utterance",
-              "wer_per_voice": "WER per voice: teacher against the best student"}
-    parts.append("<h2>Plots</h2>")
-    for key, title in titles.items():
-        if key in images:
-            parts.append(f'<h3>{esc(title)}</h3><img id="plot-{key}" alt="{esc(title)}" src="{images[key]}">')
-        else:
-            parts.append(f"<h3>{esc(title)}</h3><p class=absent>absent: its inputs were not found</p>")
-    for split, bd in rep["breakdowns"].items():
-        for key, tab in bd.items():
-            names = sorted({m for v in tab.values() for m in v})
-            parts += [f"<h2>WER by {esc(key)}: {esc(split)}</h2>",
-                      table([key] + names, [[g] + [v.get(m, "") for m in names] for g, v in tab.items()])]
-    parts.append("<h2>Most frequent errors</h2>")
-    for name, per in rep["top_errors"].items():
-        for split, t in per.items():
-            subs = ", ".join(f"{esc(a)}&rarr;{esc(b)} ({n})" for a, b, n in t["substitutions"])
-            dels = ", ".join(f"{esc(a)} ({n})" for a, n in t["deletions"])
-            ins = ", ".join(f"{esc(a)} ({n})" for a, n in t["insertions"])
-            parts.append(f"<p><b>{esc(name)}, {esc(split)}</b>: substitutions {subs}; deletions {dels}; "
-                         f"insertions {ins}</p>")
-    parts.append("<h2>Worst utterances (aligned errors)</h2>")
-    for name, per in rep["worst_utterances"].items():
-        for split, rows in per.items():
-            parts.append(f'<h3 id="{anchor(name, split)}">{esc(name)}, {esc(split)}</h3><ol>')
-            parts += [f"<li><code>{esc(r['id'])}</code> {r['errors']} errors / {r['ref_words']} words: "
-                      f"{esc(r['aligned'])}</li>" for r in rows]
-            parts.append("</ol>")
-    if rep["absent"]:
-        parts += ["<h2>Absent inputs</h2><ul>"] + [f"<li>{esc(a)}</li>" for a in rep["absent"]] + ["</ul>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-             "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
-             "td:first-child,th:first-child{text-align:left}.absent{color:#a00}code{font-size:12px}li{font-size:13px}")
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>speechkd WER report</title>"
-            f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
-
-
 def write_report(exp: str | Path, out: str | Path | None = None, *, teacher: str = "teacher",
                  baseline: str = "baseline", seed: int = 1234, compare: str | Path | None = None,
                  posteriors: dict[str, Any] | None = None, rep: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``report.html`` to ``out`` (default ``exp/report``)."""
+    from speechkd.eval.render import markdown, plots, render_html
     from speechkd.utils import atomic_write_text
 
     out = Path(out) if out else Path(exp) / "report"

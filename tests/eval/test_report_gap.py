@@ -102,3 +102,29 @@ def test_recogs_with_non_string_refs_name_the_line(tmp_path, line):
     p.write_text(line + "\nu1:\thyp=['a']\n")
     with pytest.raises(ValueError, match=r"recogs-test.txt:1: ref must be a list of words"):
         read_recogs(p)
+
+
+def test_report_opens_with_a_summary_a_team_decides_from(tmp_path):
+    exp = _exp(tmp_path, {"teacher": list(REFS), "baseline": _hyps(0), "student": _hyps(2)})
+    (exp / "student").mkdir()
+    (exp / "student" / "model.safetensors").write_bytes(b"x" * 2_000_000)
+    rep = build(exp)
+    assert rep["summary"]["recommended"] == "student" and rep["corpus"]["test"]["utterances"] == len(REFS)
+    first, vs_base, vs_teacher = rep["summary"]["sentences"]
+    assert first.startswith("Recommended for shipping: student (test WER") and "2.00 MB" in first
+    assert vs_base.startswith("Against the baseline (no KD)") and "CER" in vs_base
+    assert vs_teacher.startswith("The teacher (offline, cannot stream)") and "of the baseline-to-teacher" in vs_teacher
+    paths = write_report(exp, tmp_path / "rep")
+    md = paths["md"].read_text()
+    assert md.index("## Summary") < md.index("## Models: test") and "Recommended for shipping" in md
+    page = paths["html"].read_text()
+    assert page.index("Recommended for shipping") < page.index("<h2>Models: test</h2>")
+    # a corpus without voice models: the per-voice section is left out, not shown as absent
+    assert "WER per voice" not in page
+
+
+def test_markdown_escapes_model_names(tmp_path):
+    exp = _exp(tmp_path, {"baseline": _hyps(1), "x*[click](e)<b>": _hyps(2)})
+    md = write_report(exp, tmp_path / "rep")["md"].read_text()
+    assert "x*[click](e)<b>" in json.dumps(build(exp)["models"])  # the name is there ...
+    assert "[click](e)" not in md and "<b>" not in md and "x\\*[click]\\(e)\\<b\\>" in md  # ... but escaped

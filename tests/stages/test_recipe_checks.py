@@ -42,7 +42,7 @@ def _recipe(tmp: Path, text: str) -> Path:
     ("stages:\n  corpus: {splits: {'../x': a.json}, kind: nemo}\n", r"split name '../x' must be plain"),
     # cross-field rules and references (section 2)
     ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train, model: {layers: 0}}\n",
-     r"stages.t.model.layers: must be >= 1"),
+     r"stages.t.model.layers: must be in \[1, 64\], got 0"),
     ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {kind: bpe}\n", r"tokenizer.kind: 'bpe' is not one of"),
     ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  d: {type: decode, model: teachr}\n",
      r"stages.d.model: 'teachr' is not an earlier stage of this recipe"),
