@@ -35,6 +35,9 @@ class Config:
     num_workers: int = field(0, help="synth: parallel jobs (0 = one per CPU core)")
     splits: dict[str, str] = field(default_factory=dict,
                                    help="importers: split name -> source (folder, data dir, manifest or TSV)")
+    kinds: dict[str, str] = field(default_factory=dict,
+                                  help="importers: split name -> importer kind for that split (default: kind), "
+                                       "e.g. {dev: nemo} beside kind: librispeech")
     bad_input: Literal["skip", "fail"] = field("skip", help="importers: policy for missing or unreadable audio")
 
     def __post_init__(self):
@@ -44,8 +47,16 @@ class Config:
             check_name(name, f"splits.{name}", "split name")
         if self.kind == "synth":
             require(not self.splits, "splits", "is for importers; the synth corpus makes its own splits")
+            require(not self.kinds, "kinds", "is for importers")
         else:
             require(bool(self.splits), "splits", f"give at least one 'split: source' for kind {self.kind!r}")
+        importers = ("librispeech", "kaldi", "nemo", "commonvoice")
+        for name, k in self.kinds.items():
+            require(name in self.splits, "kinds", f"names split {name!r}, which splits does not list")
+            require(k in importers, f"kinds.{name}", f"must be one of {', '.join(importers)}, got {k!r}")
+
+    def kind_of(self, split: str) -> str:
+        return self.kinds.get(split, self.kind)
 
 
 def resolve_spec(spec: str, base: Path | None) -> Path:
@@ -94,7 +105,8 @@ def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str:
             raise ConfigError(f"corpus.splits.{split}: {src!r} not found"
                               + (f" (looked in {base} and the working directory)" if base else ""))
         h.update(f"{split}\0{root.resolve()}\0".encode())
-        for f in _text_inputs(cfg.kind, root):
+        h.update(f"{cfg.kind_of(split)}\0".encode())
+        for f in _text_inputs(cfg.kind_of(split), root):
             h.update(f"{f.relative_to(root) if f != root else f.name}\0".encode())
             try:
                 h.update(f.read_bytes())
@@ -117,8 +129,10 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     for split, src in cfg.splits.items():
         out_manifest = ctx.out_dir / f"{split}.jsonl"
         bad = BadInputLog(cfg.bad_input, rejected_path(out_manifest))
-        utts = IMPORTERS[cfg.kind](resolve_source(src, ctx.recipe_dir), out_manifest, policy=cfg.bad_input, bad=bad)
-        summary["splits"][split] = {"utterances": len(utts), "hours": round(sum(u.duration for u in utts) / 3600, 4),
+        kind = cfg.kind_of(split)
+        utts = IMPORTERS[kind](resolve_source(src, ctx.recipe_dir), out_manifest, policy=cfg.bad_input, bad=bad)
+        summary["splits"][split] = {"kind": kind, "utterances": len(utts),
+                                    "hours": round(sum(u.duration for u in utts) / 3600, 4),
                                     "speakers": len({u.speaker for u in utts})}
         if bad.rejected:
             summary["rejected"][split] = bad.counts()

@@ -126,3 +126,25 @@ def test_config_takes_a_recipe_stage_and_run_without_recipe_is_clear():
     r = _cli("run")
     assert r.returncode == 2 and "give a recipe folder" in r.stderr and "overrides" in r.stderr
     assert "required: recipe, overrides" not in r.stderr
+
+
+def test_one_corpus_stage_imports_each_split_with_its_own_kind(tmp_path):
+    from speechkd.stages.runner import run_recipe as run
+
+    data = tmp_path / "data"
+    ls = data / "ls" / "19" / "198"
+    write_tone(ls / "19-198-0001.flac", 1.0)
+    (ls / "19-198.trans.txt").write_text("19-198-0001 HELLO THERE\n")
+    write_tone(data / "a.wav", 1.0)
+    (data / "dev.jsonl").write_text(json.dumps({"audio_filepath": "a.wav", "duration": 1.0, "text": "Hi!", "id": "d"})
+                                    + "\n")
+    r = tmp_path / "recipe.yaml"
+    r.write_text("name: k\nstages:\n  corpus: {kind: librispeech, splits: {train: data/ls, dev: data/dev.jsonl}, "
+                 "kinds: {dev: nemo}}\n")
+    run(r, exp_root=tmp_path / "exp")
+    summ = json.loads((tmp_path / "exp" / "k" / "corpus" / "corpus.json").read_text())
+    assert summ["splits"]["train"]["kind"] == "librispeech" and summ["splits"]["dev"]["kind"] == "nemo"
+    assert summ["splits"]["train"]["utterances"] == 1 and summ["splits"]["dev"]["utterances"] == 1
+    r.write_text(r.read_text().replace("kinds: {dev: nemo}", "kinds: {tst: nemo}"))
+    with pytest.raises(ConfigError, match="kinds: names split 'tst'"):
+        load_recipe(r)
