@@ -3,7 +3,7 @@ without common utterances, and unreadable files listed as absent (one line each,
 
 import json
 
-from speechkd.eval.report import build, compare_runs, collect, gap_closed, read_recogs, write_report
+from speechkd.eval.report import best_student, build, compare_runs, collect, gap_closed, read_recogs, write_report
 from speechkd.eval.scoring import write_reports
 from tests.eval.test_report import REFS, _hyps
 
@@ -41,7 +41,7 @@ def test_gap_closed_is_withheld_when_the_teacher_is_worse(tmp_path):
     st = build(exp)["models"]["student"]["splits"]["test"]
     assert "gap_closed" not in st and "not better" in st["gap_closed_note"]
     md = (write_report(exp, tmp_path / "rep")["md"]).read_text()
-    assert "not better than the baseline" in md and "-66.7%" not in md
+    assert "no gap: the teacher is not better" in md and "-66.7%" not in md
 
 
 def test_gap_closed_function_states_noise():
@@ -110,6 +110,7 @@ def test_report_opens_with_a_summary_a_team_decides_from(tmp_path):
     (exp / "student" / "model.safetensors").write_bytes(b"x" * 2_000_000)
     rep = build(exp)
     assert rep["summary"]["recommended"] == "student" and rep["corpus"]["test"]["utterances"] == len(REFS)
+    assert best_student(rep, "test") == "student"
     first, vs_base, vs_teacher = rep["summary"]["sentences"]
     assert first.startswith("Recommended for shipping: student (test WER") and "2.00 MB" in first
     assert vs_base.startswith("Against the baseline (no KD)") and "CER" in vs_base
