@@ -90,19 +90,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+_KEY_LIKE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,40}$")
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError`."""
     if data is not None and not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__} {data!r}")
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got a {type(data).__name__}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(u) for u in unknown)}; "
-            f"valid keys for {cls.__name__}: {', '.join(sorted(names))}"
-        )
+        named = [u for u in unknown if isinstance(u, str) and _KEY_LIKE.match(u)]
+        shown = ", ".join(repr(u) for u in named[:10]) + (" ..." if len(named) > 10 else "")
+        others = len(unknown) - len(named)  # never echo what does not look like a key: it may be a file's content
+        what = shown + (f"{' and ' if shown else ''}{others} entr{'y' if others == 1 else 'ies'} that are not key "
+                        "names (is this the right file?)" if others else "")
+        raise ConfigError(f"{where}: unknown key(s) {what}; valid keys for {cls.__name__}: {', '.join(sorted(names))}")
     for f in dataclasses.fields(cls):  # a nested block given in part keeps the field's own defaults
         if (f.name in data and isinstance(data[f.name], Mapping) and dataclasses.is_dataclass(hints.get(f.name))
                 and f.default_factory is not dataclasses.MISSING):

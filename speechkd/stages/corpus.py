@@ -96,9 +96,12 @@ def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str:
 
     h = hashlib.sha256()
     if cfg.kind == "synth":
+        from speechkd.data.synth import load_spec
+
         spec = resolve_spec(cfg.spec, base)
         h.update(read_small_file(spec, "corpus spec"))
-        return h.hexdigest()
+        load_spec(spec, hours=cfg.hours, seed=cfg.seed)  # a spec that cannot be used is refused now, not after
+        return h.hexdigest()                             # the runner has cleared the finished corpus
     for split, src in sorted(cfg.splits.items()):
         root = resolve_source(src, base)
         if not root.exists():

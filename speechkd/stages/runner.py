@@ -161,8 +161,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
                 raise ConfigError(f"{where}: {e}") from None
         try:
             extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
-        except ConfigError as e:  # a missing input is refused here, before any stage folder is touched
-            raise ConfigError(f"{rf}: stages.{sname}: {e}") from None
+        except (ConfigError, ValueError) as e:  # a missing or unusable input is refused here, before any
+            raise ConfigError(f"{rf}: stages.{sname}: {e}") from None  # stage folder is touched
         fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "inputs": extra,
                           "upstream": {r: by_name[r].fingerprint for r in reads}})
         st = PlannedStage(sname, stype, cfg, fp, reads)

@@ -50,15 +50,24 @@ def test_a_missing_corpus_input_deletes_nothing(recipe, tmp_path):
     assert _files(exp / "r" / "corpus") == before
 
 
-def test_a_missing_synth_spec_deletes_nothing(tmp_path):
+@pytest.mark.parametrize("spec,match", [
+    (None, "corpus.spec: 'nowhere/spec.yaml' not found"),
+    ("root:$6$SECRET:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n", "2 entries that are not key names"),
+    ("hours: 1\nvoices: 3\n", "voices: expected a list"),
+])
+def test_a_missing_or_unusable_synth_spec_deletes_nothing(tmp_path, spec, match):
     r = tmp_path / "s.yaml"
+    if spec is not None:
+        (tmp_path / "nowhere").mkdir()
+        (tmp_path / "nowhere" / "spec.yaml").write_text(spec)
     r.write_text("name: s\nstages:\n  corpus: {spec: nowhere/spec.yaml}\n")
     done = tmp_path / "exp" / "s" / "corpus"
     done.mkdir(parents=True)
     (done / "train.jsonl").write_text("{}\n")
     (done / ".done").write_text(json.dumps({"fingerprint": "x"}))
-    with pytest.raises(ConfigError, match="corpus.spec: 'nowhere/spec.yaml' not found"):
+    with pytest.raises(ConfigError, match=match) as e:
         run_recipe(r, exp_root=tmp_path / "exp")
+    assert "SECRET" not in str(e.value)
     assert (done / "train.jsonl").exists() and (done / ".done").exists()
 
 
