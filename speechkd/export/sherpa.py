@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechkd.export.onnx import OPSET, ExportError, finish_onnx, model_delay, model_fbank, write_tokens
+from speechkd.export.onnx import (ARTIFACTS, OPSET, ExportError, clear_model_dir, finish_onnx, model_delay, model_fbank,
+                                  write_tokens)
+from speechkd.utils import clean_on_failure
 from speechkd.models.io import check_vocabulary, load_model
 from speechkd.models.lstm_ctc import LSTMCTC
 from speechkd.text.tokenizer import load_tokenizer
@@ -170,10 +172,12 @@ def export_sherpa(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir:
     window = max(cfg.stack, int(round(chunk_ms / 10.0 / cfg.stack)) * cfg.stack)
     L, H = cfg.layers, cfg.hidden
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_model_dir(out_dir)
     args = (torch.zeros(1, 80, window), torch.tensor([window], dtype=torch.int64), torch.zeros(1, L, 1, H),
             torch.zeros(1, L, 1, H), torch.zeros(1, dtype=torch.int64))
     tmp = out_dir / ".model.onnx.tmp"
-    with torch.no_grad(), warnings.catch_warnings():
+    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError), torch.no_grad(), \
+            warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(SherpaGraph(model, adapter), args, str(tmp), dynamo=False, opset_version=OPSET,
@@ -190,8 +194,10 @@ def export_sherpa(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir:
             "cache_last_channel_dim1": L, "cache_last_channel_dim2": 1, "cache_last_channel_dim3": H,
             "cache_last_time_dim1": L, "cache_last_time_dim2": 1, "cache_last_time_dim3": H,
             "delay_frames": delay, "tail_padding_ms": (delay * cfg.stack + window) * 10,
-            "feature_adapter": "none" if adapter is None else f"mlp, held-out rms {adapt_err:.3f}"}
-    finish_onnx(tmp, meta, out_dir / "model.onnx")
-    # sherpa-onnx concatenates symbols; "▁" becomes a space in its text, so the word boundary is named so here
-    write_tokens(["\u2581" if t == "|" and tok.kind == "char" else t for t in tok.tokens()], out_dir / "tokens.txt")
+            "feature_adapter": "none" if adapter is None else f"mlp, held-out rms {adapt_err:.3f}",
+            "source": f"{model_path.parent.name}/{model_path.name}"}
+    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError):
+        finish_onnx(tmp, meta, out_dir / "model.onnx")
+        # sherpa-onnx concatenates symbols; "▁" becomes a space in its text, so the word boundary is named so
+        write_tokens(["\u2581" if t == "|" and tok.kind == "char" else t for t in tok.tokens()], out_dir / "tokens.txt")
     return {**meta, "bytes": (out_dir / "model.onnx").stat().st_size}
