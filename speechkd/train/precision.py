@@ -36,7 +36,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
 
 def cpu_has_native_bf16() -> bool:
     """True where the CPU runs bf16 matrix products natively (AVX512-BF16 or AMX). oneDNN also reports
-    bf16 as supported on plain AVX-512 CPUs, where it is emulated: measured 2.9x *slower* than float32 for
+    bf16 as supported on plain AVX-512 CPUs, where it is emulated: about 3x *slower* than float32 for
     the LSTM on an Intel Xeon without AVX512-BF16. So the CPU flags decide where they can be read."""
     try:
         if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):

@@ -139,7 +139,7 @@ def test_fp16_on_cuda_scales_the_loss_and_saves_the_scaler(feats, tmp_path):
 
 
 def test_auto_precision_needs_the_bf16_cpu_flag(tmp_path, monkeypatch):
-    """oneDNN says bf16 is supported on any AVX-512 CPU, where it is emulated (2.9x slower than fp32 on an
+    """oneDNN says bf16 is supported on any AVX-512 CPU, where it is emulated (about 3x slower than fp32 on an
     Intel Xeon without AVX512-BF16): auto picks bf16 only with the avx512_bf16 or amx_bf16 flag."""
     from speechkd.train import precision as P
 
