@@ -72,15 +72,17 @@ def load_audio(path: str | Path, *, offset: float | None = None, duration: float
     if data.shape[0] == 0:
         raise AudioError(path, "no_samples", "audio has no samples" + (f" at offset {offset}s" if offset else ""))
     wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(wav).all():
-        n = int((~np.isfinite(wav)).sum())
-        raise AudioError(path, "non_finite", f"audio has {n} NaN/Inf samples")
-    check_peak(wav, path)
+    check_samples(wav, path)
     return resample(np.ascontiguousarray(wav, dtype=np.float32), sr, target_sr)
 
 
-def check_peak(wav: np.ndarray, path: str | Path) -> None:
-    """Refuse float audio whose samples reach beyond +-``MAX_PEAK`` (expected: [-1, 1])."""
+def check_samples(wav: np.ndarray, path: str | Path) -> None:
+    """Refuse NaN/Inf samples (reason ``non_finite``) and float samples beyond +-``MAX_PEAK``
+    (``out_of_range``; audio is expected in [-1, 1]). The one check every path applies: featurize, the
+    torch and ONNX evaluators, the streaming runtime and sherpa-onnx scoring."""
+    if not np.isfinite(wav).all():
+        n = int((~np.isfinite(wav)).sum())
+        raise AudioError(path, "non_finite", f"audio has {n} NaN/Inf samples")
     peak = float(np.max(np.abs(wav))) if wav.size else 0.0
     if peak > MAX_PEAK:
         raise AudioError(path, "out_of_range", f"samples reach {peak:.3g}; audio must lie in [-1, 1] (float files "

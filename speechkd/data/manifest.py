@@ -141,7 +141,7 @@ def text_lines(path: Path, error: type[Exception], what: str) -> Iterator[tuple[
             lineno += 1
             if len(raw) > MAX_LINE_BYTES:
                 raise error(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES} bytes; is this a {what}?")
-            if lineno == 1 and raw[:4] in (b"RIFF", b"fLaC", b"OggS") or raw[:3] == b"ID3":
+            if lineno == 1 and (raw[:4] in (b"RIFF", b"fLaC", b"OggS") or raw[:3] == b"ID3"):
                 raise error(f"{path}: this is an audio file, not a {what}")
             if (lineno == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")) or (b"\x00" in raw and _utf16_like(raw)):
                 raise error(f"{path}:1: the {what} is UTF-16 encoded; convert it to UTF-8 "

@@ -48,7 +48,7 @@ def sherpa_decoder(model: str | Path, chunk_ms: float = 160.0, num_threads: int 
                                                      num_threads=num_threads)
 
     def decode(wav, sr: int) -> str:
-        from speechkd.runtime.recognizer import check_samples
+        from speechkd.data.audio import check_samples
 
         check_samples(np.asarray(wav), "audio")  # the same refusal as the ONNX and torch paths
         s = rec.create_stream()

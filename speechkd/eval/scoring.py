@@ -43,11 +43,15 @@ def normalize_refs(refs: list[str]) -> list[str]:
 def score(refs: list[str], hyps: list[str]) -> dict[str, Any]:
     """WER and CER in percent, with substitution/deletion/insertion counts (jiwer). References and
     hypotheses are normalised first (:func:`normalize_refs`)."""
+    return _score(normalize_refs(refs), normalize_refs(hyps))
+
+
+def _score(refs: list[str], hyps: list[str]) -> dict[str, Any]:
+    """:func:`score` of texts already normalised."""
     import jiwer
 
     if not refs:
         raise ValueError("nothing to score")
-    refs, hyps = normalize_refs(refs), normalize_refs(hyps)
     if not any(refs):
         raise ValueError("every reference is empty after normalisation; nothing to score")
     w = jiwer.process_words(refs, hyps)
@@ -104,7 +108,7 @@ def write_reports(out_dir: str | Path, name: str, ids: list[str], refs: list[str
     out_dir = Path(out_dir)
     refs, hyps = normalize_refs(refs), normalize_refs(hyps)
     order = sorted(range(len(ids)), key=lambda i: ids[i])
-    summary = {**score(refs, hyps), **(extra or {})}
+    summary = {**_score(refs, hyps), **(extra or {})}
     recogs = "".join(f"{ids[i]}:\tref={refs[i].split()}\n{ids[i]}:\thyp={hyps[i].split()}\n" for i in order)
     atomic_write_text(out_dir / f"recogs-{name}.txt", recogs)
     lines = [f"%WER = {summary['wer']:.2f}", f"%CER = {summary['cer']:.2f}",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from speechkd.data.audio import check_samples  # torch-free: the same refusal as training-side audio I/O
+
 REQUIRED = ("speechkd_format", "sample_rate", "fbank", "stack", "feat_dim", "vocab_size", "blank_id",
             "chunk_frames", "num_layers", "hidden_size", "delay_frames", "frame_ms", "flush_frames")
 
@@ -33,17 +35,6 @@ class Result:
     tokens: list[int] = field(default_factory=list)
     times_ms: list[float] = field(default_factory=list)
     is_final: bool = False
-
-
-MAX_PEAK = 100.0  # float audio is expected in [-1, 1]; beyond this it is corrupt
-
-
-def check_samples(x: np.ndarray, where: str) -> None:
-    """Refuse NaN/Inf and float samples beyond +-``MAX_PEAK`` (audio is expected in [-1, 1])."""
-    if not np.isfinite(x).all():
-        raise ValueError(f"{where}: audio has {int((~np.isfinite(x)).sum())} NaN/Inf samples")
-    if x.size and float(np.max(np.abs(x))) > MAX_PEAK:
-        raise ValueError(f"{where}: samples reach {float(np.max(np.abs(x))):.3g}; audio must lie in [-1, 1]")
 
 
 def read_audio(path: str | Path, offset: float | None = None,

@@ -19,6 +19,7 @@ from speechkd.eval.scoring import write_reports
 from speechkd.models.io import check_vocabulary, load_model
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.stages import MODEL_STAGES
+from speechkd.stages.featurize import declared_splits
 from speechkd.text.tokenizer import load_tokenizer
 from speechkd.utils import atomic_write_text
 
@@ -62,8 +63,6 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     check_vocabulary(model, tok, mdir / cfg.checkpoint)
     out: dict[str, Any] = {"model": f"{cfg.model}/{cfg.checkpoint}", "parameters": count_parameters(model),
                            "bidirectional": model.cfg.bidirectional, "splits": {}}
-    from speechkd.stages.featurize import declared_splits
-
     have = declared_splits(fdir)
     splits = cfg.splits or [s for s in have if s != cfg.train_split]
     for split in splits:

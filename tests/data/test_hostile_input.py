@@ -159,7 +159,7 @@ def test_utf16_is_still_named_as_such(tmp_path):
 
 
 def test_validate_flags_empty_text_folders_and_absurd_durations(tmp_path):
-    wav = write_tone(tmp_path / "a.wav")
+    write_tone(tmp_path / "a.wav")
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps(r) + "\n" for r in [
         {"id": "e", "audio_filepath": "a.wav", "duration": 1.0, "text": " ?! "},

@@ -124,18 +124,23 @@ def test_torchrun_two_processes_on_cpu(prepared, tmp_path):
     assert model.cfg.bidirectional and (out / "metrics.csv").exists()
 
 
-def test_nonfinite_losses_are_skipped_and_counted(prepared, tmp_path):
+def _tiny_training(prepared, tmp_path, epochs: int):
+    """A 1x16 LSTM ready to train on the prepared corpus: ``(cfg, out_dir, (tok, train, dev, model))``."""
     from speechkd.config import from_dict
     from speechkd.stages import train as train_stage
     from speechkd.stages.runner import StageContext
-    from speechkd.train.trainer import ctc_loss, train
 
     exp = _copy(prepared, tmp_path)
     out = exp / "t" / "x"
     out.mkdir()
-    cfg = from_dict(train_stage.Config, {"model": {"layers": 1, "hidden": 16}, "epochs": 1, "max_frames": 1200})
-    ctx = StageContext("t", exp / "t", out, 0, REPO)
-    tok, tr, dev, model = train_stage.prepare(cfg, ctx)
+    cfg = from_dict(train_stage.Config, {"model": {"layers": 1, "hidden": 16}, "epochs": epochs, "max_frames": 1200})
+    return cfg, out, train_stage.prepare(cfg, StageContext("t", exp / "t", out, 0, REPO))
+
+
+def test_nonfinite_losses_are_skipped_and_counted(prepared, tmp_path):
+    from speechkd.train.trainer import ctc_loss, train
+
+    cfg, out, (tok, tr, dev, model) = _tiny_training(prepared, tmp_path, epochs=1)
     calls = []
 
     def flaky(m, b, lp, ol):
@@ -189,17 +194,9 @@ def test_decode_refuses_a_tokenizer_that_does_not_match_the_model(prepared, tmp_
 
 def test_a_run_whose_steps_are_all_skipped_fails_naming_the_cause(prepared, tmp_path):
     """Issue 20, 1: every step non-finite (NaN features) used to end as success with 'loss 0.000'."""
-    from speechkd.config import from_dict
-    from speechkd.stages import train as train_stage
-    from speechkd.stages.runner import StageContext
     from speechkd.train.trainer import TrainingFailed, ctc_loss, train
 
-    exp = _copy(prepared, tmp_path)
-    out = exp / "t" / "x"
-    out.mkdir()
-    cfg = from_dict(train_stage.Config, {"model": {"layers": 1, "hidden": 16}, "epochs": 2, "max_frames": 1200})
-    ctx = StageContext("t", exp / "t", out, 0, REPO)
-    tok, tr, dev, model = train_stage.prepare(cfg, ctx)
+    cfg, out, (tok, tr, dev, model) = _tiny_training(prepared, tmp_path, epochs=2)
     with pytest.raises(TrainingFailed, match=r"steps of epoch 1 were skipped because the loss .* not finite"):
         train(cfg, model, tr, dev, tok, out, seed=0, loss_fn=lambda m, b, lp, ol: ctc_loss(lp, ol, b) * float("nan"))
     assert not (out / "model.safetensors").exists()
