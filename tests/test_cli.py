@@ -27,3 +27,12 @@ assert main(["config", "distill"]) == 0  # documents the training stages, so it 
     assert "LOADED []" in r.stdout
     assert "kd.delay_reference = 'baseline'" in r.stdout and "model.layers = 3" in r.stdout
     assert "missing.jsonl: cannot open manifest" in r.stderr
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`speechkd config | head -1` printed "error: [Errno 32] Broken pipe" once head had left."""
+    p = subprocess.Popen([sys.executable, "-m", "speechkd.cli", "config"], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before anything is written
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and "Broken pipe" not in err and "Traceback" not in err, err
