@@ -33,6 +33,7 @@ def main() -> None:
     import torch
 
     from speechkd.models import ModelConfig, build_model
+    from speechkd.quant.fake import fake_quantize
 
     torch.set_num_threads(a.threads)
     layers, hidden = (2, 64) if a.quick else (3, 256)
@@ -62,7 +63,8 @@ def main() -> None:
         for fq in (False, True):
             torch.manual_seed(0)
             m = build_model(cfg).to(dev)
-            m.fake_quant = fq
+            if fq:
+                fake_quantize(m)  # from outside: the model's LSTMs and output layer see int8-grid weights
             opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
             runs[fq] = step_fn(m, opt, feats.to(dev), lens.to(dev))
             runs[fq]()  # warm-up
@@ -80,8 +82,7 @@ def main() -> None:
         res[f"qat_step_overhead_{dev}"] = round(q / f, 3)
         print(f"[{dev}] step float {f * 1e3:.1f} ms, fake-quant {q * 1e3:.1f} ms ({q / f:.2f}x)", flush=True)
         torch.manual_seed(0)
-        m = build_model(cfg).to(dev).eval()
-        m.fake_quant = True
+        m = fake_quantize(build_model(cfg).to(dev).eval())
         with torch.no_grad():
             outs[dev] = m(feats[:2].to(dev), lens[:2].to(dev))[0].float().cpu()
     if "cuda" in outs:

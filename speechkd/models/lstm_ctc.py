@@ -9,7 +9,8 @@ dropped), runs the LSTM stack and a linear layer to ``vocab_size`` log-probabili
 A bidirectional layer runs its backward direction over a *length-aware* reversal of each
 padded sequence, so padding never leaks into valid frames (and padded batches are about 3x
 faster than packed sequences on the CPU). A unidirectional model has
-:meth:`LSTMCTC.step` for chunked streaming, equal to the offline output.
+:meth:`LSTMCTC.step` for chunked streaming, equal to the offline output; it calls the one streaming
+core, :func:`speechkd.models.streaming.stream_chunk`, which the exported graphs call too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from speechkd.config import field, require
+from speechkd.models.streaming import stream_chunk
 
 
 @dataclass
@@ -81,27 +83,6 @@ class LSTMCTC(nn.Module):
             in_dim = out * dirs
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(in_dim, cfg.vocab_size)
-        # quantization-aware training: the forward sees int8-grid weights (speechkd.quant.fake); not saved,
-        # the QAT stage sets it and saves baked weights
-        self.fake_quant = False
-
-    def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, hc=None):
-        if self.fake_quant:
-            from speechkd.quant.fake import run_lstm
-
-            return run_lstm(lstm, x, hc)
-        return lstm(x) if hc is None else lstm(x, hc)
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fake_quant:
-            from speechkd.quant.fake import run_linear
-
-            return run_linear(self.out, x)
-        return self.out(x)
-
-    @property
-    def frame_rate_ms(self) -> float:
-        return self.cfg.frame_ms
 
     def set_cmvn(self, mean, std) -> None:
         self.cmvn_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -124,9 +105,9 @@ class LSTMCTC(nn.Module):
         for i, f in enumerate(self.fwd):
             if i > 0:
                 x = self.drop(x)
-            h, _ = self._lstm(f, x)
+            h, _ = f(x)
             if self.cfg.bidirectional:
-                hb, _ = self._lstm(self.bwd[i], reverse_padded(x, out_len))
+                hb, _ = self.bwd[i](reverse_padded(x, out_len))
                 h = torch.cat([h, reverse_padded(hb, out_len)], dim=-1)
             hiddens.append(h)
             x = h
@@ -146,7 +127,7 @@ class LSTMCTC(nn.Module):
             return lp, out_len
         hiddens, out_len = self.encode(feats, lengths)
         # float32 log-probs even under autocast (the losses and the decoders read them)
-        logits = self._logits(self.drop(hiddens[-1])).float()
+        logits = self.out(self.drop(hiddens[-1])).float()
         if return_hidden:
             return logits.log_softmax(-1), out_len, hiddens[-1]
         return logits.log_softmax(-1), out_len
@@ -174,16 +155,9 @@ class LSTMCTC(nn.Module):
         pending = x[:, n * k :]
         if n == 0:
             return chunk.new_zeros(chunk.shape[0], 0, self.cfg.vocab_size), {**state, "pending": pending}
-        x = self._stack((x[:, : n * k] - self.cmvn_mean) / self.cmvn_std)
-        hs, cs = [], []
-        for i, f in enumerate(self.fwd):
-            if i > 0:
-                x = self.drop(x)
-            x, (h, c) = self._lstm(f, x, (state["h"][i : i + 1].contiguous(), state["c"][i : i + 1].contiguous()))
-            hs.append(h)
-            cs.append(c)
-        logp = self._logits(self.drop(x)).log_softmax(-1)
-        return logp, {"h": torch.cat(hs), "c": torch.cat(cs), "pending": pending}
+        logp, h, c = stream_chunk(x[:, : n * k], state["h"], state["c"], cmvn_mean=self.cmvn_mean,
+                                  cmvn_std=self.cmvn_std, stack=k, lstms=self.fwd, out=self.out, between=self.drop)
+        return logp, {"h": h, "c": c, "pending": pending}
 
 
 def build_model(cfg: ModelConfig) -> LSTMCTC:

@@ -36,26 +36,88 @@ def lstm_weights(lstm: nn.LSTM) -> dict[str, torch.Tensor]:
             if name.startswith(("weight_ih", "weight_hh"))}
 
 
-def run_lstm(lstm: nn.LSTM, x: torch.Tensor, hc=None):
-    """``lstm(x, hc)`` with its weights fake-quantized (the float parameters receive the gradient)."""
-    return torch.func.functional_call(lstm, lstm_weights(lstm), (x,) if hc is None else (x, hc))
+class FakeQuantLSTM(nn.LSTM):
+    """An ``nn.LSTM`` whose forward sees its weights on the int8 grid (the float parameters receive the
+    gradient). Same parameters and state-dict keys as the ``nn.LSTM`` it was made from."""
+
+    _swapped = False
+
+    @classmethod
+    def from_float(cls, lstm: nn.LSTM) -> "FakeQuantLSTM":
+        new = cls(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, bias=lstm.bias,
+                  batch_first=lstm.batch_first, dropout=lstm.dropout, bidirectional=lstm.bidirectional,
+                  proj_size=lstm.proj_size, device="meta")
+        for name in lstm._flat_weights_names:
+            setattr(new, name, getattr(lstm, name))  # the same Parameter objects: optimizer state is shared
+        new.train(lstm.training)
+        return new
+
+    def forward(self, input, hx=None):
+        if self._swapped:  # inside functional_call below: the quantized tensors are in place
+            return super().forward(input, hx)
+        self._swapped = True
+        try:
+            return torch.func.functional_call(self, lstm_weights(self), (input,) if hx is None else (input, hx))
+        finally:
+            self._swapped = False
 
 
-def run_linear(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return nn.functional.linear(x, fake_quant_int8(lin.weight), lin.bias)
+class FakeQuantLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward sees its weight on the int8 grid (per output unit)."""
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear) -> "FakeQuantLinear":
+        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+        new.weight, new.bias = lin.weight, lin.bias
+        new.train(lin.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, fake_quant_int8(self.weight), self.bias)
+
+
+def fake_quantize(model: nn.Module) -> nn.Module:
+    """Quantization-aware training from outside the model: every ``nn.LSTM`` and the output layer of an
+    LSTM-CTC ``model`` is replaced (in place) by its fake-quantized twin sharing the same parameters, so
+    the model's forward and :meth:`step` see int8-grid weights. Its state dict is unchanged; applying
+    it twice changes nothing. Returns ``model``."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.LSTM) and not isinstance(child, FakeQuantLSTM):
+            setattr(model, name, FakeQuantLSTM.from_float(child))
+        elif isinstance(child, nn.ModuleList):
+            for i, m in enumerate(child):
+                if isinstance(m, nn.LSTM) and not isinstance(m, FakeQuantLSTM):
+                    child[i] = FakeQuantLSTM.from_float(m)
+    if isinstance(model.out, nn.Linear) and not isinstance(model.out, FakeQuantLinear):
+        model.out = FakeQuantLinear.from_float(model.out)
+    return model
+
+
+def is_fake_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (FakeQuantLSTM, FakeQuantLinear)) for m in model.modules())
 
 
 @torch.no_grad()
 def bake(model: nn.Module) -> nn.Module:
-    """A copy of an LSTM-CTC model whose float weights *are* the int8 grid points (fake quantization
-    off): what the QAT stage saves, so that decode, export and ONNX Runtime's quantizer all see
-    the weights the student was fine-tuned with. Baking twice changes nothing."""
+    """A copy of an LSTM-CTC model whose float weights *are* the int8 grid points, with plain modules
+    (no fake quantization): what the QAT stage saves, so that decode, export and ONNX Runtime's
+    quantizer all see the weights the student was fine-tuned with. Baking twice changes nothing."""
     out = copy.deepcopy(model)
-    out.fake_quant = False
-    for m in out.modules():
-        if isinstance(m, nn.LSTM):
-            for name, w in lstm_weights(m).items():
-                getattr(m, name).copy_(w)
-            m.flatten_parameters()
-    out.out.weight.copy_(fake_quant_int8(out.out.weight))
+    for parent in [out, *out.children()]:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.LSTM):
+                plain = nn.LSTM(child.input_size, child.hidden_size, num_layers=child.num_layers, bias=child.bias,
+                                batch_first=child.batch_first, dropout=child.dropout,
+                                bidirectional=child.bidirectional, proj_size=child.proj_size)
+                plain.load_state_dict(child.state_dict())
+                for wname, w in lstm_weights(plain).items():
+                    getattr(plain, wname).copy_(w)
+                plain.flatten_parameters()
+                plain.train(child.training)
+                setattr(parent, name, plain.to(child.weight_ih_l0.device))
+    lin = out.out
+    plain = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None).to(lin.weight.device)
+    plain.load_state_dict(lin.state_dict())
+    plain.weight.copy_(fake_quant_int8(plain.weight))
+    out.out = plain
     return out

@@ -1,6 +1,7 @@
 """int8: the fake-quant grid is ONNX Runtime's, the int8 graph holds quantized LSTM nodes, the fake-quant
 forward matches ONNX Runtime's int8 output, and a model ORT cannot quantize is refused."""
 
+import copy
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 
 from speechkd.export import export_streaming
 from speechkd.models.io import load_model
-from speechkd.quant import QuantizationError, bake, fake_quant_int8, graph_report, quantize_int8
+from speechkd.quant import (QuantizationError, bake, fake_quant_int8, fake_quantize, graph_report, is_fake_quantized,
+                            quantize_int8)
 from tests.export.test_export import _speech, make_model
 
 
@@ -87,13 +89,13 @@ def test_the_fake_quant_grid_is_the_one_onnx_runtime_quantizes_to(exported_int8,
             b = np.sort(theirs, axis=0)
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     # baking puts the float weights on the grid; quantizing the bake again changes nothing
-    model.fake_quant = True
-    baked = bake(model)
-    from speechkd.models.io import save_weights
+    from speechkd.models.bundle import load_bundle, save_bundle
 
-    save_weights(baked, tmp_path / "model.safetensors")
-    for f in ("tokenizer.json", "features.json", "outputs.json"):
-        (tmp_path / f).write_bytes((src.parent / f).read_bytes())
+    b = load_bundle(src)
+    baked = bake(b.model)
+    assert not is_fake_quantized(baked) and all(type(m) is torch.nn.LSTM for m in baked.fwd)
+    assert torch.equal(bake(baked).fwd[0].weight_ih_l0, baked.fwd[0].weight_ih_l0)  # baking twice changes nothing
+    save_bundle(b.with_model(baked), tmp_path / "model.safetensors")  # alone: no sidecar files
     export_streaming(tmp_path / "model.safetensors", tmp_path / "onnx")
     quantize_int8(tmp_path / "onnx" / "model.onnx", tmp_path / "onnx" / "model.int8.onnx")
     for (w8, r8), lstm in zip(_int8_weights(tmp_path / "onnx" / "model.int8.onnx"), baked.fwd):
@@ -108,14 +110,15 @@ def test_fake_quant_forward_matches_onnx_runtime_int8(exported_int8):
     import onnxruntime as ort
 
     from speechkd.features.fbank import compute_fbank
-    from speechkd.export.onnx import model_fbank
+    from speechkd.models.bundle import load_bundle
 
     src, d, _, wav = exported_int8
-    model = load_model(src).eval()
+    bundle = load_bundle(src)
+    model = bundle.model
     import soundfile as sf
 
     x, _ = sf.read(str(wav), dtype="float32")
-    feats = compute_fbank(torch.from_numpy(x), model_fbank(src.parent, 10.0))[None]
+    feats = compute_fbank(torch.from_numpy(x), bundle.fbank)[None]
     feats = feats[:, : feats.shape[1] // 3 * 3]
     h = np.zeros((2, 1, 32), np.float32)
 
@@ -125,7 +128,8 @@ def test_fake_quant_forward_matches_onnx_runtime_int8(exported_int8):
 
     p8, p32 = ort_probs(d / "model.int8.onnx"), ort_probs(d / "model.onnx")
     with torch.no_grad():
-        model.fake_quant = True
+        fake_quantize(model)  # from outside the model: its LSTMs and output layer see int8-grid weights
+        assert is_fake_quantized(model)
         pfq = model(feats, torch.tensor([feats.shape[1]]))[0][0].exp().numpy()
     d_fq, d_fp = np.abs(pfq - p8).max(), np.abs(p32 - p8).max()
     assert d_fp > 1e-4  # int8 did change the output, so the comparison means something
@@ -171,7 +175,7 @@ def test_cli_export_int8_and_eval_of_the_int8_file(exported_int8, tmp_path):
 
 
 def test_compare_int8_reports_errors_blank_rate_and_posterior_change(exported_int8, tmp_path):
-    from speechkd.quant.compare import compare_int8
+    from speechkd.eval.int8 import compare_int8
 
     _, d, _, wav = exported_int8
     man = tmp_path / "m.jsonl"
@@ -244,3 +248,25 @@ def test_export_stage_rerun_leaves_no_file_this_config_would_not_write(tmp_path)
     assert not (out / "b").exists()
     assert (out / "notes.txt").read_text() == "mine"
     assert list(json.loads((out / "summary.json").read_text())["models"]) == ["a"]
+
+
+def test_fake_quantization_is_applied_from_outside_and_keeps_the_state_dict():
+    """fake_quantize swaps in twins that share the parameters: same state-dict keys and tensors, a forward equal
+    to the plain model run on the int8-grid weights, and gradients that reach the float parameters (STE)."""
+    from speechkd.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(input_dim=8, vocab_size=6, hidden=12, layers=2, stack=2, bidirectional=True,
+                                    dropout=0.0))
+    fq = fake_quantize(copy.deepcopy(plain))
+    assert plain.state_dict().keys() == fq.state_dict().keys()
+    assert all(torch.equal(plain.state_dict()[k], fq.state_dict()[k]) for k in plain.state_dict())
+    x, lens = torch.randn(2, 10, 8), torch.tensor([10, 7])
+    grid = {k: fake_quant_int8(v) if ("weight_ih" in k or "weight_hh" in k or k == "out.weight") else v
+            for k, v in plain.state_dict().items()}
+    want = torch.func.functional_call(plain, grid, (x, lens))[0]
+    got = fq(x, lens)[0]
+    assert torch.equal(got, want) and not torch.equal(got, plain(x, lens)[0])
+    got.sum().backward()
+    assert fq.fwd[0].weight_ih_l0.grad is not None and fq.out.weight.grad is not None
+    assert fake_quantize(fq) is fq and type(fq.fwd[0]).__name__ == "FakeQuantLSTM"  # twice changes nothing
