@@ -51,12 +51,12 @@ def teacher_posteriors(n_utts: int, frames: int):
     model_path = REPO / "exp" / "default" / "teacher" / "model.safetensors"
     feats_manifest = REPO / "exp" / "default" / "featurize" / "train.jsonl"
     if model_path.exists() and feats_manifest.exists():
-        from speechkd.text.tokenizer import load_tokenizer
-        from speechkd.models.io import load_model
         from speechkd.data.dataset import FeatureDataset
+        from speechkd.models.bundle import load_bundle
 
-        model = load_model(model_path).eval()
-        ds = FeatureDataset(feats_manifest, load_tokenizer(model_path.parent))
+        bundle = load_bundle(model_path)
+        model = bundle.model
+        ds = FeatureDataset(feats_manifest, bundle.tokenizer)
         k = model.cfg.stack
         chunks, i = [], 0
         while len(chunks) < n_utts:

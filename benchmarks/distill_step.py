@@ -36,11 +36,10 @@ def main() -> None:
     from speechkd.features.cmvn import CMVNStats
     from speechkd.models import ModelConfig, build_model
     from speechkd.distill.compose import KDConfig, KDObjective
-    from speechkd.text.tokenizer import load_tokenizer
-    from speechkd.models.io import load_model
+    from speechkd.models.bundle import load_bundle
     from speechkd.data.dataset import FeatureDataset
     from speechkd.data.sampler import BucketingSampler
-    from speechkd.train.trainer import Forward, Objective
+    from speechkd.train.objective import Forward, Objective
 
     torch.set_num_threads(a.threads)
     exp = Path(a.exp)
@@ -55,15 +54,15 @@ def main() -> None:
         run_recipe(REPO / "pipelines" / "quick", to_stage="teacher_cache")
         exp = REPO / "exp" / "quick"
     stages = load_yaml(REPO / "pipelines" / "default" / "recipe.yaml")["stages"]
-    tok = load_tokenizer(exp / "teacher")
+    tb = load_bundle(exp / "teacher" / "model.safetensors")
+    tok, teacher = tb.tokenizer, tb.model
     ds = FeatureDataset(exp / "featurize" / "train.jsonl", tok)
     cache = TeacherCache(exp / "teacher_cache")
-    teacher = load_model(exp / "teacher" / "model.safetensors").eval()
     stats = CMVNStats.load(exp / "featurize" / "cmvn.json")
     n = 6 if a.quick else 30
     batches = BucketingSampler(ds.lengths, stages["baseline"].get("max_frames", 10000), seed=0).batches(0)[:n]
-    delay = json.loads((exp / "student_frame" / "outputs.json").read_text())["delay_frames"] \
-        if (exp / "student_frame" / "outputs.json").exists() else 1
+    delay = load_bundle(exp / "student_frame" / "model.safetensors").delay_frames \
+        if (exp / "student_frame" / "model.safetensors").exists() else 1
 
     def student():
         torch.manual_seed(0)

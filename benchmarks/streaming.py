@@ -62,7 +62,7 @@ def main() -> None:
     from speechkd.data.manifest import read_manifest
     from speechkd.eval.scoring import greedy_decode
     from speechkd.features.fbank import compute_fbank
-    from speechkd.models.io import load_model
+    from speechkd.models.bundle import load_bundle
     from speechkd.runtime.recognizer import StreamingRecognizer, read_audio
 
     corpus = exp / "corpus"
@@ -71,12 +71,12 @@ def main() -> None:
     audio_s = sum(u.duration for u in rows)
     waves = [read_audio(f) for f in files]
 
-    def torch_pass(model):  # from the same decoded waveforms the runtime gets
+    def torch_pass(bundle):  # from the same decoded waveforms the runtime gets, with the model's own fbank
         def run():
             with torch.no_grad():
                 for wav, _ in waves:
-                    feats = compute_fbank(wav)[None]
-                    lp, ol = model(feats, torch.tensor([feats.shape[1]]))
+                    feats = compute_fbank(wav, bundle.fbank)[None]
+                    lp, ol = bundle.model(feats, torch.tensor([feats.shape[1]]))
                     greedy_decode(lp, ol)
         return run
 
@@ -133,8 +133,9 @@ def main() -> None:
         if (sherpa_dir / f).exists():
             contenders_extra[name] = sherpa_contender(sherpa_dir / f)
 
-    teacher = load_model(exp / "teacher" / "model.safetensors").eval()
-    teacher_feats = [compute_fbank(wav)[None] for wav, _ in waves]
+    tb = load_bundle(exp / "teacher" / "model.safetensors")
+    teacher = tb.model
+    teacher_feats = [compute_fbank(wav, tb.fbank)[None] for wav, _ in waves]
 
     def teacher_network():  # the teacher's forward alone, on features computed beforehand
         with torch.no_grad():
@@ -142,8 +143,8 @@ def main() -> None:
                 teacher(feats, torch.tensor([feats.shape[1]]))
 
     contenders_extra["teacher_network"] = teacher_network
-    contenders = {"teacher": torch_pass(teacher),
-                  "student_torch": torch_pass(load_model(exp / a.student / "model.safetensors").eval()),
+    contenders = {"teacher": torch_pass(tb),
+                  "student_torch": torch_pass(load_bundle(exp / a.student / "model.safetensors")),
                   "onnx": onnx_pass}
     contenders.update(contenders_extra)
     times: dict[str, list[float]] = {k: [] for k in contenders}

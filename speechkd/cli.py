@@ -79,15 +79,14 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 def _cmd_decode(a: argparse.Namespace) -> int:
     from speechkd.data.dataset import FeatureDataset
-    from speechkd.eval.decode import evaluate, pick_device
+    from speechkd.eval.decode import evaluate
     from speechkd.eval.scoring import report_names, write_reports
-    from speechkd.models.io import check_vocabulary, load_model
-    from speechkd.text.tokenizer import load_tokenizer
+    from speechkd.models.bundle import load_bundle
+    from speechkd.utils import pick_device
 
     device = pick_device(a.device)
-    model = load_model(a.model, device=device)
-    tok = load_tokenizer(a.tokenizer or Path(a.model).parent)
-    check_vocabulary(model, tok, a.model)
+    bundle = load_bundle(a.model, device=device)
+    model, tok = bundle.model, bundle.tokenizer
     names = report_names(a.manifests)  # two test.jsonl from different folders get different report names
     for manifest, name in zip(a.manifests, names):
         ev = evaluate(model, FeatureDataset(manifest, tok, dim=model.cfg.input_dim), tok, device, a.max_frames)
@@ -111,11 +110,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
         else:
             print("warning: no --adapt-manifest: sherpa-onnx's features go to the model unadapted (less accurate)",
                   file=sys.stderr)
-        meta = export_sherpa(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, adapt_audio=audio)
+        meta = export_sherpa(a.model, a.out, chunk_ms=a.chunk_ms, adapt_audio=audio)
         print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB, sherpa-onnx flavour, feature adapter: "
               f"{meta['feature_adapter']}; feed {meta['tail_padding_ms']} ms of tail padding) and tokens.txt")
     else:
-        meta = export_streaming(a.model, a.out, tokenizer_dir=a.tokenizer, chunk_ms=a.chunk_ms, delay_frames=a.delay)
+        meta = export_streaming(a.model, a.out, chunk_ms=a.chunk_ms, delay_frames=a.delay)
         print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB; chunk {meta['chunk_frames']} frames, "
               f"delay {meta['delay_frames']} frames = {meta['delay_ms']:g} ms) and {Path(a.out) / 'tokens.txt'}")
     if a.int8:
@@ -128,14 +127,28 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(a: argparse.Namespace) -> int:
-    from speechkd.eval.report import best_student, build, posteriors_of_one_utterance, write_report
+def _cmd_upgrade_model(a: argparse.Namespace) -> int:
+    from speechkd.models.bundle import upgrade_legacy
 
-    rep = build(a.exp_dir, teacher=a.teacher, baseline=a.baseline, seed=a.seed, compare=a.compare)
+    b = upgrade_legacy(a.model, a.out, features=a.features, tokenizer_dir=a.tokenizer, delay_frames=a.delay)
+    print(f"wrote {a.out or a.model}: a model bundle ({b.tokenizer.kind} tokenizer, {b.fbank.num_mel_bins}-bin fbank "
+          f"at {b.fbank.frame_shift_ms:g} ms, delay {b.delay_frames} frames)")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from speechkd.eval.decode import first_utterance_posteriors
+    from speechkd.eval.report import best_student, build, write_report
+
+    exp = Path(a.exp_dir)
+    rtf = a.rtf or (exp / "benchmarks" / "streaming.json" if (exp / "benchmarks" / "streaming.json").exists() else None)
+    rep = build(exp, teacher=a.teacher, baseline=a.baseline, seed=a.seed, compare=a.compare, rtf=rtf)
     post = None
     student = best_student(rep, "test")
-    if student and not a.no_posteriors:
-        post = posteriors_of_one_utterance(a.exp_dir, [a.teacher, student])
+    models = {m: exp / m / "model.safetensors" for m in (a.teacher, student or "")}
+    manifest = exp / "featurize" / "test.jsonl"
+    if student and not a.no_posteriors and manifest.exists() and all(p.exists() for p in models.values()):
+        post = first_utterance_posteriors(models, manifest)
     paths = write_report(a.exp_dir, a.out, teacher=a.teacher, baseline=a.baseline, seed=a.seed, posteriors=post, rep=rep)
     for a_ in rep["absent"]:
         print(f"absent: {a_}", file=sys.stderr)
@@ -188,7 +201,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     elif onnx:
         run = onnx_transcriber(a.model, a.chunk_ms, a.threads)
     else:
-        run = torch_transcriber(a.model, a.tokenizer, a.device)
+        run = torch_transcriber(a.model, a.device)
     bad = 0
     for manifest, name in zip(a.manifests, report_names(a.manifests)):
         ev = evaluate_manifest(run, manifest)
@@ -277,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_validate)
 
     d = sub.add_parser("decode", help="batched greedy CTC decoding + WER/CER reports of featurized manifests")
-    d.add_argument("--model", required=True, help="weights (.safetensors) written by a train stage")
-    d.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
+    d.add_argument("--model", required=True, help="a model file (.safetensors) written by a train, distill or qat stage")
     d.add_argument("--out", required=True, help="folder for recogs-/errs-/wer-summary- files")
     d.add_argument("--max-frames", type=_bounded(int, 1, 10**8, "--max-frames"), default=40000,
                    help="padded frames per batch")
@@ -287,11 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_decode)
 
     e = sub.add_parser("export", help="export a unidirectional model as a streaming ONNX model + tokens.txt")
-    e.add_argument("--model", required=True, help="weights (.safetensors) of a train or distill stage")
+    e.add_argument("--model", required=True, help="a model file (.safetensors) of a train, distill or qat stage")
     e.add_argument("--out", required=True, help="output folder (model.onnx, tokens.txt)")
-    e.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
     e.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help="default chunk the runtime feeds (ms)")
-    e.add_argument("--delay", type=_delay, help="KD delay in output frames, 0 to 1000 (default: the distill stage's)")
+    e.add_argument("--delay", type=_delay, help="KD delay in output frames, 0 to 1000 (default: the one the model file records)")
     e.add_argument("--format", choices=["onnx", "sherpa"], default="onnx",
                    help="onnx: speechkd's runtime; sherpa: sherpa_onnx.OnlineRecognizer.from_nemo_ctc")
     e.add_argument("--adapt-manifest", help="sherpa: manifest of training audio to fit the feature adapter on")
@@ -308,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--teacher", default="teacher", help="the teacher's stage name")
     r.add_argument("--baseline", default="baseline", help="the no-KD baseline's stage name")
     r.add_argument("--seed", type=int, default=1234, help="bootstrap seed")
+    r.add_argument("--rtf", help="a streaming benchmark's JSON (default EXP_DIR/benchmarks/streaming.json if present)")
     r.add_argument("--no-posteriors", action="store_true", help="skip the posteriors plot (runs two models)")
     r.set_defaults(func=_cmd_report)
 
@@ -326,12 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="model.onnx (streaming runtime; a --format sherpa model runs in sherpa-onnx) or "
                     "model.safetensors (offline)")
     ev.add_argument("--out", default="eval", help="folder for recogs-/errs-/wer-summary- files")
-    ev.add_argument("--tokenizer", help=".safetensors only: tokenizer folder (default: the model's folder)")
     ev.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help=".onnx only: audio per chunk (ms, 1 to 60000)")
     ev.add_argument("--threads", type=_threads, default=1, help=".onnx only: ONNX Runtime threads (1 to 256)")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=".safetensors only")
     ev.add_argument("manifests", nargs="+", help="NeMo-style JSONL manifests (audio_filepath, duration, text)")
     ev.set_defaults(func=_cmd_eval)
+
+    u = sub.add_parser("upgrade-model", help="turn a model file written before model bundles into one, from the "
+                                             "features.json, tokenizer and outputs.json beside it")
+    u.add_argument("model", help="model.safetensors (or best.safetensors) of an older speechkd")
+    u.add_argument("--out", help="write the bundle here (default: replace the file)")
+    u.add_argument("--features", help="features.json with the fbank options (default: the one beside the model)")
+    u.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
+    u.add_argument("--delay", type=_delay, help="KD delay in output frames (default: outputs.json's, else 0)")
+    u.set_defaults(func=_cmd_upgrade_model)
 
     cf = sub.add_parser("config", help="show a stage's config keys with help: config [TYPE] or config RECIPE STAGE")
     cf.add_argument("stage", nargs="?", help="a stage type (train, distill, ...), or a recipe folder")

@@ -11,11 +11,12 @@ def test_decode_and_config_do_not_import_the_trainer(tmp_path):
 import sys
 from pathlib import Path
 from speechkd.cli import main
-from speechkd.models import ModelConfig, build_model, save_weights
+from speechkd.features.fbank import FbankOptions
+from speechkd.models import ModelBundle, ModelConfig, build_model, save_bundle
 from speechkd.text.tokenizer import CharTokenizer
 tok = CharTokenizer()
-save_weights(build_model(ModelConfig(input_dim=80, vocab_size=tok.vocab_size, hidden=8, layers=1)), Path({str(tmp_path)!r}) / "model.safetensors")
-tok.save({str(tmp_path)!r})
+m = build_model(ModelConfig(input_dim=80, vocab_size=tok.vocab_size, hidden=8, layers=1))
+save_bundle(ModelBundle(m, tok, FbankOptions()), Path({str(tmp_path)!r}) / "model.safetensors")
 rc = main(["decode", "--model", {str(tmp_path / "model.safetensors")!r}, "--out", {str(tmp_path / "o")!r}, {str(tmp_path / "missing.jsonl")!r}])
 assert rc == 2, rc
 loaded = sorted(m for m in sys.modules if m.startswith("speechkd.train"))

@@ -35,20 +35,36 @@ def token_ends(teacher, feats: np.ndarray, tokens: list[int], blank: int = 0) ->
     return spans[:, 1] - 1
 
 
-def measure(recognizer, teacher, ds, audio_paths: dict[str, Path], *, limit: int = 0, chunk_ms: float = 160.0
-            ) -> dict[str, Any]:
-    """Latency figures (ms) of ``recognizer`` (a :class:`speechkd.runtime.StreamingRecognizer`) on the
-    utterances of the featurized dataset ``ds``; ``audio_paths`` maps ids to their audio files."""
+def alignment_ends(teacher, ds, *, limit: int = 0, blank: int = 0) -> dict[str, np.ndarray]:
+    """Token end frames (teacher output frames) of the first ``limit`` utterances of ``ds`` (0 = all), by id;
+    utterances whose alignment is infeasible are left out. Computed once and shared by every model measured."""
+    n = len(ds) if not limit else min(limit, len(ds))
+    out = {}
+    for i in progress(range(n), desc="align", unit="utt"):
+        uid, feats, toks, _ = ds[i]
+        ends = token_ends(teacher, feats, toks, blank)
+        if ends is not None:
+            out[uid] = ends
+    return out
+
+
+def measure(recognizer, ends_by_id: dict[str, np.ndarray], teacher_frame_ms: float, ds, audio_paths: dict[str, Path],
+            *, limit: int = 0, chunk_ms: float = 160.0) -> dict[str, Any]:
+    """Latency figures (ms) of ``recognizer`` (a :class:`speechkd.runtime.StreamingRecognizer`) on the first
+    ``limit`` utterances of the featurized dataset ``ds``: ``ends_by_id`` from :func:`alignment_ends` (in
+    teacher output frames of ``teacher_frame_ms``); ``audio_paths`` maps ids to their audio files."""
     from speechkd.runtime.recognizer import read_audio
 
     frame_ms = recognizer.frame_ms
+    hop_ms = float(recognizer.fbank["frame_shift_ms"])
     lat, first = [], []
     n = len(ds) if not limit else min(limit, len(ds))
     for i in progress(range(n), desc="latency", unit="utt"):
-        uid, feats, toks, _ = ds[i]
-        ends = token_ends(teacher, feats, toks, recognizer.blank)
+        uid, _, toks, _ = ds[i]
+        ends = ends_by_id.get(uid)
         if ends is None:
             continue
+        end_ms = ends * teacher_frame_ms
         wav, sr = read_audio(audio_paths[uid])
         recognizer.reset()
         step = max(1, int(sr * chunk_ms / 1000))
@@ -59,14 +75,14 @@ def measure(recognizer, teacher, ds, audio_paths: dict[str, Path], *, limit: int
                 first_at = min(len(wav), j + step) / sr * 1000
         res = recognizer.input_finished()
         if first_at is None and res.tokens:
-            first_at = len(wav) / sr * 1000 + recognizer.flush_frames * 10.0
+            first_at = len(wav) / sr * 1000 + recognizer.flush_frames * hop_ms
         emitted = [round(t / frame_ms) for t in res.times_ms]
         sm = difflib.SequenceMatcher(None, toks, res.tokens, autojunk=False)
         for blk in sm.get_matching_blocks():
             for k in range(blk.size):
-                lat.append((emitted[blk.b + k] - ends[blk.a + k]) * frame_ms)
+                lat.append(emitted[blk.b + k] * frame_ms - end_ms[blk.a + k])
         if first_at is not None:
-            first.append(first_at - (ends[0] + 1) * frame_ms)
+            first.append(first_at - (end_ms[0] + teacher_frame_ms))
     pct = lambda v, q: round(float(np.percentile(v, q)), 1) if v else None
     return {"tokens_matched": len(lat), "utterances": n, "emission_median_ms": pct(lat, 50),
             "emission_p90_ms": pct(lat, 90), "first_partial_median_ms": pct(first, 50),

@@ -86,22 +86,20 @@ def is_sherpa_model(model: str | Path) -> bool:
     return "window_size" in meta and "speechkd_format" not in meta
 
 
-def torch_transcriber(model: str | Path, tokenizer_dir: str | Path | None = None, device: str = "auto"):
+def torch_transcriber(model: str | Path, device: str = "auto"):
+    """``transcribe(path, offset=None, duration=None) -> text`` with a model bundle in torch, offline on the
+    whole utterance's fbank (the bundle's fbank options and tokenizer)."""
     import torch
 
     from speechkd.data.audio import load_audio
-    from speechkd.eval.decode import pick_device
     from speechkd.eval.scoring import greedy_decode
-    from speechkd.export.onnx import model_fbank
     from speechkd.features.fbank import compute_fbank
-    from speechkd.models.io import check_vocabulary, load_model
-    from speechkd.text.tokenizer import load_tokenizer
+    from speechkd.models.bundle import load_bundle
+    from speechkd.utils import pick_device
 
     dev = pick_device(device)
-    m = load_model(model, device=dev).eval()
-    tok = load_tokenizer(tokenizer_dir or Path(model).parent)
-    check_vocabulary(m, tok, model)
-    opts = model_fbank(Path(model).parent, m.cfg.frame_shift_ms)
+    bundle = load_bundle(model, device=dev)
+    m, tok, opts = bundle.model, bundle.tokenizer, bundle.fbank
 
     @torch.no_grad()
     def run(path: Path, offset=None, duration=None) -> str:
@@ -113,13 +111,15 @@ def torch_transcriber(model: str | Path, tokenizer_dir: str | Path | None = None
     return run
 
 
-def evaluate_manifest(transcribe: Callable, manifest: str | Path) -> dict[str, Any]:
-    """Transcribe every row of ``manifest``; returns ``ids``, ``refs``, ``hyps`` and ``failed``
-    (``[(id, path, message)]`` for rows whose audio could not be used)."""
+def evaluate_manifest(transcribe: Callable, manifest: str | Path, *, limit: int = 0,
+                      desc: str | None = None) -> dict[str, Any]:
+    """Transcribe the first ``limit`` rows of ``manifest`` (0 = all); returns ``ids``, ``refs``, ``hyps``
+    (whatever ``transcribe`` returns) and ``failed`` (``[(id, path, message)]`` for rows whose audio
+    could not be used)."""
     manifest = Path(manifest)
-    rows = list(iter_manifest(manifest))
+    rows = list(iter_manifest(manifest))[: limit or None]
     ids, refs, hyps, failed = [], [], [], []
-    for u in progress(rows, desc=f"eval {manifest.name}", unit="utt"):
+    for u in progress(rows, desc=desc or f"eval {manifest.name}", unit="utt"):
         path = u.resolve_audio(manifest.parent)
         try:
             if u.offset is not None:  # a segment: every model kind reads just its span

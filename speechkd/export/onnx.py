@@ -20,7 +20,10 @@ The ONNX metadata (``custom_metadata_map``, string values) holds everything a ru
 a runtime feeds that much trailing silence at the end of a stream), ``flush_frames`` (input
 frames of silence to feed at the end), ``chunk_rule`` and ``fbank_framing`` (in words),
 ``waveform_scale`` (1: fbank is computed on samples in [-1, 1], not on Kaldi's int16 scale) and
-``waveform`` (the same in words), and ``source`` (the stage and file name of the weights).
+``waveform`` (the same in words), ``source`` (the stage and file name of the model bundle) and
+``provenance`` (JSON: the recipe, stage and fingerprint the bundle records). Every value comes from the
+model bundle (:mod:`speechkd.models.bundle`), never from files beside it. The graph is a thin shell
+around the one streaming core, :func:`speechkd.models.streaming.stream_chunk`.
 """
 
 from __future__ import annotations
@@ -34,10 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechkd.features.fbank import FbankOptions
-from speechkd.models.io import check_vocabulary, load_model
+from speechkd.models.bundle import ModelBundle, load_bundle
 from speechkd.models.lstm_ctc import LSTMCTC
-from speechkd.text.tokenizer import load_tokenizer
+from speechkd.models.streaming import stream_chunk
 from speechkd.utils import atomic_write_text, clean_on_failure
 
 log = logging.getLogger(__name__)
@@ -64,39 +66,32 @@ class StreamingGraph(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         m = self.model
-        k, d = m.cfg.stack, m.cfg.input_dim
-        x = (x - m.cmvn_mean) / m.cmvn_std
-        x = x.reshape(x.shape[0], -1, k * d)
-        hs, cs = [], []
-        for i, lstm in enumerate(m.fwd):
-            x, (hi, ci) = lstm(x, (h[i : i + 1], c[i : i + 1]))
-            hs.append(hi)
-            cs.append(ci)
-        return m.out(x).log_softmax(-1), torch.cat(hs, 0), torch.cat(cs, 0)
+        return stream_chunk(x, h, c, cmvn_mean=m.cmvn_mean, cmvn_std=m.cmvn_std, stack=m.cfg.stack, lstms=m.fwd,
+                            out=m.out)
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def streaming_bundle(model_path: str | Path) -> ModelBundle:
+    """The model bundle at ``model_path``, checked to be exportable as a streaming graph."""
+    bundle = load_bundle(model_path)
+    cfg = bundle.cfg
+    if cfg.bidirectional:
+        raise ExportError(f"{model_path}: a bidirectional model needs the whole utterance and cannot stream; "
+                          "export a unidirectional student (or the baseline)")
+    if cfg.proj:
+        raise ExportError(f"{model_path}: LSTM projections (proj={cfg.proj}) have no ONNX LSTM equivalent")
+    return bundle
 
 
-def model_fbank(model_dir: Path, frame_shift_ms: float) -> FbankOptions:
-    """The fbank options the model was trained on: ``features.json`` beside it (the train stage copies
-    it there), else the defaults with the model's frame shift."""
-    feats = read_json(model_dir / "features.json")
-    if feats and isinstance(feats.get("fbank"), dict):
-        return FbankOptions(**feats["fbank"])
-    log.warning("%s: no features.json beside the model; assuming the default fbank options", model_dir)
-    return FbankOptions(frame_shift_ms=frame_shift_ms)
+def export_graph(graph: nn.Module, args: tuple, dst: Path, input_names: list[str], output_names: list[str],
+                 dynamic_axes: dict) -> None:
+    """``torch.onnx.export`` of ``graph`` (TorchScript exporter, explicit LSTM state) to ``dst``."""
+    import warnings
 
-
-def model_delay(model_dir: Path) -> int:
-    """Frames the student emits late (its distillation delay), from the stage's ``outputs.json``; 0 if none."""
-    out = read_json(model_dir / "outputs.json") or {}
-    d = out.get("delay_frames")
-    return int(d) if isinstance(d, int) else 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")  # h0/c0 are inputs: batch is free
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")  # dynamo=False on purpose
+        torch.onnx.export(graph, args, str(dst), dynamo=False, opset_version=OPSET, input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic_axes)
 
 
 def write_tokens(tokens: list[str], path: Path) -> None:
@@ -127,42 +122,28 @@ def finish_onnx(tmp: Path, meta: dict[str, Any], dst: Path) -> None:
     tmp.replace(dst)
 
 
-def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir: str | Path | None = None,
-                     chunk_ms: float = 160.0, delay_frames: int | None = None) -> dict[str, Any]:
-    """Export ``model_path`` (a ``model.safetensors`` of a train or distill stage) to
-    ``out_dir/model.onnx`` and ``out_dir/tokens.txt``; returns the metadata written."""
+def export_streaming(model_path: str | Path, out_dir: str | Path, *, chunk_ms: float = 160.0,
+                     delay_frames: int | None = None) -> dict[str, Any]:
+    """Export the model bundle at ``model_path`` (a ``model.safetensors`` of a train, distill or qat stage) to
+    ``out_dir/model.onnx`` and ``out_dir/tokens.txt``; the fbank options, tokenizer and delay come from the
+    bundle (``delay_frames`` overrides the delay). Returns the metadata written."""
     model_path, out_dir = Path(model_path), Path(out_dir)
-    model = load_model(model_path).eval()
-    cfg = model.cfg
-    if cfg.bidirectional:
-        raise ExportError(f"{model_path}: a bidirectional model needs the whole utterance and cannot stream; "
-                          "export a unidirectional student (or the baseline)")
-    if cfg.proj:
-        raise ExportError(f"{model_path}: LSTM projections (proj={cfg.proj}) have no ONNX LSTM equivalent")
-    tok = load_tokenizer(tokenizer_dir or model_path.parent)
-    check_vocabulary(model, tok, model_path)
-    fbank = model_fbank(model_path.parent, cfg.frame_shift_ms)
-    delay = model_delay(model_path.parent) if delay_frames is None else int(delay_frames)
+    bundle = streaming_bundle(model_path)
+    model, cfg, tok, fbank = bundle.model.eval(), bundle.cfg, bundle.tokenizer, bundle.fbank
+    delay = bundle.delay_frames if delay_frames is None else int(delay_frames)
     if not 0 <= delay <= MAX_DELAY:
         raise ExportError(f"delay_frames must be in [0, {MAX_DELAY}] output frames, got {delay}")
     chunk = max(cfg.stack, int(round(chunk_ms / fbank.frame_shift_ms / cfg.stack)) * cfg.stack)
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_model_dir(out_dir)
-    graph = StreamingGraph(model)
     x = torch.zeros(1, chunk, cfg.input_dim)
     h = torch.zeros(cfg.layers, 1, cfg.hidden)
     c = torch.zeros(cfg.layers, 1, cfg.hidden)
     tmp = out_dir / ".model.onnx.tmp"
-    import warnings
-
-    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError), torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")  # h0/c0 are inputs: batch is free
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")  # dynamo=False on purpose
-        torch.onnx.export(graph, (x, h, c), str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=["x", "h", "c"], output_names=["log_probs", "h_out", "c_out"],
-                          dynamic_axes={"x": {0: "batch", 1: "frames"}, "h": {1: "batch"}, "c": {1: "batch"},
-                                        "log_probs": {0: "batch", 1: "out_frames"}, "h_out": {1: "batch"},
-                                        "c_out": {1: "batch"}})
+    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError):
+        export_graph(StreamingGraph(model), (x, h, c), tmp, ["x", "h", "c"], ["log_probs", "h_out", "c_out"],
+                     {"x": {0: "batch", 1: "frames"}, "h": {1: "batch"}, "c": {1: "batch"},
+                      "log_probs": {0: "batch", 1: "out_frames"}, "h_out": {1: "batch"}, "c_out": {1: "batch"}})
     meta = {
         "speechkd_format": FORMAT, "sample_rate": fbank.sample_rate, "fbank": json.dumps(asdict(fbank)),
         "frame_shift_ms": fbank.frame_shift_ms, "stack": cfg.stack, "frame_ms": fbank.frame_shift_ms * cfg.stack,
@@ -176,7 +157,8 @@ def export_streaming(model_path: str | Path, out_dir: str | Path, *, tokenizer_d
         "waveform_scale": 1.0,
         "waveform": "mono float samples in [-1, 1] at sample_rate (int16 PCM divided by 32768), not Kaldi's "
                     "int16 scale",
-        "source": f"{model_path.parent.name}/{model_path.name}",
+        "source": f"{bundle.provenance.get('stage') or model_path.parent.name}/{model_path.name}",
+        "provenance": json.dumps(bundle.provenance),
     }
     with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError):
         finish_onnx(tmp, meta, out_dir / "model.onnx")

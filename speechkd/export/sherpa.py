@@ -19,19 +19,17 @@ domain plus a small residual MLP (:class:`FeatureAdapter`), fitted by least squa
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from speechkd.export.onnx import (ARTIFACTS, OPSET, ExportError, clear_model_dir, finish_onnx, model_delay, model_fbank,
+from speechkd.export.onnx import (ARTIFACTS, ExportError, clear_model_dir, export_graph, finish_onnx, streaming_bundle,
                                   write_tokens)
-from speechkd.utils import clean_on_failure
-from speechkd.models.io import check_vocabulary, load_model
 from speechkd.models.lstm_ctc import LSTMCTC
-from speechkd.text.tokenizer import load_tokenizer
+from speechkd.models.streaming import stream_chunk
+from speechkd.utils import clean_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -126,41 +124,25 @@ class SherpaGraph(nn.Module):
 
     def forward(self, x, length, cache_channel, cache_time, cache_len):
         m = self.model
-        k, d = m.cfg.stack, m.cfg.input_dim
         x = x.transpose(1, 2)  # (B, C, T) -> (B, T, C)
         if self.adapter is not None:
             x = self.adapter(x)  # sherpa-onnx's features -> the model's
-        x = (x - m.cmvn_mean) / m.cmvn_std
-        x = x.reshape(x.shape[0], -1, k * d)
         h = cache_channel[:, :, 0, :].transpose(0, 1)  # (B, L, 1, H) -> (L, B, H)
         c = cache_time[:, :, 0, :].transpose(0, 1)
-        hs, cs = [], []
-        for i, lstm in enumerate(m.fwd):
-            x, (hi, ci) = lstm(x, (h[i : i + 1].contiguous(), c[i : i + 1].contiguous()))
-            hs.append(hi)
-            cs.append(ci)
-        out_len = torch.div(length, k, rounding_mode="floor")
-        h2 = torch.cat(hs, 0).transpose(0, 1).unsqueeze(2)
-        c2 = torch.cat(cs, 0).transpose(0, 1).unsqueeze(2)
-        return m.out(x).log_softmax(-1), out_len, h2, c2, cache_len + out_len
+        logp, h2, c2 = stream_chunk(x, h, c, cmvn_mean=m.cmvn_mean, cmvn_std=m.cmvn_std, stack=m.cfg.stack,
+                                    lstms=m.fwd, out=m.out)
+        out_len = torch.div(length, m.cfg.stack, rounding_mode="floor")
+        return logp, out_len, h2.transpose(0, 1).unsqueeze(2), c2.transpose(0, 1).unsqueeze(2), cache_len + out_len
 
 
-def export_sherpa(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir: str | Path | None = None,
-                  chunk_ms: float = 160.0, adapt_audio: list | None = None, adapter_steps: int = 3000,
-                  ) -> dict[str, Any]:
-    """Write ``out_dir/model.onnx`` and ``tokens.txt`` for sherpa-onnx's online NeMo CTC recognizer.
-    ``adapt_audio``: training audio files to fit the feature adapter on (without it, no adapter: the
-    model sees sherpa-onnx's features as they are, which costs accuracy)."""
+def export_sherpa(model_path: str | Path, out_dir: str | Path, *, chunk_ms: float = 160.0,
+                  adapt_audio: list | None = None, adapter_steps: int = 3000) -> dict[str, Any]:
+    """Write ``out_dir/model.onnx`` and ``tokens.txt`` for sherpa-onnx's online NeMo CTC recognizer from the
+    model bundle at ``model_path``. ``adapt_audio``: training audio files to fit the feature adapter on
+    (without it, no adapter: the model sees sherpa-onnx's features as they are, which costs accuracy)."""
     model_path, out_dir = Path(model_path), Path(out_dir)
-    model = load_model(model_path).eval()
-    cfg = model.cfg
-    if cfg.bidirectional:
-        raise ExportError(f"{model_path}: a bidirectional model needs the whole utterance and cannot stream")
-    if cfg.proj:
-        raise ExportError(f"{model_path}: LSTM projections (proj={cfg.proj}) have no ONNX LSTM equivalent")
-    tok = load_tokenizer(tokenizer_dir or model_path.parent)
-    check_vocabulary(model, tok, model_path)
-    fb = model_fbank(model_path.parent, cfg.frame_shift_ms)
+    bundle = streaming_bundle(model_path)
+    model, cfg, tok, fb = bundle.model.eval(), bundle.cfg, bundle.tokenizer, bundle.fbank
     if fb.sample_rate != 16000 or fb.num_mel_bins != 80 or fb.frame_shift_ms != 10.0:
         raise ExportError(f"{model_path}: sherpa-onnx computes 80-bin, 10 ms fbank at 16 kHz; the model was trained "
                           f"on {fb.num_mel_bins} bins, {fb.frame_shift_ms} ms at {fb.sample_rate} Hz")
@@ -176,26 +158,22 @@ def export_sherpa(model_path: str | Path, out_dir: str | Path, *, tokenizer_dir:
     args = (torch.zeros(1, 80, window), torch.tensor([window], dtype=torch.int64), torch.zeros(1, L, 1, H),
             torch.zeros(1, L, 1, H), torch.zeros(1, dtype=torch.int64))
     tmp = out_dir / ".model.onnx.tmp"
-    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError), torch.no_grad(), \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(SherpaGraph(model, adapter), args, str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=["audio_signal", "length", "cache_last_channel", "cache_last_time",
-                                       "cache_last_channel_len"],
-                          output_names=["log_probs", "encoded_lengths", "cache_last_channel_next",
-                                        "cache_last_time_next", "cache_last_channel_len_next"],
-                          dynamic_axes={"audio_signal": {0: "batch"}, "length": {0: "batch"},
-                                        "cache_last_channel": {0: "batch"}, "cache_last_time": {0: "batch"},
-                                        "cache_last_channel_len": {0: "batch"}, "log_probs": {0: "batch"}})
-    delay = model_delay(model_path.parent)
+    with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError):
+        export_graph(SherpaGraph(model, adapter), args, tmp,
+                     ["audio_signal", "length", "cache_last_channel", "cache_last_time", "cache_last_channel_len"],
+                     ["log_probs", "encoded_lengths", "cache_last_channel_next", "cache_last_time_next",
+                      "cache_last_channel_len_next"],
+                     {"audio_signal": {0: "batch"}, "length": {0: "batch"}, "cache_last_channel": {0: "batch"},
+                      "cache_last_time": {0: "batch"}, "cache_last_channel_len": {0: "batch"},
+                      "log_probs": {0: "batch"}})
+    delay = bundle.delay_frames
     meta = {"model_type": "speechkd-lstm-ctc", "window_size": window, "chunk_shift": window,
             "subsampling_factor": cfg.stack, "vocab_size": cfg.vocab_size - 1,
             "cache_last_channel_dim1": L, "cache_last_channel_dim2": 1, "cache_last_channel_dim3": H,
             "cache_last_time_dim1": L, "cache_last_time_dim2": 1, "cache_last_time_dim3": H,
             "delay_frames": delay, "tail_padding_ms": (delay * cfg.stack + window) * 10,
             "feature_adapter": "none" if adapter is None else f"mlp, held-out rms {adapt_err:.3f}",
-            "source": f"{model_path.parent.name}/{model_path.name}"}
+            "source": f"{bundle.provenance.get('stage') or model_path.parent.name}/{model_path.name}"}
     with clean_on_failure(out_dir, ARTIFACTS, "model.onnx", ExportError):
         finish_onnx(tmp, meta, out_dir / "model.onnx")
         # sherpa-onnx concatenates symbols; "▁" becomes a space in its text, so the word boundary is named so

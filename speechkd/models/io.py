@@ -1,9 +1,10 @@
-"""Model weights on disk: safetensors with the model config in the metadata.
+"""Weights on disk: safetensors with the model config in the metadata.
 
-:func:`load_model` is how decode, export, distillation and the CLI get a model: it builds the
-architecture from the stored config (:func:`build_model`) and loads the weights strictly, so
-a file with extra or missing tensors (a KD head, another architecture) is an error naming it.
-Nothing here unpickles anything.
+These are the plain weight files of training (checkpoints, epoch weights): :func:`load_model` builds the
+architecture from the stored config (:func:`build_model`) and loads the weights strictly, so a file
+with extra or missing tensors (a KD head, another architecture) is an error naming it. A trained
+model that leaves a stage is a model bundle (:mod:`speechkd.models.bundle`), which adds everything
+needed to run it on audio. Nothing here unpickles anything.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tens
     return meta, tensors
 
 
-def read_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    meta, tensors = read_tensors(path)
+def parse_model_config(meta: dict[str, str], path: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` stored in a weights file's metadata; errors name the file."""
     if "model_config" not in meta:
         raise CheckpointError(f"{path}: not a speechkd model (no model_config in the safetensors metadata)")
     try:
@@ -80,10 +81,15 @@ def read_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: the model_config metadata is not a JSON object")
     try:
-        cfg = from_dict(ModelConfig, raw, where=f"{path}: model_config")
+        return from_dict(ModelConfig, raw, where=f"{path}: model_config")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    return cfg, tensors
+
+
+def read_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """``(model config, tensors)`` of a plain weights file (checkpoints, epoch weights)."""
+    meta, tensors = read_tensors(path)
+    return parse_model_config(meta, path), tensors
 
 
 def check_shapes(cfg: ModelConfig, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -104,12 +110,10 @@ def check_shapes(cfg: ModelConfig, tensors: dict[str, torch.Tensor], path: str |
                                   f"(layers={cfg.layers}, hidden={cfg.hidden}) needs {list(want[k])}")
 
 
-def load_model(path: str | Path, *, expect: ModelConfig | None = None, device: str | torch.device = "cpu") -> LSTMCTC:
-    """Build the model from a weights file's stored config and load the weights.
-
-    With ``expect``, a checkpoint of another architecture is an error naming the file and the
-    differing fields."""
-    cfg, tensors = read_weights(path)
+def model_from(cfg: ModelConfig, tensors: dict[str, torch.Tensor], path: str | Path, *,
+               expect: ModelConfig | None = None) -> LSTMCTC:
+    """Build the model of ``cfg`` and load ``tensors`` into it strictly (shapes checked first, on the meta
+    device). With ``expect``, another architecture is an error naming ``path`` and the differing fields."""
     if expect is not None and cfg != expect:
         diff = {k: (v, getattr(cfg, k)) for k, v in asdict(expect).items() if getattr(cfg, k) != v}
         raise CheckpointError(f"{path}: checkpoint is another architecture: "
@@ -120,7 +124,13 @@ def load_model(path: str | Path, *, expect: ModelConfig | None = None, device: s
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the stored model config: {str(e)[:300]}") from None
-    return model.to(device)
+    return model
+
+
+def load_model(path: str | Path, *, expect: ModelConfig | None = None, device: str | torch.device = "cpu") -> LSTMCTC:
+    """Build the model from a plain weights file's stored config and load the weights (see :func:`model_from`)."""
+    cfg, tensors = read_weights(path)
+    return model_from(cfg, tensors, path, expect=expect).to(device)
 
 
 def check_vocabulary(model: LSTMCTC, tokenizer, where: str | Path) -> None:
@@ -131,10 +141,10 @@ def check_vocabulary(model: LSTMCTC, tokenizer, where: str | Path) -> None:
         raise CheckpointError(
             f"{where}: the model outputs {model.cfg.vocab_size} tokens but the tokenizer "
             f"({tokenizer.kind}) has {tokenizer.vocab_size}; use the tokenizer the model was trained with "
-            "(the one saved next to it)")
+            "(the one its model bundle carries)")
     fp = tokenizer_fingerprint(tokenizer)
     if model.cfg.tokenizer and model.cfg.tokenizer != fp:
         raise CheckpointError(
             f"{where}: the model was trained with another tokenizer (fingerprint {model.cfg.tokenizer}) than the "
             f"one given ({tokenizer.kind}, {fp}), though both have {tokenizer.vocab_size} tokens; use the tokenizer "
-            "saved next to the model")
+            "the model bundle carries")

@@ -14,14 +14,13 @@ from typing import Any, Literal
 
 from speechkd.config import check_name, field, require
 from speechkd.data.dataset import FeatureDataset
-from speechkd.eval.decode import evaluate, pick_device
+from speechkd.eval.decode import evaluate
 from speechkd.eval.scoring import write_reports
-from speechkd.models.io import check_vocabulary, load_model
+from speechkd.models.bundle import load_bundle
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.stages import MODEL_STAGES
-from speechkd.stages.featurize import declared_splits
-from speechkd.text.tokenizer import load_tokenizer
-from speechkd.utils import atomic_write_text
+from speechkd.stages.featurize import declared_splits, fbank_options
+from speechkd.utils import atomic_write_text, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +57,11 @@ def check(cfg: Config, lookup) -> None:
 def run(cfg: Config, ctx) -> dict[str, Any]:
     mdir, fdir = ctx.stage_dir(cfg.model), ctx.stage_dir(cfg.featurize)
     device = pick_device(cfg.device)
-    model = load_model(mdir / cfg.checkpoint, device=device)
-    tok = load_tokenizer(mdir)
-    check_vocabulary(model, tok, mdir / cfg.checkpoint)
+    bundle = load_bundle(mdir / cfg.checkpoint, device=device)
+    model, tok = bundle.model, bundle.tokenizer
+    if fbank_options(fdir) != bundle.fbank:
+        raise ValueError(f"{mdir / cfg.checkpoint}: the model was trained on other fbank options than "
+                         f"{fdir / 'features.json'} describes; decode it on features made with its own options")
     out: dict[str, Any] = {"model": f"{cfg.model}/{cfg.checkpoint}", "parameters": count_parameters(model),
                            "bidirectional": model.cfg.bidirectional, "splits": {}}
     have = declared_splits(fdir)

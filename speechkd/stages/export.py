@@ -4,7 +4,7 @@ Writes ``<model stage>/model.onnx`` and ``tokens.txt`` per exported model, and `
 (bytes, chunk, delay per model). A bidirectional model cannot stream: its export stops with a message.
 With ``int8: true`` every model (and its sherpa flavour) also gets ``model.int8.onnx`` (ONNX Runtime
 dynamic quantization, :mod:`speechkd.quant.ort`), and the fp32 and int8 files are compared through the
-runtime on ``compare_split`` (:mod:`speechkd.quant.compare`): WER, S/D/I, blank rate, posterior change.
+runtime on ``compare_split`` (:mod:`speechkd.eval.int8`): WER, S/D/I, blank rate, posterior change.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def check(cfg: Config, lookup) -> None:
 def int8_variant(cfg: Config, ctx, m: str) -> dict[str, Any]:
     """``<m>/model.int8.onnx``, its node report and, on ``compare_split``, what int8 changed."""
     from speechkd.eval.scoring import write_reports
-    from speechkd.quant.compare import compare_int8
+    from speechkd.eval.int8 import compare_int8
 
     src, dst = ctx.out_dir / m / "model.onnx", ctx.out_dir / m / "model.int8.onnx"
     rep = {"path": f"{m}/model.int8.onnx", **quantize_int8(src, dst)}

@@ -37,22 +37,22 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
 def run(cfg: Config, ctx) -> dict[str, Any]:
     from speechkd.data.dataset import FeatureDataset
     from speechkd.data.manifest import read_manifest
-    from speechkd.eval.latency import measure
-    from speechkd.models.io import load_model
+    from speechkd.eval.latency import alignment_ends, measure
+    from speechkd.models.bundle import load_bundle
     from speechkd.runtime.recognizer import StreamingRecognizer
-    from speechkd.text.tokenizer import load_tokenizer
 
     edir, tdir, fdir = ctx.stage_dir(cfg.export), ctx.stage_dir(cfg.teacher), ctx.stage_dir(cfg.featurize)
-    teacher = load_model(tdir / "model.safetensors").eval()
-    tok = load_tokenizer(tdir)
+    teacher = load_bundle(tdir / "model.safetensors")
+    tok = teacher.tokenizer
     manifest = fdir / f"{cfg.split}.jsonl"
-    ds = FeatureDataset(manifest, tok)
+    ds = FeatureDataset(manifest, tok, dim=teacher.cfg.input_dim)
     paths = {u.id: u.resolve_audio(fdir) for u in read_manifest(manifest)}
     exported = json.loads((edir / "summary.json").read_text())["models"]
+    ends = alignment_ends(teacher.model, ds, limit=cfg.limit, blank=tok.blank_id)  # once, for every model
     out: dict[str, Any] = {"split": cfg.split, "alignment": cfg.teacher, "models": {}}
     for name, info in exported.items():
         rec = StreamingRecognizer(edir / info["path"])
-        out["models"][name] = {**measure(rec, teacher, ds, paths, limit=cfg.limit, chunk_ms=cfg.chunk_ms),
+        out["models"][name] = {**measure(rec, ends, teacher.frame_ms, ds, paths, limit=cfg.limit, chunk_ms=cfg.chunk_ms),
                                "delay_ms": info["delay_ms"]}
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out

@@ -3,12 +3,12 @@
 Starts from the ``init`` stage's ``model.safetensors`` (a KD student, or any unidirectional model)
 and fine-tunes it with fake-quantized int8 weights (:mod:`speechkd.quant.fake`: per channel,
 straight-through gradient, the grid ONNX Runtime's dynamic quantization uses) under the same teacher
-cache and KD loss: by default the init student's own loss and delay, read from its ``outputs.json``
+cache and KD loss: by default the init student's own loss and delay, read from its model bundle
 (``kd_from_init: false`` takes this stage's ``kd`` block instead). Dev scores every epoch are
 those of the fake-quantized model.
 
 Writes what a distill stage writes; ``model.safetensors`` and ``best.safetensors`` hold the *baked*
-weights (float values on the int8 grid, ``quantization`` in their metadata), so decode, export and
+weights (float values on the int8 grid, ``quantization`` in the bundle), so decode, export and
 ONNX Runtime's quantizer see exactly what was fine-tuned. Checkpoints keep the float weights, and a
 killed run resumes exactly.
 """
@@ -16,14 +16,13 @@ killed run resumes exactly.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from speechkd.config import field, require
 from speechkd.distill.compose import KDConfig
-from speechkd.models.io import load_model, save_weights
+from speechkd.models.bundle import load_bundle, save_bundle
 from speechkd.models.lstm_ctc import ModelConfig
 from speechkd.stages import MODEL_STAGES
 from speechkd.stages.distill import Config as DistillConfig
@@ -40,7 +39,7 @@ QUANTIZATION = "int8 weights, symmetric per output channel (quantization-aware, 
 @dataclass
 class Config(DistillConfig):
     init: str = field("student_frame", help="train/distill stage whose model is fine-tuned")
-    kd_from_init: bool = field(True, help="use the init student's KD loss and delay (its outputs.json); "
+    kd_from_init: bool = field(True, help="use the init student's KD loss and delay (from its model bundle); "
                                           "false: the kd block of this stage")
     model: ModelConfig = field(default_factory=ModelConfig, help="ignored: the architecture is the init model's")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=0),
@@ -66,33 +65,32 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
     return ups + distill_upstream(cfg)
 
 
-def init_kd(init_dir) -> KDConfig:
-    """The KD loss the init stage trained with, its delay fixed to the one it used (no new estimate,
-    no extra look-ahead on top); a ``train`` stage (no KD) gives plain CTC."""
-    try:
-        out = json.loads((init_dir / "outputs.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{init_dir}/outputs.json: cannot read the init stage's outputs ({e})") from None
-    kd = out.get("kd")
+def init_kd(init) -> KDConfig:
+    """The KD loss the init model (a :class:`~speechkd.models.bundle.ModelBundle`) was trained with, its
+    delay fixed to the one it used (no new estimate, no extra look-ahead on top); a model trained
+    without KD gives plain CTC."""
+    kd = init.kd
     if not isinstance(kd, dict):
         return KDConfig(alpha=0.0, delay=0)
     if kd.get("online"):
-        raise ValueError(f"{init_dir}: the init student used an online teacher; set kd_from_init: false and give "
-                         "a cache-based kd block")
+        raise ValueError("the init student used an online teacher; set kd_from_init: false and give a cache-based "
+                         "kd block")
     fields = {k: v for k, v in kd.items() if k in KDConfig.__dataclass_fields__}
-    return KDConfig(**{**fields, "delay": int(out.get("delay_frames") or 0), "extra_delay": 0})
+    return KDConfig(**{**fields, "delay": int(init.delay_frames), "extra_delay": 0})
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
     from speechkd.quant.fake import bake
 
-    init_dir = ctx.stage_dir(cfg.init)
-    ipath = init_dir / "model.safetensors"
-    init = load_model(ipath)
+    ipath = ctx.stage_dir(cfg.init) / "model.safetensors"
+    init = load_bundle(ipath)
     if init.cfg.bidirectional:
         raise ValueError(f"{ipath}: a bidirectional model cannot stream; quantize a unidirectional student")
     if cfg.kd_from_init:
-        cfg = replace(cfg, kd=init_kd(init_dir))
+        try:
+            cfg = replace(cfg, kd=init_kd(init))
+        except ValueError as e:
+            raise ValueError(f"{ipath}: {e}") from None
         log.info("QAT of %s with its KD loss (alpha %g, seq %s) and delay %d frames", cfg.init, cfg.kd.alpha,
                  cfg.kd.seq, cfg.kd.delay)
     cfg = copy.copy(cfg)
@@ -101,8 +99,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     for name in ("model.safetensors", "best.safetensors"):
         p = ctx.out_dir / name
         if p.exists():
-            m = load_model(p)
-            m.fake_quant = True
-            save_weights(bake(m), p, {"quantization": QUANTIZATION})
+            b = load_bundle(p)
+            save_bundle(b.with_model(bake(b.model), quantization=QUANTIZATION), p)
     summary.update(init=cfg.init, quantization=QUANTIZATION)
     return summary

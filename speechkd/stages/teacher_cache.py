@@ -20,11 +20,10 @@ from speechkd.config import check_name, field, require
 from speechkd.data.dataset import FeatureDataset
 from speechkd.data.manifest import read_manifest, write_manifest
 from speechkd.distill.cache import cache_entries, check_teachers, shard_ok, tokenizer_fingerprint, write_shard
-from speechkd.eval.decode import pick_device
-from speechkd.models.io import check_vocabulary, load_model
+from speechkd.models.bundle import load_bundle
+from speechkd.models.io import check_vocabulary
 from speechkd.stages import MODEL_STAGES
-from speechkd.text.tokenizer import load_tokenizer
-from speechkd.utils import atomic_write_text, progress
+from speechkd.utils import atomic_write_text, pick_device, progress
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +79,10 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = pick_device(cfg.device)
     tdirs = [ctx.stage_dir(t) for t in cfg.teachers]
-    models = [load_model(d / "model.safetensors", device=device).eval() for d in tdirs]
+    bundles = [load_bundle(d / "model.safetensors", device=device) for d in tdirs]
+    models = [b.model for b in bundles]
     check_teachers(models, cfg.teachers)
-    tok = load_tokenizer(tdirs[0])
+    tok = bundles[0].tokenizer
     for d, m in zip(tdirs, models):
         check_vocabulary(m, tok, d / "model.safetensors")
     fdir = ctx.stage_dir(cfg.featurize)
@@ -122,15 +122,19 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                     index[u["id"]] = (si, u)
                 total_bytes += (shard_dir / f"cache-{si:05d}.npz").stat().st_size
                 total_bytes += (shard_dir / f"cache-{si:05d}.json").stat().st_size
+            beyond = 0.0
             for u in read_manifest(manifest):
                 si, e = index[u.id]
                 frames += e["frames"]
+                beyond += float(e.get("beyond_k", 0.0))
                 u.extra["cache"] = {"shard": f"shards/{split}/cache-{si:05d}.npz", "offset": e["offset"],
                                     "frames": e["frames"], "nbest_offset": e["nbest_offset"], "nbest": e["nbest"]}
                 rows.append(u)
             write_manifest(rows, out / f"{split}.jsonl")
             dense_bytes += frames * V * 4
-            summary["splits"][split] = {"utterances": len(rows), "frames": frames}
+            # the teacher's mass outside the stored top k, per frame on average (what k leaves out)
+            summary["splits"][split] = {"utterances": len(rows), "frames": frames,
+                                        "mass_beyond_k_per_frame": round(beyond / max(frames, 1), 5)}
     if rank == 0:
         meta = {"vocab_size": V, "tokenizer": tokenizer_fingerprint(tok), "stack": models[0].cfg.stack,
                 "k": cfg.k, "nbest": cfg.nbest, "teachers": cfg.teachers, "splits": cfg.splits}

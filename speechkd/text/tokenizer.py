@@ -92,7 +92,7 @@ class SentencePieceTokenizer:
     def __init__(self, model_proto: bytes):
         import sentencepiece as spm
 
-        self._proto = model_proto
+        self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         if self._sp.pad_id() != 0:
             raise TokenizerError("sentencepiece model must have pad_id=0 (used as the CTC blank)")
@@ -112,6 +112,11 @@ class SentencePieceTokenizer:
             num_threads=1, minloglevel=2, hard_vocab_limit=False,
         )
         return cls(buf.getvalue())
+
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized sentencepiece model (what ``spm.model`` holds)."""
+        return self._proto
 
     @property
     def vocab_size(self) -> int:
@@ -152,6 +157,43 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
     return hashlib.sha256(json.dumps(tok.tokens()).encode()).hexdigest()[:16]
 
 
+def describe_tokenizer(tok: Tokenizer) -> tuple[dict, bytes | None]:
+    """``(description, sentencepiece model bytes or None)``: everything :func:`tokenizer_from` needs to
+    rebuild ``tok`` (how a model bundle carries its tokenizer)."""
+    if tok.kind == "char":
+        return {"kind": "char", "symbols": tok.tokens()}, None
+    if tok.kind == "sentencepiece":
+        return {"kind": "sentencepiece", "vocab_size": tok.vocab_size}, tok.model_proto
+    raise TokenizerError(f"unknown tokenizer kind {tok.kind!r}")
+
+
+def tokenizer_from(meta, spm_model: bytes | None, where: str) -> Tokenizer:
+    """The tokenizer that ``meta`` (a ``tokenizer.json`` object, or :func:`describe_tokenizer`'s) and
+    the sentencepiece model bytes describe; errors name ``where`` and never echo the content."""
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{where}: expected a JSON object with 'kind'")
+    if meta.get("kind") == "char":
+        syms = meta.get("symbols")
+        if not isinstance(syms, list) or len(syms) < 2 or not all(isinstance(x, str) and x for x in syms) \
+                or len(set(syms)) != len(syms):
+            raise TokenizerError(f"{where}: a char tokenizer needs 'symbols': a list of distinct non-empty "
+                                 f"strings, the blank {BLANK!r} first")
+        try:
+            return CharTokenizer(syms)
+        except TokenizerError as e:
+            raise TokenizerError(f"{where}: {e}") from None
+    if meta.get("kind") == "sentencepiece":
+        if spm_model is None:
+            raise TokenizerError(f"{where}: the sentencepiece model is missing")
+        try:
+            return SentencePieceTokenizer(spm_model)
+        except TokenizerError as e:
+            raise TokenizerError(f"{where}: {e}") from None
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError on a corrupt model
+            raise TokenizerError(f"{where}: not a sentencepiece model ({str(e)[:200]})") from None
+    raise TokenizerError(f"{where}: unknown tokenizer kind; expected 'char' or 'sentencepiece'")
+
+
 def load_tokenizer(folder: str | Path) -> Tokenizer:
     """Load what :meth:`Tokenizer.save` wrote into ``folder``; errors name the file and the problem."""
     folder = Path(folder)
@@ -160,28 +202,14 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"{meta_path}: cannot read tokenizer: {e}") from None
-    if not isinstance(meta, dict):
-        raise TokenizerError(f"{meta_path}: expected a JSON object with 'kind'")
-    if meta.get("kind") == "char":
-        syms = meta.get("symbols")
-        if not isinstance(syms, list) or len(syms) < 2 or not all(isinstance(x, str) and x for x in syms) \
-                or len(set(syms)) != len(syms):
-            raise TokenizerError(f"{meta_path}: a char tokenizer needs 'symbols': a list of distinct non-empty "
-                                 f"strings, the blank {BLANK!r} first; got {syms!r:.200}")
-        try:
-            return CharTokenizer(syms)
-        except TokenizerError as e:
-            raise TokenizerError(f"{meta_path}: {e}") from None
-    if meta.get("kind") == "sentencepiece":
+    spm_model, where = None, str(meta_path)
+    if isinstance(meta, dict) and meta.get("kind") == "sentencepiece":
         name = meta.get("model")
         if not isinstance(name, str) or "/" in name or name.startswith("."):
-            raise TokenizerError(f"{meta_path}: 'model' must name the sentencepiece file beside it, got {name!r}")
+            raise TokenizerError(f"{meta_path}: 'model' must name the sentencepiece file beside it")
+        where = str(folder / name)
         try:
-            return SentencePieceTokenizer((folder / name).read_bytes())
+            spm_model = (folder / name).read_bytes()
         except OSError as e:
             raise TokenizerError(f"{folder / name}: cannot read sentencepiece model: {e.strerror}") from None
-        except TokenizerError as e:
-            raise TokenizerError(f"{folder / name}: {e}") from None
-        except Exception as e:  # sentencepiece raises RuntimeError/OSError on a corrupt model
-            raise TokenizerError(f"{folder / name}: not a sentencepiece model ({str(e)[:200]})") from None
-    raise TokenizerError(f"{meta_path}: unknown tokenizer kind {meta.get('kind')!r}; expected 'char' or 'sentencepiece'")
+    return tokenizer_from(meta, spm_model, where)

@@ -13,7 +13,8 @@ import torch
 
 from speechkd.export import ExportError, export_streaming
 from speechkd.export.onnx import StreamingGraph
-from speechkd.models import ModelConfig, build_model, save_weights
+from speechkd.features.fbank import FbankOptions
+from speechkd.models import ModelBundle, ModelConfig, build_model, save_bundle
 from speechkd.text.tokenizer import CharTokenizer, tokenizer_fingerprint
 from tests.conftest import REPO, write_tone
 
@@ -34,13 +35,7 @@ def make_model(d: Path, *, bidirectional=False, stack=3, delay=2, seed=0) -> Pat
     m.set_cmvn(np.full(80, -8.0), np.full(80, 3.0))
     with torch.no_grad():  # a peaky output layer, so greedy decoding emits tokens
         m.out.weight.mul_(8.0)
-    save_weights(m, d / "model.safetensors")
-    tok.save(d)
-    (d / "features.json").write_text(json.dumps({"fbank": {"sample_rate": 16000, "num_mel_bins": 80,
-                                                           "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
-                                                           "low_freq": 20.0, "high_freq": 0.0, "preemphasis": 0.97,
-                                                           "window": "povey", "dither": 0.0}}))
-    (d / "outputs.json").write_text(json.dumps({"delay_frames": delay}))
+    save_bundle(ModelBundle(m, tok, FbankOptions(), delay_frames=delay), d / "model.safetensors")
     return d / "model.safetensors"
 
 

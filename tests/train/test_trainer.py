@@ -125,7 +125,7 @@ def test_torchrun_two_processes_on_cpu(prepared, tmp_path):
 
 
 def _tiny_training(prepared, tmp_path, epochs: int):
-    """A 1x16 LSTM ready to train on the prepared corpus: ``(cfg, out_dir, (tok, train, dev, model))``."""
+    """A 1x16 LSTM ready to train on the prepared corpus: ``(cfg, out_dir, (bundle, train, dev))``."""
     from speechkd.config import from_dict
     from speechkd.stages import train as train_stage
     from speechkd.stages.runner import StageContext
@@ -137,31 +137,43 @@ def _tiny_training(prepared, tmp_path, epochs: int):
     return cfg, out, train_stage.prepare(cfg, StageContext("t", exp / "t", out, 0, REPO))
 
 
-def test_nonfinite_losses_are_skipped_and_counted(prepared, tmp_path):
-    from speechkd.train.trainer import ctc_loss, train
+def _scorer(bundle, dev, cfg):
+    from speechkd.stages.train import dev_scorer
 
-    cfg, out, (tok, tr, dev, model) = _tiny_training(prepared, tmp_path, epochs=1)
+    return dev_scorer(dev, bundle.tokenizer, cfg.max_frames, cfg.dev_limit)
+
+
+def test_nonfinite_losses_are_skipped_and_counted(prepared, tmp_path):
+    from speechkd.train.objective import Objective
+    from speechkd.train.trainer import train
+
+    cfg, out, (bundle, tr, dev) = _tiny_training(prepared, tmp_path, epochs=1)
     calls = []
 
-    def flaky(m, b, lp, ol):
-        calls.append(1)
-        loss = ctc_loss(lp, ol, b)
-        return loss * float("nan") if len(calls) == 2 else loss
+    class Flaky(Objective):
+        def __call__(self, batch, fwd):
+            calls.append(1)
+            loss = super().__call__(batch, fwd)
+            return loss * float("nan") if len(calls) == 2 else loss
 
-    summary = train(cfg, model, tr, dev, tok, out, seed=0, loss_fn=flaky)
+    summary = train(cfg, bundle, tr, out, seed=0, objective=Flaky(), validate=_scorer(bundle, dev, cfg))
     assert summary["skipped_steps"] == 1 and summary["steps"] == len(calls) > 2
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in bundle.model.parameters())
 
 
-def test_decode_refuses_a_tokenizer_that_does_not_match_the_model(prepared, tmp_path):
+def test_decode_refuses_a_model_file_whose_tokenizer_does_not_match_the_model(prepared, tmp_path):
     """Defect 8: a char model decoded with a sentencepiece tokenizer reported a 126% WER; the reverse raised
-    IndexError. Defect 12: two manifests with one file name overwrote each other's reports."""
+    IndexError. The tokenizer now travels inside the model file, and a file whose tokenizer does not fit its
+    model (tampered, or written by hand) is refused. Defect 12: two manifests with one file name overwrote each
+    other's reports."""
     import json
     import shutil as sh
 
     from speechkd.data.dataset import FeatureDataset
-    from speechkd.models import ModelConfig, build_model
-    from speechkd.text.tokenizer import CharTokenizer, load_tokenizer, tokenizer_fingerprint, train_tokenizer
+    from speechkd.features.fbank import FbankOptions
+    from speechkd.models import ModelBundle, ModelConfig, build_model, save_bundle
+    from speechkd.models.io import read_tensors, save_tensors
+    from speechkd.text.tokenizer import CharTokenizer, tokenizer_fingerprint, train_tokenizer
 
     _, exp = prepared
     feat = exp / "t" / "featurize"
@@ -169,22 +181,24 @@ def test_decode_refuses_a_tokenizer_that_does_not_match_the_model(prepared, tmp_
     model = build_model(ModelConfig(input_dim=80, vocab_size=char.vocab_size, hidden=8, layers=1,
                                     bidirectional=False, tokenizer=tokenizer_fingerprint(char)))
     mdir = tmp_path / "m"
-    ck.save_weights(model, mdir / "model.safetensors")
+    save_bundle(ModelBundle(model, char, FbankOptions()), mdir / "model.safetensors")
     texts = [u for u in FeatureDataset(feat / "train.jsonl", char).texts]
     spm = train_tokenizer("sentencepiece", texts, vocab_size=char.vocab_size)  # the same size: only the fingerprint tells
-    spm.save(tmp_path / "spm")
     spm_big = train_tokenizer("sentencepiece", texts, vocab_size=60)
-    spm_big.save(tmp_path / "spm_big")
-    cli = [sys.executable, "-m", "speechkd.cli", "decode", "--model", str(mdir / "model.safetensors"), "--out",
-           str(tmp_path / "o")]
-    for tdir, match in ((tmp_path / "spm", "trained with another tokenizer"), (tmp_path / "spm_big", "outputs 29 tokens")):
-        assert load_tokenizer(tdir).vocab_size in (29, 60)
-        r = subprocess.run([*cli, "--tokenizer", str(tdir), str(feat / "dev.jsonl")], capture_output=True, text=True)
-        assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
+    meta, tensors = read_tensors(mdir / "model.safetensors")
+    for name, tok, match in (("same", spm, "trained with another tokenizer"), ("big", spm_big, "outputs 29 tokens")):
+        bad = tmp_path / name / "model.safetensors"
+        save_tensors({**tensors, "tokenizer.spm_model": torch.frombuffer(bytearray(tok.model_proto), dtype=torch.uint8)},
+                     bad, {**meta, "tokenizer": json.dumps({"kind": "sentencepiece"})})
+        r = subprocess.run([sys.executable, "-m", "speechkd.cli", "decode", "--model", str(bad), "--out",
+                            str(tmp_path / "o"), str(feat / "dev.jsonl")], capture_output=True, text=True)
+        assert r.returncode == 2 and match in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr, \
+            r.stderr
     # two manifests both called dev.jsonl: both reports are kept, under different names
     other = tmp_path / "copy"
     sh.copytree(feat, other)
-    char.save(mdir)
+    cli = [sys.executable, "-m", "speechkd.cli", "decode", "--model", str(mdir / "model.safetensors"), "--out",
+           str(tmp_path / "o")]
     r = subprocess.run([*cli, str(feat / "dev.jsonl"), str(other / "dev.jsonl")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     summaries = sorted(p.name for p in (tmp_path / "o").glob("wer-summary-*.json"))
@@ -194,9 +208,15 @@ def test_decode_refuses_a_tokenizer_that_does_not_match_the_model(prepared, tmp_
 
 def test_a_run_whose_steps_are_all_skipped_fails_naming_the_cause(prepared, tmp_path):
     """Issue 20, 1: every step non-finite (NaN features) used to end as success with 'loss 0.000'."""
-    from speechkd.train.trainer import TrainingFailed, ctc_loss, train
+    from speechkd.train.objective import Objective
+    from speechkd.train.trainer import TrainingFailed, train
 
-    cfg, out, (tok, tr, dev, model) = _tiny_training(prepared, tmp_path, epochs=2)
+    cfg, out, (bundle, tr, dev) = _tiny_training(prepared, tmp_path, epochs=2)
+
+    class Broken(Objective):
+        def __call__(self, batch, fwd):
+            return super().__call__(batch, fwd) * float("nan")
+
     with pytest.raises(TrainingFailed, match=r"steps of epoch 1 were skipped because the loss .* not finite"):
-        train(cfg, model, tr, dev, tok, out, seed=0, loss_fn=lambda m, b, lp, ol: ctc_loss(lp, ol, b) * float("nan"))
+        train(cfg, bundle, tr, out, seed=0, objective=Broken(), validate=_scorer(bundle, dev, cfg))
     assert not (out / "model.safetensors").exists()
