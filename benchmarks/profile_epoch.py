@@ -54,7 +54,8 @@ def main() -> None:
     from speechkd.stages import train as train_stage
     from speechkd.stages.runner import StageContext
     from speechkd.train.precision import autocast
-    from speechkd.train.trainer import Forward, Trainer
+    from speechkd.train.objective import Forward
+    from speechkd.train.trainer import Trainer
 
     torch.set_num_threads(a.threads)
     stages = load_yaml(recipe / "recipe.yaml")["stages"]
@@ -63,8 +64,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext("bench", a.exp, Path(tmp), 1234, a.exp)
         torch.manual_seed(1234)
-        tok, tr, dev, model = train_stage.prepare(cfg, ctx)
-        t = Trainer(cfg, model, tr, dev, tok, tmp, seed=1234)
+        bundle, tr, dev = train_stage.prepare(cfg, ctx)
+        t = Trainer(cfg, bundle, tr, tmp, seed=1234,
+                    validate=train_stage.dev_scorer(dev, bundle.tokenizer, cfg.max_frames, cfg.dev_limit))
         batches = t.sampler.batches(0)
         batches = batches[: a.steps] if a.steps else batches
         real = sum(tr.lengths[i] for b in batches for i in b)

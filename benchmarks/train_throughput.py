@@ -170,9 +170,10 @@ def dev_cost(exp: Path, stages: dict, steps: int, threads: int, low: str, device
                 run_dir.mkdir()
                 ctx = StageContext("bench", exp, run_dir, 1234, exp)
                 torch.manual_seed(1234)
-                tok, tr, dev, model = train_stage.prepare(cfg, ctx)
+                bundle, tr, dev = train_stage.prepare(cfg, ctx)
                 t0 = time.perf_counter()
-                summary = train(cfg, model, tr, dev, tok, run_dir, seed=1234)
+                summary = train(cfg, bundle, tr, run_dir, seed=1234,
+                                validate=train_stage.dev_scorer(dev, bundle.tokenizer, cfg.max_frames, cfg.dev_limit))
                 wall = time.perf_counter() - t0
                 out[f"dev_cer_{key}_{prec}"] = summary["final"]["dev_cer"]
                 out[f"dev_wer_{key}_{prec}"] = summary["final"]["dev_wer"]

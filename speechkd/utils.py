@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, seeding, logging setup."""
+"""Small shared helpers: atomic writes, seeding, device choice, logging setup."""
 
 from __future__ import annotations
 
@@ -61,6 +61,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def pick_device(name: str = "auto"):
+    """Where a model runs: ``auto`` is CUDA when present (under DDP, the rank's GPU), else the CPU; or
+    ``cpu``/``cuda``. The one place that chooses (training, decoding, caching and evaluation ask it)."""
+    import torch
+    import torch.distributed as dist
+
+    if name == "auto":
+        if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
+            return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but no CUDA device is available")
+    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

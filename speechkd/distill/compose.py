@@ -21,7 +21,7 @@ import torch
 from speechkd.config import field, require
 from speechkd.distill import losses as L
 from speechkd.distill.timing import delay_log_probs, delay_topk
-from speechkd.train.trainer import Forward, Objective, ctc_loss
+from speechkd.train.objective import Forward, Objective, ctc_loss
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Decoding and scoring: device choice, greedy CTC over a dataset, WER/CER with jiwer, icefall-style reports."""
+"""Decoding and scoring: greedy CTC over a dataset, WER/CER with jiwer, icefall-style reports."""
 
-from speechkd.eval.decode import evaluate, pick_device
+from speechkd.eval.decode import evaluate
 from speechkd.eval.scoring import greedy_decode, report_names, score, write_reports
 
-__all__ = ["evaluate", "pick_device", "greedy_decode", "score", "write_reports", "report_names"]
+__all__ = ["evaluate", "greedy_decode", "score", "write_reports", "report_names"]

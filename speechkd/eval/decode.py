@@ -1,32 +1,21 @@
-"""Decoding a model over a featurized dataset, and where it runs.
+"""Decoding a model over a featurized dataset.
 
-:func:`pick_device` is the one place that chooses CPU or CUDA; :func:`evaluate` decodes a
-:class:`~speechkd.data.dataset.FeatureDataset` in length-bucketed batches with greedy CTC and
-scores it (WER/CER in percent). Training uses it for the dev set every epoch; the decode stage
+:func:`evaluate` decodes a :class:`~speechkd.data.dataset.FeatureDataset` in length-bucketed batches
+with greedy CTC and scores it (WER/CER in percent). The train stages hand it to the trainer to score
+the dev set every epoch; the decode stage
 and ``speechkd decode`` use it for reports.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from speechkd.data.dataset import FeatureDataset
 from speechkd.data.sampler import BucketingSampler
 from speechkd.eval.scoring import greedy_decode, score
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present (under DDP, the rank's GPU), else the CPU; or ``cpu``/``cuda``."""
-    if name == "auto":
-        if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
-            return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -49,4 +38,25 @@ def evaluate(model, ds: FeatureDataset, tokenizer, device, max_frames: int, limi
     model.train(was_training)
     out = score(refs, hyps)
     out.update(ids=ids, refs=refs, hyps=hyps)
+    return out
+
+
+@torch.no_grad()
+def first_utterance_posteriors(models: dict[str, Path], manifest: Path) -> dict[str, Any]:
+    """Log-posteriors ``(frames, vocab)`` of the first utterance of the featurized ``manifest`` under each
+    model bundle of ``models`` (name -> file; offline, torch), for the report's teacher-against-student plot."""
+    import numpy as np
+
+    from speechkd.models.bundle import load_bundle
+
+    bundles = {m: load_bundle(p) for m, p in models.items()}
+    first = next(iter(bundles.values()))
+    ds = FeatureDataset(manifest, first.tokenizer, dim=first.cfg.input_dim)
+    uid, feats, _, _ = ds[0]
+    feats = torch.from_numpy(np.array(feats, dtype=np.float32))[None]  # a copy: the store's arrays are read-only
+    out: dict[str, Any] = {"id": uid, "log_probs": {}}
+    for m, b in bundles.items():
+        lp, _ = b.model(feats, torch.tensor([feats.shape[1]]))
+        out["log_probs"][m] = lp[0].numpy()
+        out["frame_ms"] = b.frame_ms
     return out

@@ -3,64 +3,51 @@
 Reads the ``<split>.jsonl`` of every split the corpus stage declares (its ``corpus.json``); writes
 ``shards/<split>/feats-NNNNN.npy`` (with a ``.json`` index written after it), ``<split>.jsonl``
 manifests whose rows carry a ``feats`` reference, ``cmvn.json`` (from the train split),
-``features.json`` (the fbank options, for every later stage), ``rejected/<split>.jsonl`` and
+``features.json`` (the fbank options, which the training stages put into every model bundle), ``rejected/<split>.jsonl`` and
 ``summary.json`` (which declares the featurized splits). Shards are the unit of resume: a rerun
 keeps every shard whose index exists.
 
-The "too short for CTC" check is not made here: it depends on the tokenizer and the model's
-frame stacking, so the training stages make it (:class:`speechkd.data.dataset.FeatureDataset`).
+The work is done by :mod:`speechkd.data.featurize`; this module is the stage's I/O. The "too short
+for CTC" check is not made here: it depends on the tokenizer and the model's frame stacking, so the
+training stages make it (:class:`speechkd.data.dataset.FeatureDataset`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from speechkd.config import check_name, field, require
-from speechkd.data.audio import AudioError, load_audio
+from speechkd.config import ConfigError, check_name, field, from_dict
 from speechkd.data.checks import BadInputLog
-from speechkd.data.manifest import Utterance, read_manifest, relative_to_manifest, write_manifest
+from speechkd.data.featurize import FeaturizeOptions, featurize_split, featurize_utterance, text_problem  # noqa: F401
+from speechkd.data.manifest import write_manifest
 from speechkd.features.cmvn import compute_cmvn
-from speechkd.features.fbank import FbankOptions, compute_fbank
-from speechkd.features.store import FeatureRef, write_shard
-from speechkd.text.normalize import ALPHABET, normalize_text
-from speechkd.utils import atomic_write_text, progress
+from speechkd.features.fbank import FbankOptions
+from speechkd.features.store import FeatureRef
+from speechkd.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Config:
+class Config(FeaturizeOptions):
     corpus: str = field("corpus", help="upstream stage whose <split>.jsonl manifests are featurized")
     splits: list[str] = field(default_factory=list, help="splits to featurize (default: every split the corpus "
                                                          "stage declares)")
-    fbank: FbankOptions = field(default_factory=FbankOptions, help="fbank options")
-    shard_size: int = field(500, help="utterances per shard")
-    dtype: Literal["float32", "float16"] = field("float32", help="stored feature dtype")
-    num_workers: int = field(0, help="worker processes (0 = one per CPU core)")
-    bad_input: Literal["skip", "fail"] = field("skip", help="skip (count, list, summarise) | fail (stop with a "
-                                                           "clear error)")
-    max_duration: float = field(30.0, help="longest utterance kept (seconds; checked on the header, before decoding)")
-    duration_tolerance: float = field(0.1, help="allowed |manifest duration - audio duration| (seconds)")
     cmvn_split: str = field("train", help="split the CMVN statistics come from")
 
     def __post_init__(self):
+        super().__post_init__()
         for i, sp in enumerate(self.splits):
             check_name(sp, f"splits[{i}]", "split name")
         check_name(self.cmvn_split, "cmvn_split", "split name")
-        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
-        require(self.num_workers >= 0, "num_workers", f"must be >= 0 (0 = one per core), got {self.num_workers}")
-        require(self.max_duration > 0, "max_duration", f"must be > 0 seconds, got {self.max_duration}")
-        require(self.duration_tolerance >= 0, "duration_tolerance", f"must be >= 0, got {self.duration_tolerance}")
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -78,68 +65,18 @@ def declared_splits(stage_dir: Path) -> list[str]:
                 raise ValueError(f"{p}: cannot read the declared splits ({e})") from None
     raise FileNotFoundError(f"{stage_dir}: neither corpus.json nor summary.json declares its splits")
 
-def text_problem(text: str) -> tuple[str, str] | None:
-    """``(reason, detail)`` when a transcript is unusable for character CTC, else ``None``."""
-    if not normalize_text(text):
-        return "empty_transcript", f"transcript {text!r} has no usable characters"
-    bad = sorted({c for c in text if c not in ALPHABET and c != " "})
-    if bad:
-        return "bad_characters", f"transcript has characters outside [a-z' ]: {''.join(bad)!r} (normalise it first)"
-    return None
 
-
-def featurize_utterance(u: Utterance, audio_path: Path, cfg: Config) -> tuple[np.ndarray | None, tuple[str, str] | None]:
-    """Features ``(frames, mels)`` of one utterance, or ``(None, (reason, detail))`` if it is bad input."""
-    segment = u.offset is not None  # a segment reads `duration` seconds from `offset`
+def fbank_options(feat_dir: Path) -> FbankOptions:
+    """The fbank options a featurize stage used (its ``features.json``): what a model trained on its
+    features records in its bundle. A missing or broken file is an error, never a default."""
+    p = feat_dir / "features.json"
     try:
-        wav = load_audio(audio_path, offset=u.offset, duration=u.duration if segment else None,
-                         target_sr=cfg.fbank.sample_rate, max_seconds=cfg.max_duration)
-    except AudioError as e:
-        return None, (e.reason, e.detail)
-    actual = wav.shape[0] / cfg.fbank.sample_rate
-    if not np.any(wav):
-        return None, ("silent", "audio is digital silence (all samples are zero)")
-    if abs(actual - u.duration) > cfg.duration_tolerance:
-        where = f" from offset {u.offset}s" if segment else ""
-        return None, ("duration_mismatch", f"manifest says {u.duration:.3f}s, audio has {actual:.3f}s{where}")
-    feats = compute_fbank(wav, cfg.fbank).numpy()
-    if feats.shape[0] == 0:
-        return None, ("too_short", f"{actual:.3f}s is shorter than one {cfg.fbank.frame_length_ms} ms frame")
-    if not np.isfinite(feats).all():
-        n = int((~np.isfinite(feats).all(axis=1)).sum())
-        return None, ("non_finite_features", f"{n} of {feats.shape[0]} feature frames are NaN/Inf")
-    return feats, None
-
-
-def _shard_job(args: tuple) -> dict[str, Any]:
-    """Featurize one shard (runs in a worker process). Writes nothing if ``fail`` and a problem is found."""
-    utts, audio_paths, cfg, shard_path, index_path = args
-    import torch
-
-    # one thread per worker; restored because a single-shard split runs this in the stage's own process,
-    # and later stages there (training) must keep their thread count
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        feats, kept, rejected = [], [], []
-        seconds = 0.0
-        for u, ap in zip(utts, audio_paths):
-            f, problem = featurize_utterance(u, Path(ap), cfg)
-            if problem is not None:
-                rejected.append({"id": u.id, "path": ap, "reason": problem[0], "detail": problem[1]})
-                if cfg.bad_input == "fail":
-                    return {"entries": [], "rejected": rejected, "written": False, "seconds": seconds}
-                continue
-            feats.append(f)
-            kept.append(u.id)
-            seconds += u.duration
-        offsets = write_shard(shard_path, feats, cfg.dtype)
-        index = {"entries": [{"id": i, "offset": o, "frames": n} for i, (o, n) in zip(kept, offsets)],
-                 "rejected": rejected, "written": True, "seconds": seconds}
-        atomic_write_text(Path(index_path), json.dumps(index) + "\n")
-        return index
-    finally:
-        torch.set_num_threads(prev)
+        raw = json.loads(p.read_text())["fbank"]
+        return from_dict(FbankOptions, raw, where=f"{p}: fbank")
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+        reason = e.strerror if isinstance(e, OSError) else type(e).__name__
+        raise ValueError(f"{p}: cannot read the featurize stage's fbank options ({reason}); rerun that stage") \
+            from None
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
@@ -164,80 +101,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         manifest = src_dir / f"{split}.jsonl"
         bad.out_file = rej_dir / f"{split}.jsonl"
         if bad.out_file.exists():
-            bad.out_file.unlink()  # rebuilt below from the shard indexes, so a resumed run lists each once
-        utts = read_manifest(manifest, check_unique=False)
-        seen: set[str] = set()
-        good: list[Utterance] = []
-        for u in utts:
-            path = str(u.resolve_audio(manifest.parent))
-            if u.id in seen:
-                bad.reject(u.id, path, "duplicate_id", f"id repeated in {manifest}")
-                continue
-            seen.add(u.id)
-            problem = text_problem(u.text)
-            if problem:
-                bad.reject(u.id, path, *problem)
-                continue
-            good.append(u)
-
-        shard_dir = out / "shards" / split
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        shards = [good[i : i + cfg.shard_size] for i in range(0, len(good), cfg.shard_size)]
-        indexes: dict[int, dict] = {}
-        jobs = []
-        for si, chunk in enumerate(shards):
-            npy, idx = shard_dir / f"feats-{si:05d}.npy", shard_dir / f"feats-{si:05d}.json"
-            if idx.exists() and npy.exists():
-                indexes[si] = json.loads(idx.read_text())
-                continue
-            aps = [str(u.resolve_audio(manifest.parent)) for u in chunk]
-            jobs.append((si, (chunk, aps, cfg, str(npy), str(idx))))
-        if len(shards) - len(jobs):
-            log.info("featurize %s: %d of %d shards already done", split, len(shards) - len(jobs), len(shards))
-
-        bar = progress(total=sum(len(j[1][0]) for j in jobs), desc=f"featurize {split}", unit="utt")
-        try:
-            if workers > 1 and len(jobs) > 1:
-                with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                         mp_context=mp.get_context("spawn")) as ex:
-                    futs = {si: ex.submit(_shard_job, a) for si, a in jobs}
-                    for si, a in jobs:
-                        indexes[si] = futs[si].result()
-                        bar.update(len(a[0]))
-                        if not indexes[si]["written"]:
-                            for f in futs.values():
-                                f.cancel()
-                            break
-            else:
-                for si, a in jobs:
-                    indexes[si] = _shard_job(a)
-                    bar.update(len(a[0]))
-                    if not indexes[si]["written"]:
-                        break
-        finally:
-            bar.close()
-        # apply the policy in shard order (raises under 'fail': finished shards stay on disk)
-        for si in sorted(indexes):
-            for r in indexes[si]["rejected"]:
-                bad.reject(r["id"], r["path"], r["reason"], r["detail"])
-
-        ran = {si for si, _ in jobs}
-        by_id = {u.id: u for u in good}
-        rows: list[Utterance] = []
-        frames = 0
-        for si in sorted(indexes):
-            rel_shard = f"shards/{split}/feats-{si:05d}.npy"
-            for e in indexes[si]["entries"]:
-                u = by_id[e["id"]]
-                ref = FeatureRef(rel_shard, e["offset"], e["frames"])
-                frames += e["frames"]
-                rows.append(Utterance(id=u.id, audio_filepath=relative_to_manifest(u.resolve_audio(manifest.parent), out),
-                                      duration=u.duration, text=u.text, speaker=u.speaker, offset=u.offset,
-                                      extra={**u.extra, "feats": ref.to_json()}))
-            if si in ran:
-                audio_seconds += indexes[si].get("seconds", 0.0)
+            bad.out_file.unlink()  # rebuilt from the shard indexes, so a resumed run lists each once
+        utts, rows, seconds = featurize_split(manifest, split, out, cfg, bad, workers)
+        audio_seconds += seconds
         write_manifest(rows, out / f"{split}.jsonl")
-        summary["splits"][split] = {"input": len(utts), "kept": len(rows), "frames": frames,
+        summary["splits"][split] = {"input": len(utts), "kept": len(rows),
+                                    "frames": sum(FeatureRef.from_json(u.extra["feats"]).frames for u in rows),
                                     "hours": round(sum(u.duration for u in rows) / 3600, 4)}
         if not rows:
             log.warning("featurize %s: every utterance was rejected (see %s)", split, bad.out_file)

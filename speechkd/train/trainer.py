@@ -1,15 +1,15 @@
 """One training loop for every LSTM-CTC model (teachers, baselines, students).
 
 AdamW with linear warm-up and cosine decay, gradient clipping, a guard that skips
-non-finite losses (and counts them), SpecAugment (on the model's device), dev greedy CER/WER
-every epoch, a metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA
+non-finite losses (and counts them), SpecAugment (on the model's device), dev CER/WER every
+epoch (through a ``validate`` function the caller gives: training does not import evaluation), a metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA
 is chosen automatically, and so is mixed precision (:mod:`speechkd.train.precision`: bf16 autocast
 on a CPU with native bf16, AMP on CUDA; float32 weights, optimizer state and losses). Checkpoints
 every ``checkpoint_every`` steps and at every epoch end make resume exact: after SIGKILL, a rerun
 continues from the last checkpoint and, on the CPU, ends with the same weights as an uninterrupted
 run. The checkpoint records the precision; resuming in another one is refused.
 
-The loss is an :class:`Objective`: plain CTC by default; distillation passes its own, which may
+The loss is an :class:`~speechkd.train.objective.Objective`: plain CTC by default; distillation passes its own, which may
 carry ``heads`` (e.g. a FitNets projection) that are trained and checkpointed beside the model
 but never written into its deployable weights.
 
@@ -31,18 +31,18 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from speechkd.config import ConfigError, field, require
-from speechkd.data.dataset import Batch, FeatureDataset
+from speechkd.data.dataset import FeatureDataset
 from speechkd.data.sampler import BucketingSampler
-from speechkd.eval.decode import evaluate, pick_device
 from speechkd.features.specaug import spec_augment
 from speechkd.features.vtlp import vtlp
+from speechkd.models.bundle import ModelBundle, save_bundle
 from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, count_parameters
 from speechkd.train import checkpoint as ck
 from speechkd.train import precision as mp
-from speechkd.utils import atomic_write_text, progress
+from speechkd.train.objective import Forward, Objective
+from speechkd.utils import atomic_write_text, pick_device, progress
 
 log = logging.getLogger(__name__)
 
@@ -101,48 +101,12 @@ class TrainConfig:
             require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
 
 
+# scores a model on the dev set: ``validate(model, device) -> {"cer": percent, "wer": percent, ...}``
+Validate = Callable[[LSTMCTC, torch.device], dict[str, Any]]
+
+
 class TrainingFailed(RuntimeError):
     """Training that cannot learn: too many steps were skipped as non-finite."""
-
-
-@dataclass
-class Forward:
-    """What the model produced for a batch: ``log_probs (B, T', V)``, ``lengths (B,)`` in output
-    frames and, when the objective asks for it, the last LSTM layer ``hidden (B, T', dim)``."""
-
-    log_probs: torch.Tensor
-    lengths: torch.Tensor
-    hidden: torch.Tensor | None = None
-
-
-def ctc_loss(log_probs: torch.Tensor, out_lens: torch.Tensor, batch: Batch, blank: int = 0) -> torch.Tensor:
-    """Mean over the batch of per-utterance CTC loss divided by target length (torch's 'mean')."""
-    return F.ctc_loss(log_probs.transpose(0, 1), batch.targets, out_lens, batch.target_lens, blank=blank,
-                      reduction="mean", zero_infinity=True)
-
-
-class Objective:
-    """A training loss. Subclasses set ``needs_hidden`` (the trainer then returns hidden states
-    from the same forward pass) and ``heads`` (modules trained beside the model, never part of it)."""
-
-    needs_hidden: bool = False
-    heads: torch.nn.Module | None = None
-
-    def __init__(self, blank: int = 0):
-        self.blank = blank
-
-    def __call__(self, batch: Batch, fwd: Forward) -> torch.Tensor:
-        return ctc_loss(fwd.log_probs, fwd.lengths, batch, self.blank)
-
-
-class FunctionObjective(Objective):
-    """Wraps ``fn(model, batch, log_probs, out_lens)`` (the older loss-function form)."""
-
-    def __init__(self, fn: Callable, model: LSTMCTC):
-        self.fn, self.model = fn, model
-
-    def __call__(self, batch: Batch, fwd: Forward) -> torch.Tensor:
-        return self.fn(self.model, batch, fwd.log_probs, fwd.lengths)
 
 
 class _WithHeads(torch.nn.Module):
@@ -221,9 +185,10 @@ class TrainState:
 class Trainer:
     """One training run: built from a config, resumed from its newest checkpoint, then :meth:`fit`."""
 
-    def __init__(self, cfg: TrainConfig, model: LSTMCTC, train_ds: FeatureDataset, dev_ds: FeatureDataset, tokenizer,
-                 out_dir: str | Path, *, seed: int, objective: Objective | None = None):
-        self.cfg, self.model, self.train_ds, self.dev_ds, self.tok = cfg, model, train_ds, dev_ds, tokenizer
+    def __init__(self, cfg: TrainConfig, bundle: ModelBundle, train_ds: FeatureDataset, out_dir: str | Path, *,
+                 seed: int, validate: Validate, objective: Objective | None = None):
+        self.cfg, self.bundle, self.model, self.train_ds = cfg, bundle, bundle.model, train_ds
+        self.validate = validate
         self.out_dir = Path(out_dir)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -235,8 +200,8 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.scaler = mp.grad_scaler(self.precision, self.device)
-        self.objective = objective or Objective(tokenizer.blank_id)
-        self.unit = _WithHeads(model, self.objective.heads).to(self.device)
+        self.objective = objective or Objective(bundle.tokenizer.blank_id)
+        self.unit = _WithHeads(self.model, self.objective.heads).to(self.device)
         self.net: torch.nn.Module = self.unit
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -347,7 +312,7 @@ class Trainer:
             dist.all_reduce(counts)
         if self.rank != 0:
             return
-        ev = evaluate(self.model, self.dev_ds, self.tok, self.device, cfg.max_frames, cfg.dev_limit)
+        ev = self._validate()
         row = {"epoch": epoch + 1, "step": st.step, "train_loss": round(float(counts[2] / max(counts[3], 1)), 4),
                "dev_cer": ev["cer"], "dev_wer": ev["wer"], "lr": f"{self.sched.get_last_lr()[0]:.3e}",
                "utt_per_s": round(float(counts[0]) / elapsed, 2),
@@ -361,8 +326,17 @@ class Trainer:
             old.unlink()
         if ev["cer"] < st.best["cer"]:
             st.best = {"cer": ev["cer"], "wer": ev["wer"], "epoch": epoch + 1}
-            ck.save_weights(self.model, self.out_dir / "best.safetensors")
+            save_bundle(self.bundle, self.out_dir / "best.safetensors")
         _write_csv(self.out_dir / "metrics.csv", st.history)
+
+    def _validate(self) -> dict[str, Any]:
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.validate(self.model, self.device)
+        finally:
+            self.model.train(was)
 
     def _check_skipped(self, epoch: int, steps: int, skipped: int) -> None:
         if steps and skipped / steps > self.cfg.max_skipped_fraction:
@@ -419,8 +393,8 @@ class Trainer:
         eps = sorted(self.epoch_dir.glob("epoch-*.safetensors"))[-self.cfg.average_last:]
         _, avg = ck.average_weights(eps)
         self.model.load_state_dict(avg)
-        ck.save_weights(self.model, self.out_dir / "model.safetensors")
-        ev = evaluate(self.model, self.dev_ds, self.tok, self.device, self.cfg.max_frames, self.cfg.dev_limit)
+        save_bundle(self.bundle, self.out_dir / "model.safetensors")
+        ev = self._validate()
         summary["final"] = {"dev_cer": ev["cer"], "dev_wer": ev["wer"], "averaged": [p.name for p in eps]}
         if st.history:
             summary["audio_s_per_s"] = round(sum(h["audio_s_per_s"] for h in st.history) / len(st.history), 1)
@@ -428,17 +402,16 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, model: LSTMCTC, train_ds: FeatureDataset, dev_ds: FeatureDataset, tokenizer,
-          out_dir: str | Path, *, seed: int, objective: Objective | None = None,
-          loss_fn: Callable | None = None) -> dict[str, Any]:
-    """Train ``model`` and write ``out_dir/{model,best}.safetensors``, ``metrics.csv``, ``checkpoints/``.
+def train(cfg: TrainConfig, bundle: ModelBundle, train_ds: FeatureDataset, out_dir: str | Path, *, seed: int,
+          validate: Validate, objective: Objective | None = None) -> dict[str, Any]:
+    """Train ``bundle.model`` and write ``out_dir/{model,best}.safetensors`` (model bundles: the weights and
+    the bundle's description), ``metrics.csv``, ``checkpoints/``.
 
-    ``objective`` replaces plain CTC (distillation); ``loss_fn(model, batch, log_probs, out_lens)`` is
-    the same as a plain function. Resumes from the newest checkpoint in ``out_dir`` if there is one.
-    Returns a summary (best dev CER/WER, throughput, parameters, skipped steps)."""
-    if loss_fn is not None:
-        objective = FunctionObjective(loss_fn, model)
-    t = Trainer(cfg, model, train_ds, dev_ds, tokenizer, out_dir, seed=seed, objective=objective)
+    ``validate(model, device) -> {"cer": ..., "wer": ...}`` scores the model on the dev set (percent) after
+    every epoch; the lowest CER is kept as ``best``. ``objective`` replaces plain CTC (distillation).
+    Resumes from the newest checkpoint in ``out_dir`` if there is one. Returns a summary (best dev
+    CER/WER, throughput, parameters, skipped steps)."""
+    t = Trainer(cfg, bundle, train_ds, out_dir, seed=seed, validate=validate, objective=objective)
     t.resume()
     return t.fit()
 

@@ -57,8 +57,10 @@ def test_non_finite_features_are_rejected_by_featurize(tmp_path, monkeypatch):
     """Even if audio passes its checks, features that are not finite never reach a shard."""
     import torch
 
-    real = featurize.compute_fbank
-    monkeypatch.setattr(featurize, "compute_fbank", lambda w, o: real(w, o) * torch.tensor(float("nan")))
+    from speechkd.data import featurize as featlib
+
+    real = featlib.compute_fbank
+    monkeypatch.setattr(featlib, "compute_fbank", lambda w, o: real(w, o) * torch.tensor(float("nan")))
     u = _u("g", write_tone(tmp_path / "g.wav", 1.5))
     feats, problem = featurize.featurize_utterance(u, tmp_path / "g.wav", featurize.Config())
     assert feats is None and problem[0] == "non_finite_features"

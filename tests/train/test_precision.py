@@ -16,7 +16,11 @@ from speechkd.stages.runner import StageContext
 from speechkd.text.tokenizer import CharTokenizer
 from speechkd.train import checkpoint as ck
 from speechkd.train.precision import cpu_has_native_bf16, resolve_precision
-from speechkd.train.trainer import Objective, TrainConfig, Trainer
+from speechkd.features.fbank import FbankOptions
+from speechkd.models.bundle import ModelBundle
+from speechkd.stages.train import dev_scorer
+from speechkd.train.objective import Objective
+from speechkd.train.trainer import TrainConfig, Trainer
 from tests.conftest import write_tone
 
 TEXTS = ["a cat", "the dog", "a bee sat", "go on", "ten hens", "no", "one tea", "a hat", "it is on", "we ate"]
@@ -48,7 +52,8 @@ def _trainer(feats, out, precision, objective=None, epochs=2, device="cpu", **ex
     model = build_model(ModelConfig(vocab_size=tok.vocab_size, hidden=16, layers=2, bidirectional=True))
     cfg = from_dict(TrainConfig, {"epochs": epochs, "max_frames": 600, "precision": precision, "device": device,
                                   "average_last": 1, "optim": {"warmup_steps": 2}, **extra})
-    return Trainer(cfg, model, tr, dev, tok, out, seed=3, objective=objective)
+    return Trainer(cfg, ModelBundle(model, tok, FbankOptions()), tr, out, seed=3, objective=objective,
+                   validate=dev_scorer(dev, tok, cfg.max_frames, cfg.dev_limit))
 
 
 def test_precision_choice_per_device():
