@@ -1,6 +1,9 @@
 """The teacher cache: per utterance, top-k posteriors (float16 probabilities, small-int ids) and the
-N-best hypotheses with scores, sharded on disk. The mass not stored (beyond k, or below
-``min_prob``) is not kept: it is ``1 - sum(probs)`` and :meth:`TeacherCache.get` derives it.
+N-best hypotheses with scores, sharded on disk. The top k of every frame are renormalised to sum to 1
+(:func:`speechkd.kernels.topk`); the teacher's mass beyond the top k, which the kernel measures, is
+recorded per utterance in the shard index (``beyond_k``, summed over frames) and per split in the
+stage's summary, so a user can see what ``k`` leaves out. Entries of the renormalised top k under
+``min_prob`` are not stored; :attr:`CachedUtt.pruned` is that mass.
 
 A shard ``cache-NNNNN.npz`` (written atomically) holds the concatenated arrays of its
 utterances; ``cache-NNNNN.json`` (written after it) is its index: per utterance the frame offset
@@ -54,8 +57,9 @@ def check_teachers(models, names) -> None:
 def cache_entries(models, ds, indices: list[int], *, k: int, beam: int, nbest: int, blank: int, max_frames: int,
                   device) -> list[dict[str, Any]]:
     """Run the (averaged) teachers over utterances ``indices`` of ``ds`` in length-bucketed batches;
-    one entry per utterance, in ``indices`` order: ``id``, top-``k`` ``probs``/``ids (T', k)`` and
-    the prefix-beam ``nbest`` list of ``(tokens, log score)`` (what :func:`write_shard` stores)."""
+    one entry per utterance, in ``indices`` order: ``id``, top-``k`` ``probs``/``ids (T', k)``, the
+    prefix-beam ``nbest`` list of ``(tokens, log score)`` and ``beyond_k``, the teacher's probability
+    mass outside the top k summed over the frames (what :func:`write_shard` stores)."""
     entries: dict[int, dict] = {}
     sampler = BucketingSampler([ds.lengths[i] for i in indices], max(max_frames, max(ds.lengths)), seed=0,
                                shuffle=False)
@@ -63,12 +67,12 @@ def cache_entries(models, ds, indices: list[int], *, k: int, beam: int, nbest: i
         batch = ds.batch([indices[j] for j in b]).to(device)
         lp, ol = teacher_log_probs(models, batch.feats, batch.feat_lens)
         lp, ol = lp.float().cpu(), ol.cpu()
-        probs, ids, _ = K.topk(lp, ol, k)
+        probs, ids, dropped = K.topk(lp, ol, k)
         nb = K.prefix_beam_search(lp, ol, beam=beam, nbest=min(nbest, beam), blank=blank)
         for j, i in enumerate(b):
             n = int(ol[j])
             entries[i] = {"id": batch.ids[j], "probs": probs[j, :n].numpy(), "ids": ids[j, :n].numpy(),
-                          "nbest": nb.hypotheses(j)}
+                          "nbest": nb.hypotheses(j), "beyond_k": float(np.asarray(dropped[j, :n]).sum())}
     return [entries[i] for i in sorted(entries)]
 
 
@@ -92,7 +96,7 @@ def write_shard(path: Path, entries: list[dict[str, Any]], *, min_prob: float = 
             nb_score.append(sc)
         n = int(p.shape[0])
         index["utts"].append({"id": e["id"], "offset": off, "frames": n, "nbest_offset": nb_off,
-                              "nbest": len(e["nbest"])})
+                              "nbest": len(e["nbest"]), "beyond_k": round(float(e.get("beyond_k", 0.0)), 4)})
         off += n
         nb_off += len(e["nbest"])
     index["frames"] = off
@@ -127,8 +131,9 @@ class CachedUtt:
     nbest: list  # [(tokens, score)]
 
     @property
-    def dropped(self) -> np.ndarray:
-        """``(T,)`` teacher mass not stored (beyond k or under ``min_prob``): ``1 - sum(probs)``."""
+    def pruned(self) -> np.ndarray:
+        """``(T,)`` mass of the renormalised top k that was not stored (entries under ``min_prob``):
+        ``1 - sum(probs)``. The teacher's mass beyond the top k is in the shard index (``beyond_k``)."""
         return np.clip(1.0 - self.probs.astype(np.float32).sum(1), 0.0, 1.0)
 
 

@@ -128,6 +128,28 @@ def _paired_rows(rep):
              f"{p['cer_delta']:+.2f}", _ci(p["cer_ci"]), p["cer_verdict"]] for p in rep["paired"]]
 
 
+COMPARE_HEAD = ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"]
+
+
+def _compare_rows(c):
+    return [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
+             r["verdict"]] for r in c["rows"]]
+
+
+def _corpus_rows(rep):
+    return [[k, v["utterances"], f"{v['hours']:.3f}"] for k, v in rep["corpus"].items()]
+
+
+def _breakdowns(rep):
+    """``(split, key, head, rows)`` of every breakdown table (WER by voice model, engine, speaker, length)."""
+    out = []
+    for split, bd in rep["breakdowns"].items():
+        for key, tab in bd.items():
+            names = sorted({m for v in tab.values() for m in v})
+            out.append((split, key, [key] + names, [[g] + [v.get(m, "") for m in names] for g, v in tab.items()]))
+    return out
+
+
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*<>|"})
 
 
@@ -146,8 +168,7 @@ def markdown(rep: dict[str, Any]) -> str:
     lines = [f"# WER report: {_md(rep['exp'])}", ""]
     lines += ["## Summary", ""] + [_md(x) for x in rep.get("summary", {}).get("sentences", [])] + [""]
     if rep.get("corpus"):
-        lines += [table(["split", "utterances", "hours"], [[k, v["utterances"], f"{v['hours']:.3f}"]
-                                                            for k, v in rep["corpus"].items()]), ""]
+        lines += [table(["split", "utterances", "hours"], _corpus_rows(rep)), ""]
     lines += [f"95% intervals from {rep['bootstrap']['resamples']} bootstrap resamples of speakers (seed {rep['seed']}); "
               "paired comparisons resample the same speakers for both systems.", ""]
     for split in rep["splits"]:
@@ -156,15 +177,10 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += ["## Paired comparisons", "", table(PAIRED_HEAD, _paired_rows(rep)), ""]
     if rep.get("compare"):
         c = rep["compare"]
-        lines += [f"## Compared with {_md(c['other'])}", "", table(
-            ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
-            [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
-              r["verdict"]] for r in c["rows"]]) if c["rows"] else c.get("note", ""), ""]
-    for split, bd in rep["breakdowns"].items():
-        for key, tab in bd.items():
-            names = sorted({m for v in tab.values() for m in v})
-            lines += [f"## WER by {_md(key)}: {_md(split)}", "", table([key] + names,
-                                                             [[g] + [v.get(m, "") for m in names] for g, v in tab.items()]), ""]
+        lines += [f"## Compared with {_md(c['other'])}", "",
+                  table(COMPARE_HEAD, _compare_rows(c)) if c["rows"] else _md(c.get("note", "")), ""]
+    for split, key, head, rows in _breakdowns(rep):
+        lines += [f"## WER by {_md(key)}: {_md(split)}", "", table(head, rows), ""]
     if rep["absent"]:
         lines += ["## Absent inputs", ""] + [f"- {_md(a)}" for a in rep["absent"]] + [""]
     return "\n".join(lines)
@@ -191,8 +207,7 @@ def render_html(rep: dict[str, Any], images: dict[str, str]) -> str:
     parts = [f"<h1>WER report</h1><p>{esc(rep['exp'])}</p>", "<h2>Summary</h2>"]
     parts += [f"<p class=headline>{esc(x)}</p>" for x in rep.get("summary", {}).get("sentences", [])]
     if rep.get("corpus"):
-        parts.append(table(["split", "utterances", "hours"], [[k, v["utterances"], f"{v['hours']:.3f}"]
-                                                              for k, v in rep["corpus"].items()]))
+        parts.append(table(["split", "utterances", "hours"], _corpus_rows(rep)))
     parts += [f"<p>95% intervals: {rep['bootstrap']['resamples']} bootstrap "
              f"resamples of speakers (seed {rep['seed']}); paired comparisons resample the same speakers for both "
              "systems (Bisani &amp; Ney 2004). A difference whose interval holds 0 is within noise.</p>"]
@@ -202,10 +217,8 @@ def render_html(rep: dict[str, Any], images: dict[str, str]) -> str:
         parts += ["<h2>Paired comparisons</h2>", table(PAIRED_HEAD, _paired_rows(rep))]
     if rep.get("compare"):
         c = rep["compare"]
-        parts += [f"<h2>Compared with {esc(c['other'])}</h2>", table(
-            ["model", "split", "utterances", "WER here", "WER other", "other - here", "95% CI", "verdict"],
-            [[r["model"], r["split"], r["utterances"], r["wer_a"], r["wer_b"], f"{r['delta']:+.2f}", _ci(r["ci"]),
-              r["verdict"]] for r in c["rows"]]) if c["rows"] else f"<p>{esc(c.get('note', ''))}</p>"]
+        parts += [f"<h2>Compared with {esc(c['other'])}</h2>",
+                  table(COMPARE_HEAD, _compare_rows(c)) if c["rows"] else f"<p>{esc(c.get('note', ''))}</p>"]
     titles = {"wer_vs_bytes": "WER against model bytes", "wer_vs_rtf": "WER against real-time factor",
               "learning_curves": "Learning curves (dev CER per epoch)", "posteriors": "Posteriors of one utterance",
               "wer_per_voice": "WER per voice: teacher against the best student"}
@@ -218,11 +231,8 @@ def render_html(rep: dict[str, Any], images: dict[str, str]) -> str:
             parts.append(f'<h3>{esc(title)}</h3><img id="plot-{key}" alt="{esc(title)}" src="{images[key]}">')
         else:
             parts.append(f"<h3>{esc(title)}</h3><p class=absent>absent: its inputs were not found</p>")
-    for split, bd in rep["breakdowns"].items():
-        for key, tab in bd.items():
-            names = sorted({m for v in tab.values() for m in v})
-            parts += [f"<h2>WER by {esc(key)}: {esc(split)}</h2>",
-                      table([key] + names, [[g] + [v.get(m, "") for m in names] for g, v in tab.items()])]
+    for split, key, head, rows in _breakdowns(rep):
+        parts += [f"<h2>WER by {esc(key)}: {esc(split)}</h2>", table(head, rows)]
     parts.append("<h2>Most frequent errors</h2><details><summary>per model and split</summary>")
     for name, per in rep["top_errors"].items():
         for split, t in per.items():

@@ -104,13 +104,17 @@ def report_names(manifests: list) -> list[str]:
 
 def write_reports(out_dir: str | Path, name: str, ids: list[str], refs: list[str], hyps: list[str],
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``recogs-<name>.txt``, ``errs-<name>.txt`` and ``wer-summary-<name>.json``; return the summary."""
+    """Write ``recogs-<name>.txt`` and ``errs-<name>.txt`` (icefall's layout, for reading),
+    ``results-<name>.jsonl`` (one ``{"id", "ref", "hyp"}`` per utterance, normalised: what the report
+    reads) and ``wer-summary-<name>.json``; return the summary."""
     out_dir = Path(out_dir)
     refs, hyps = normalize_refs(refs), normalize_refs(hyps)
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     summary = {**_score(refs, hyps), **(extra or {})}
     recogs = "".join(f"{ids[i]}:\tref={refs[i].split()}\n{ids[i]}:\thyp={hyps[i].split()}\n" for i in order)
     atomic_write_text(out_dir / f"recogs-{name}.txt", recogs)
+    atomic_write_text(out_dir / f"results-{name}.jsonl",
+                      "".join(json.dumps({"id": ids[i], "ref": refs[i], "hyp": hyps[i]}) + "\n" for i in order))
     lines = [f"%WER = {summary['wer']:.2f}", f"%CER = {summary['cer']:.2f}",
              f"Errors: {summary['insertions']} insertions, {summary['deletions']} deletions, "
              f"{summary['substitutions']} substitutions, over {summary['ref_words']} reference words "

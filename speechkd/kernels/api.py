@@ -371,9 +371,13 @@ def spike_lags(reference_lp, other_lp, lengths=None, *, blank: int = 0, threshol
     Spikes of the two streams are matched in order by token (within ``max_shift`` frames); one lag
     per matched pair, all utterances concatenated. Positive means ``other`` is later. The delay a
     recipe uses is their median (:func:`speechkd.distill.timing.median_delay`)."""
-    from speechkd.kernels import cpu
-
     a = spike_frames(_host(reference_lp), lengths, blank=blank, threshold=threshold, backend=backend)
     b = spike_frames(_host(other_lp), lengths, blank=blank, threshold=threshold, backend=backend)
-    lags = [cpu.match_spikes(fa, ta, fb, tb, max_shift) for (fa, ta), (fb, tb) in zip(a, b)]
+    if backend == "reference":
+        match = reference.match_spikes_ref
+    else:  # the matching is sequential per utterance: the @njit CPU kernel serves the cpu and cuda backends
+        from speechkd.kernels import cpu
+
+        match = cpu.match_spikes
+    lags = [match(fa, ta, fb, tb, max_shift) for (fa, ta), (fb, tb) in zip(a, b)]
     return np.concatenate(lags).astype(np.int64) if lags else np.zeros(0, np.int64)

@@ -219,3 +219,24 @@ def spikes_ref(log_probs, lengths, blank: int = 0, threshold: float = 0.5):
             prev = v
         out.append((np.array(fr, np.int64), np.array(tok, np.int64)))
     return out
+
+
+def match_spikes_ref(fa, ta, fb, tb, max_shift: int) -> np.ndarray:
+    """Pair two streams' spikes in order: the longest common subsequence of equal tokens whose frames are
+    within ``max_shift``, taking the earliest pair on ties; ``fb - fa`` for every matched pair (int64)."""
+    na, nb = len(fa), len(fb)
+    ok = lambda i, j: ta[i] == tb[j] and abs(int(fb[j]) - int(fa[i])) <= max_shift
+    dp = [[0] * (nb + 1) for _ in range(na + 1)]
+    for i in range(na - 1, -1, -1):
+        for j in range(nb - 1, -1, -1):
+            dp[i][j] = dp[i + 1][j + 1] + 1 if ok(i, j) else max(dp[i + 1][j], dp[i][j + 1])
+    out, i, j = [], 0, 0
+    while i < na and j < nb:
+        if ok(i, j) and dp[i][j] == dp[i + 1][j + 1] + 1:
+            out.append(int(fb[j]) - int(fa[i]))
+            i, j = i + 1, j + 1
+        elif dp[i + 1][j] >= dp[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return np.asarray(out, np.int64)

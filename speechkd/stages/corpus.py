@@ -21,9 +21,6 @@ from speechkd.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds data_manifests/ in a source checkout
-
-
 @dataclass
 class Config:
     kind: Literal["synth", "librispeech", "kaldi", "nemo", "commonvoice"] = field(
@@ -64,11 +61,15 @@ def resolve_spec(spec: str, base: Path | None) -> Path:
     p = Path(spec)
     if p.is_absolute():
         return p
-    tried = [b / p for b in (base, PACKAGE_ROOT) if b is not None]
+    from speechkd.data.synth.build import TOOLKIT_ROOT
+
+    tried = [b / p for b in (base, TOOLKIT_ROOT) if b is not None]
     for c in tried:
         if c.exists():
             return c
-    raise ConfigError(f"corpus.spec: {spec!r} not found (looked in {', '.join(str(c.parent) for c in tried)})")
+    raise ConfigError(f"corpus.spec: {spec!r} not found (looked in {', '.join(str(c.parent) for c in tried)}; the "
+                      "embedded corpus's spec is in the source tree's data_manifests/, not in an installed package: "
+                      "give corpus.spec a path)")
 
 
 def resolve_source(src: str, base: Path | None) -> Path:

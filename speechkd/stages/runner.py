@@ -1,19 +1,7 @@
 """The staged pipeline runner.
 
-A recipe is a YAML file (``pipelines/<name>/recipe.yaml``) listing stages in order::
-
-    name: quick
-    seed: 1234
-    stages:
-      corpus: {hours: 0.05}
-      featurize: {}
-      tokenizer: {kind: char}
-
-A stage's type is its ``type`` key, or else its name (so one stage type can appear under
-several names with different configs). The whole recipe is checked before anything runs: every
-stage config (unknown keys, types, allowed values, cross-field rules), stage and recipe names
-(plain names only: they become folders), and every reference from one stage to another (a
-stage's ``upstream(cfg)``: it must name an *earlier* stage of a fitting type).
+The whole recipe is planned and checked before anything runs (:mod:`speechkd.stages.plan`: configs,
+``defaults``, references, fingerprints); the experiment folder is locked (:mod:`speechkd.stages.lock`).
 
 Each stage writes ``exp/<recipe>/<stage>/``: its resolved ``config.yaml`` first, then its
 outputs, then ``outputs.json`` and a ``.done`` marker. The stages form a graph, not a chain: a
@@ -38,25 +26,18 @@ import json
 import logging
 import os
 import shutil
-import socket
-import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from speechkd.config import ConfigError, apply_overrides, check_name, from_dict, load_yaml, save_yaml, to_dict
-from speechkd.stages import STAGE_TYPES, get_stage
+from speechkd.config import ConfigError, load_yaml, save_yaml, to_dict
+from speechkd.stages import get_stage
+from speechkd.stages.lock import LockedError, exp_lock  # noqa: F401  (re-exported)
+from speechkd.stages.plan import RECIPE_KEYS, PlannedStage, load_recipe, recipe_file  # noqa: F401
 from speechkd.utils import atomic_write_text, seed_everything, stable_hash
 
 log = logging.getLogger(__name__)
-
-RECIPE_KEYS = {"name", "seed", "exp_dir", "description", "stages"}
-
-
-class LockedError(RuntimeError):
-    """Another run holds the experiment folder."""
 
 
 @dataclass
@@ -67,9 +48,15 @@ class StageContext:
     exp_dir: Path
     out_dir: Path
     seed: int
-    repo_root: Path
     recipe_dir: Path | None = None
     reads: set[str] | None = None  # the stages this one declared (None: no restriction)
+    stage_type: str = ""
+    fingerprint: str = ""
+
+    def provenance(self) -> dict[str, str]:
+        """Where a model this stage writes comes from (recipe, stage, type, fingerprint; no paths)."""
+        return {"recipe": self.recipe, "stage": self.out_dir.name, "type": self.stage_type,
+                "fingerprint": self.fingerprint}
 
     def stage_dir(self, name: str) -> Path:
         if self.reads is not None and name not in self.reads:
@@ -79,97 +66,6 @@ class StageContext:
         if not (d / ".done").exists():
             raise RuntimeError(f"stage {name!r} has not finished ({d / '.done'} is missing); run it first")
         return d
-
-
-@dataclass
-class PlannedStage:
-    name: str
-    type: str
-    cfg: Any
-    fingerprint: str
-    reads: list[str] = field(default_factory=list)
-
-
-def recipe_file(path: str | Path) -> Path:
-    p = Path(path)
-    return p / "recipe.yaml" if p.is_dir() else p
-
-
-def _upstream(mod, cfg, where: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    if not hasattr(mod, "upstream"):
-        return []
-    try:
-        return list(mod.upstream(cfg))
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[PlannedStage]]:
-    """Parse and check a whole recipe (every stage config and every stage reference) without running anything."""
-    rf = recipe_file(path)
-    data = load_yaml(rf)
-    raw_stages = data.get("stages")
-    if raw_stages is not None and not isinstance(raw_stages, dict):
-        raise ConfigError(f"{rf}: 'stages' must be a mapping of stage name -> config (got a "
-                          f"{type(raw_stages).__name__}); write 'corpus: {{...}}', not '- corpus: {{...}}'")
-    stage_names = set((raw_stages or {}).keys())
-    fixed = []
-    for ov in overrides or []:  # allow the short form `corpus.hours=0.1`
-        head = ov.split("=", 1)[0].split(".", 1)[0]
-        fixed.append(f"stages.{ov}" if head in stage_names else ov)
-    data = apply_overrides(data, fixed)
-    unknown = set(data) - RECIPE_KEYS
-    if unknown:
-        raise ConfigError(f"{rf}: unknown top-level key(s) {sorted(unknown)}; valid: {sorted(RECIPE_KEYS)}")
-    stages = data.get("stages")
-    if not isinstance(stages, dict) or not stages:
-        raise ConfigError(f"{rf}: 'stages' must be a non-empty mapping of stage name -> config")
-    seed = data.get("seed", 1234)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"{rf}: 'seed' must be a non-negative integer, got {seed!r}")
-    name = data.setdefault("name", rf.resolve().parent.name)
-    check_name(name, f"{rf}: name", "recipe name")
-    planned: list[PlannedStage] = []
-    by_name: dict[str, PlannedStage] = {}
-    for sname, raw in stages.items():
-        where = f"{rf}: stages.{sname}"
-        check_name(str(sname), where, "stage name")
-        if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected a mapping of config keys, got {type(raw).__name__} {raw!r}")
-        raw = dict(raw or {})
-        stype = raw.pop("type", sname)
-        if stype not in STAGE_TYPES:
-            raise ConfigError(f"{where}: unknown stage type {stype!r}; known: {sorted(STAGE_TYPES)}")
-        mod = get_stage(stype)
-        cfg = from_dict(mod.Config, raw, where=where)
-        reads: list[str] = []
-        for key, ref, types in _upstream(mod, cfg, where):
-            up = by_name.get(ref)
-            if up is None:
-                earlier = ", ".join(by_name) or "none"
-                raise ConfigError(f"{where}.{key}: {ref!r} is not an earlier stage of this recipe "
-                                  f"(earlier stages: {earlier})")
-            if up.type not in types:
-                raise ConfigError(f"{where}.{key}: stage {ref!r} is a {up.type!r} stage; expected "
-                                  f"{' or '.join(repr(t) for t in types)}")
-            if ref not in reads:
-                reads.append(ref)
-        if hasattr(mod, "check"):  # what this stage needs of the stages it reads, known from the recipe alone
-            try:
-                mod.check(cfg, by_name.__getitem__)
-            except (ValueError, KeyError) as e:
-                raise ConfigError(f"{where}: {e}") from None
-        try:
-            extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
-        except (ConfigError, ValueError) as e:  # a missing or unusable input is refused here, before any
-            raise ConfigError(f"{rf}: stages.{sname}: {e}") from None  # stage folder is touched
-        fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "inputs": extra,
-                          "upstream": {r: by_name[r].fingerprint for r in reads}})
-        st = PlannedStage(sname, stype, cfg, fp, reads)
-        planned.append(st)
-        by_name[sname] = st
-    data["seed"] = seed
-    return data, planned
 
 
 def _marker(d: Path) -> dict[str, Any]:
@@ -247,61 +143,6 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _holder(fd: int) -> str:
-    try:
-        h = json.loads(os.pread(fd, 4096, 0).decode().split("\n")[0] or "{}")
-    except (ValueError, OSError):
-        h = {}
-    if not h:
-        return "another speechkd run"
-    return (f"another speechkd run (pid {h.get('pid', '?')} on {h.get('host', '?')}, since {h.get('started', '?')}: "
-            f"{h.get('command', '?')})")
-
-
-def _take(path: Path, mode: int, what: str) -> int:
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except BlockingIOError:
-        who = _holder(fd)
-        os.close(fd)
-        raise LockedError(f"{what} is in use by {who}; wait for it to finish, or give this run another "
-                          "--exp-root") from None
-    if mode == fcntl.LOCK_EX:
-        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:500]})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (info + "\n").encode(), 0)
-    return fd
-
-
-@contextmanager
-def exp_lock(exp_dir: Path, stage: str | None = None):
-    """Lock an experiment folder for a run (released when the process ends, even on SIGKILL).
-
-    A run of several stages holds ``exp_dir/.lock`` exclusively. A run of exactly one stage (``--from S
-    --to S``, which writes only ``S``) holds it shared plus ``exp_dir/.locks/S.lock`` exclusively, so
-    different single stages can train side by side (``benchmarks/kd_sweep.py`` does), but never beside a
-    run of several stages or of the same stage. A refused run fails at once, naming the holder."""
-    import fcntl
-
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    fds = []
-    try:
-        if stage is None:
-            fds.append(_take(exp_dir / ".lock", fcntl.LOCK_EX, str(exp_dir)))
-        else:
-            fds.append(_take(exp_dir / ".lock", fcntl.LOCK_SH, str(exp_dir)))
-            (exp_dir / ".locks").mkdir(exist_ok=True)
-            fds.append(_take(exp_dir / ".locks" / f"{stage}.lock", fcntl.LOCK_EX, f"stage {stage!r} of {exp_dir}"))
-        yield
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
 def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str | None = None, force: bool = False,
                overrides: list[str] | None = None, exp_root: str | Path | None = None) -> list[tuple[str, str]]:
     """Run the recipe's stages in order; returns ``(stage, "skipped" | "ran")`` pairs."""
@@ -355,8 +196,9 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
                     out.exists() and started_fp is not None and (started_fp, started_inputs) != (st.fingerprint,
                                                                                                  inputs_now)):
                 if out.exists():
-                    why = ("--force" if force else "its config changed" if not same_config else
-                           "a stage it reads was rebuilt" if done else "its config changed")
+                    config_changed = not same_config if done else started_fp != st.fingerprint
+                    why = ("--force" if force else "its config changed" if config_changed else
+                           "a stage it reads was rebuilt")
                     log.info("stage %s: rerunning from scratch (%s)", st.name, why)
                     kept = _wipe(out)
                     if kept:
@@ -374,8 +216,8 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
                                                      "foreign": foreign}},
                       out / "config.yaml")
         _barrier()
-        ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"], repo_root=Path.cwd(),
-                           recipe_dir=rf.parent, reads=set(st.reads))
+        ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"],
+                           recipe_dir=rf.parent, reads=set(st.reads), stage_type=st.type, fingerprint=st.fingerprint)
         seed_everything(meta["seed"])
         torch.set_num_threads(threads)
         mod = get_stage(st.type)

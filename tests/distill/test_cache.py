@@ -96,7 +96,7 @@ def test_shard_round_trip(tmp_path):
         np.testing.assert_array_equal(got.ids[keep], e["ids"][keep])
         assert (got.probs[~keep] == 0).all()
         # the mass not stored is derived on read: what min_prob left out
-        np.testing.assert_allclose(got.dropped, np.where(~keep, e["probs"], 0).astype(np.float32).sum(1), atol=3e-3)
+        np.testing.assert_allclose(got.pruned, np.where(~keep, e["probs"], 0).astype(np.float32).sum(1), atol=3e-3)
         assert got.nbest == [(list(t), s) for t, s in e["nbest"]]
     assert shard_ok(d / "shards" / "train" / "cache-00000.npz")
 

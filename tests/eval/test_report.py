@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from speechkd.eval.report import System, build, paired, read_recogs, write_report
+from speechkd.eval.collect import read_results
+from speechkd.eval.report import System, build, paired, write_report
 from speechkd.eval.scoring import score, write_reports
 from tests.conftest import REPO
 
@@ -91,14 +92,16 @@ def test_paired_bootstrap_sees_a_clear_difference_and_no_difference():
     assert "within noise" in same["verdict"]
 
 
-def test_read_recogs_errors_name_the_file_and_line(tmp_path):
-    f = tmp_path / "recogs-x.txt"
-    f.write_text("u1:\tref=['a']\nu1:\thyp=__import__('os')\n")
-    with pytest.raises(ValueError, match=r"recogs-x.txt:2: expected"):
-        read_recogs(f)
-    f.write_text("u1:\tref=['a']\nu2:\thyp=['a']\n")
-    with pytest.raises(ValueError, match=r":2: hyp of 'u2' without its ref line"):
-        read_recogs(f)
+def test_read_results_errors_name_the_file_and_line(tmp_path):
+    f = tmp_path / "results-x.jsonl"
+    f.write_text('{"id": "u1", "ref": "a", "hyp": "a"}\n__import__("os")\n')
+    with pytest.raises(ValueError, match=r"results-x.jsonl:2: not a JSON object"):
+        read_results(f)
+    f.write_text('{"id": "u1", "ref": "a", "hyp": "a"}\n{"id": "u2", "ref": ["a"], "hyp": "a"}\n')
+    with pytest.raises(ValueError, match=r":2: expected an object with string id, ref and hyp"):
+        read_results(f)
+    f.write_text('{"id": "u1", "ref": "a b", "hyp": "a"}\n')
+    assert read_results(f) == (["u1"], ["a b"], ["a"])
 
 
 def test_html_is_one_offline_file_and_absent_inputs_are_listed(fake_exp, tmp_path):
@@ -167,7 +170,7 @@ def test_error_totals_agree_with_nist_sclite(tmp_path):
 def test_no_teacher_baseline_gap_gives_no_gap_closed_and_valid_json(fake_exp, tmp_path):
     """A tiny run where teacher and baseline make the same errors has no gap to close: the report says nothing
     of it rather than writing NaN (which is not JSON)."""
-    shutil.copy(fake_exp / "decode_baseline" / "recogs-test.txt", fake_exp / "decode_teacher" / "recogs-test.txt")
+    shutil.copy(fake_exp / "decode_baseline" / "results-test.jsonl", fake_exp / "decode_teacher" / "results-test.jsonl")
     paths = write_report(fake_exp, tmp_path / "rep")
     rep = json.loads(paths["json"].read_text())
     st = rep["models"]["student"]["splits"]["test"]

@@ -3,7 +3,8 @@ without common utterances, and unreadable files listed as absent (one line each,
 
 import json
 
-from speechkd.eval.report import best_student, build, compare_runs, collect, gap_closed, read_recogs, write_report
+from speechkd.eval.collect import read_results
+from speechkd.eval.report import best_student, build, compare_runs, collect, gap_closed, write_report
 from speechkd.eval.scoring import write_reports
 from tests.eval.test_report import REFS, _hyps
 
@@ -91,17 +92,19 @@ def test_nan_in_a_benchmark_json_is_ignored(tmp_path):
     exp = _exp(tmp_path, {"baseline": _hyps(1)})
     (exp / "benchmarks").mkdir()
     (exp / "benchmarks" / "streaming.json").write_text('{"student": "baseline", "student_torch_rtf": NaN}')
-    paths = write_report(exp, tmp_path / "rep")
+    rep = build(exp, rtf=exp / "benchmarks" / "streaming.json")
+    paths = write_report(exp, tmp_path / "rep", rep=rep)
     rep = json.loads(paths["json"].read_text())  # strict JSON: no NaN
     assert "rtf" not in rep["models"]["baseline"]
 
 
-@pytest.mark.parametrize("line", ["u1:\tref=[1, 2]", "u1:\tref='abc'", "u1:\tref={'a': 1}"])
-def test_recogs_with_non_string_refs_name_the_line(tmp_path, line):
-    p = tmp_path / "recogs-test.txt"
-    p.write_text(line + "\nu1:\thyp=['a']\n")
-    with pytest.raises(ValueError, match=r"recogs-test.txt:1: ref must be a list of words"):
-        read_recogs(p)
+@pytest.mark.parametrize("line", ['{"id": "u1", "ref": [1, 2], "hyp": "a"}', '{"id": "u1", "ref": null, "hyp": "a"}',
+                                  '["u1", "a", "a"]'])
+def test_results_with_non_string_fields_name_the_line(tmp_path, line):
+    p = tmp_path / "results-test.jsonl"
+    p.write_text(line + "\n")
+    with pytest.raises(ValueError, match=r"results-test.jsonl:1: expected an object with string id, ref and hyp"):
+        read_results(p)
 
 
 def test_report_opens_with_a_summary_a_team_decides_from(tmp_path):

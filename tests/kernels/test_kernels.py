@@ -293,3 +293,30 @@ def test_every_backend_returns_the_input_type(backend, as_torch):
     outs += [nb.tokens, nb.lengths, nb.scores, *K.spike_frames(x, lens, backend=backend)[0]]
     assert all(isinstance(o, kind) for o in outs), [type(o) for o in outs]
     assert isinstance(K.spike_lags(x, x, lens, backend=backend), np.ndarray)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 4)), max_size=12),
+       st.lists(st.tuples(st.integers(0, 40), st.integers(1, 4)), max_size=12), st.integers(0, 6))
+def test_spike_matching_kernel_equals_its_numpy_reference(a, b, max_shift):
+    from speechkd.kernels import cpu, reference
+
+    a, b = sorted(set(a)), sorted(set(b))
+    fa, ta = (np.array([x[i] for x in a], np.int64) for i in (0, 1))
+    fb, tb = (np.array([x[i] for x in b], np.int64) for i in (0, 1))
+    np.testing.assert_array_equal(cpu.match_spikes(fa, ta, fb, tb, max_shift),
+                                  reference.match_spikes_ref(fa, ta, fb, tb, max_shift))
+
+
+def test_spike_lags_reference_backend_uses_no_numba(monkeypatch):
+    """backend="reference" runs NumPy only: with the numba matcher broken it still gives the lags."""
+    from speechkd.kernels import cpu
+
+    lp = np.full((1, 30, 4), math.log(0.02), np.float32)
+    lp[0, :, 0] = math.log(0.94)
+    for t, tok in ((5, 1), (12, 2), (20, 3)):
+        lp[0, t] = math.log(0.02)
+        lp[0, t, tok] = math.log(0.94)
+    late = np.roll(lp, 2, axis=1)
+    monkeypatch.setattr(cpu, "match_spikes", lambda *a: (_ for _ in ()).throw(AssertionError("numba used")))
+    np.testing.assert_array_equal(K.spike_lags(lp, late, backend="reference"), [2, 2, 2])

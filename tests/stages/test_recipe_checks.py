@@ -192,3 +192,62 @@ def test_fingerprints_follow_the_graph():
     reads = {p.name: p.reads for p in base}
     assert reads["student_seq"] == ["featurize", "tokenizer", "teacher_cache"]
     assert reads["student_frame"] == ["featurize", "tokenizer", "teacher_cache", "baseline"]
+
+
+# -- issue 21: shared defaults, and what the report may read ------------------------------------------
+
+BASE3 = "stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
+
+
+def test_defaults_are_merged_under_every_stage_of_their_type(tmp_path):
+    text = ("defaults:\n  distill: {epochs: 3, cache: c, model: {layers: 2, hidden: 48}, kd: {delay: 1}}\n" + BASE3 +
+            "  c: {type: teacher_cache, teachers: [t]}\n"
+            "  a: {type: distill, kd: {alpha: 0.5}}\n"
+            "  b: {type: distill, epochs: 7, model: {hidden: 64}}\n")
+    _, planned = load_recipe(_recipe(tmp_path, text))
+    st = {p.name: p.cfg for p in planned}
+    assert (st["a"].epochs, st["a"].model.layers, st["a"].model.hidden, st["a"].kd.alpha, st["a"].kd.delay) == \
+        (3, 2, 48, 0.5, 1)
+    assert (st["b"].epochs, st["b"].model.layers, st["b"].model.hidden, st["b"].kd.alpha) == (7, 2, 64, 0.9)
+    assert st["t"].epochs == 10  # a train stage is not a distill stage: untouched
+
+
+@pytest.mark.parametrize("defaults,match", [
+    ("defaults: [1]\n", r"'defaults' must map stage types to config mappings"),
+    ("defaults:\n  distil: {epochs: 2}\n", r"defaults.distil: unknown stage type"),
+    ("defaults:\n  train: {epoch: 2}\n", r"stages.t: unknown key"),
+])
+def test_bad_defaults_are_refused(tmp_path, defaults, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(_recipe(tmp_path, defaults + BASE3))
+
+
+def test_the_default_recipes_resolve_to_the_same_student_configs_as_written_out():
+    """The default recipe's students differ only in kd: the defaults block gives each the shared schedule."""
+    _, planned = load_recipe(REPO / "pipelines" / "default")
+    st = {p.name: p.cfg for p in planned}
+    for s in ("student_frame", "student_seq", "student_both"):
+        assert (st[s].epochs, st[s].model, st[s].optim, st[s].specaug, st[s].max_frames, st[s].average_last) == \
+            (st["baseline"].epochs, st["baseline"].model, st["baseline"].optim, False, 10000, 1)
+
+
+def test_the_report_reads_the_stages_it_follows_and_what_they_read(tmp_path):
+    _, planned = load_recipe(QUICK)
+    rep = {p.name: p for p in planned}["report"]
+    assert {"decode_teacher", "teacher", "featurize", "corpus", "export", "latency", "student_frame_qat",
+            "student_frame"} <= set(rep.reads)
+    text = BASE3 + "  d: {type: decode, model: t}\n  report: {after: [d]}\n"
+    _, planned = load_recipe(_recipe(tmp_path, text))
+    assert set({p.name: p for p in planned}["report"].reads) == {"d", "t", "featurize", "tokenizer", "corpus"}
+
+
+def test_a_report_rtf_file_is_fingerprinted_and_must_exist(tmp_path):
+    bench = tmp_path / "streaming.json"
+    text = BASE3 + f"  d: {{type: decode, model: t}}\n  report: {{after: [d], rtf: {str(bench)!r}}}\n"
+    with pytest.raises(ConfigError, match="report.rtf"):
+        load_recipe(_recipe(tmp_path, text))
+    bench.write_text('{"student": "t", "student_torch_rtf": 0.01}')
+    fp1 = {p.name: p.fingerprint for p in load_recipe(_recipe(tmp_path, text))[1]}["report"]
+    bench.write_text('{"student": "t", "student_torch_rtf": 0.02}')
+    fp2 = {p.name: p.fingerprint for p in load_recipe(_recipe(tmp_path, text))[1]}["report"]
+    assert fp1 != fp2

@@ -204,6 +204,41 @@ def test_quick_recipe_changing_decode_teacher_splits_reruns_only_decode_teacher(
     qat = json.loads((tmp_path / "quick" / "student_frame_qat" / "outputs.json").read_text())
     assert qat["init"] == "student_frame" and qat["kd"]["alpha"] == 0.9
     assert qat["delay_frames"] == json.loads((tmp_path / "quick" / "student_frame" / "outputs.json").read_text())["delay_frames"]
+    _a_model_copied_alone_decodes_exports_and_evaluates_the_same(tmp_path / "quick", tmp_path / "alone")
     again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_teacher.splits=[dev]"])
     assert [n for n, s in again if s == "ran"] == ["decode_teacher", "report"]  # the report follows every decode
     assert json.loads((tmp_path / "quick" / "decode_teacher" / "summary.json").read_text())["splits"].keys() == {"dev"}
+
+
+def _a_model_copied_alone_decodes_exports_and_evaluates_the_same(exp: Path, alone: Path):
+    """Issue 21: a model file is a bundle. Copied alone into an empty folder (no tokenizer, features.json or
+    outputs.json beside it), it decodes to the decode stage's figures, exports to the export stage's graph and
+    metadata, and `eval` gives the same figures as for the file inside its experiment."""
+    import onnx
+
+    alone.mkdir()
+    src = exp / "student_frame_qat" / "model.safetensors"
+    (alone / "model.safetensors").write_bytes(src.read_bytes())
+    assert sorted(p.name for p in alone.iterdir()) == ["model.safetensors"]
+    cli = [sys.executable, "-m", "speechkd.cli"]
+    r = subprocess.run([*cli, "decode", "--model", str(alone / "model.safetensors"), "--out", str(alone / "dec"),
+                        str(exp / "featurize" / "test.jsonl")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads((alone / "dec" / "wer-summary-test.json").read_text())
+    want = json.loads((exp / "decode_student_frame_qat" / "wer-summary-test.json").read_text())
+    assert [got[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")] == \
+        [want[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")]
+    r = subprocess.run([*cli, "export", "--model", str(alone / "model.safetensors"), "--out", str(alone / "onnx")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    mine, theirs = onnx.load(str(alone / "onnx" / "model.onnx")), onnx.load(str(exp / "export" / "student_frame_qat"
+                                                                                  / "model.onnx"))
+    assert {p.key: p.value for p in mine.metadata_props} == {p.key: p.value for p in theirs.metadata_props}
+    assert mine.graph.SerializeToString() == theirs.graph.SerializeToString()
+    assert (alone / "onnx" / "tokens.txt").read_text() == (exp / "export" / "student_frame_qat" / "tokens.txt").read_text()
+    for model, out in ((alone / "model.safetensors", alone / "ev"), (src, alone / "ev_src")):
+        r = subprocess.run([*cli, "eval", "--model", str(model), "--out", str(out), str(exp / "corpus" / "test.jsonl")],
+                           cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (json.loads((d / "wer-summary-test.json").read_text()) for d in (alone / "ev", alone / "ev_src"))
+    assert [a[k] for k in ("wer", "cer", "utterances")] == [b[k] for k in ("wer", "cer", "utterances")]

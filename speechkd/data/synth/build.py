@@ -41,7 +41,10 @@ from speechkd.utils import progress as progress_bar
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test", "test_unseen_voice")
-DEFAULT_SPEC = Path(__file__).resolve().parents[3] / "data_manifests" / "synth-en.yaml"
+# the source tree (data_manifests/ sits beside the package there); the embedded corpus's spec is versioned in it,
+# not installed with the package, so an installed speechkd names its spec explicitly
+TOOLKIT_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_SPEC = TOOLKIT_ROOT / "data_manifests" / "synth-en.yaml"
 
 
 @dataclass

@@ -1,0 +1,160 @@
+"""Planning a recipe: parse and check the whole YAML before anything runs, and fingerprint every stage.
+
+A recipe is a YAML file (``pipelines/<name>/recipe.yaml``) listing stages in order::
+
+    name: quick
+    seed: 1234
+    defaults:                 # optional: config shared by every stage of a type
+      distill: {epochs: 2, model: {layers: 2, hidden: 48}}
+    stages:
+      corpus: {hours: 0.05}
+      featurize: {}
+      tokenizer: {kind: char}
+      student_a: {type: distill, kd: {alpha: 0.9}}
+      student_b: {type: distill, kd: {alpha: 0.5}}
+
+A stage's type is its ``type`` key, or else its name (so one stage type can appear under several
+names with different configs). A stage's config is ``defaults[<type>]`` with its own keys merged
+over it (nested mappings merge key by key), so a variant is a few lines. The whole recipe is
+checked: every stage config (unknown keys, types, allowed values, cross-field rules), stage and
+recipe names (plain names only: they become folders), and every reference from one stage to
+another (a stage's ``upstream(cfg)``: it must name an *earlier* stage of a fitting type).
+
+A stage's fingerprint covers its type, config and the seed, the content of files it reads outside
+the experiment (``fingerprint_inputs``), and the fingerprints of the stages it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speechkd.config import ConfigError, apply_overrides, check_name, from_dict, load_yaml, to_dict
+from speechkd.stages import STAGE_TYPES, get_stage
+from speechkd.utils import stable_hash
+
+RECIPE_KEYS = {"name", "seed", "exp_dir", "description", "defaults", "stages"}
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    type: str
+    cfg: Any
+    fingerprint: str
+    reads: list[str] = field(default_factory=list)
+
+
+def recipe_file(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "recipe.yaml" if p.is_dir() else p
+
+
+def _upstream(mod, cfg, where: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    if not hasattr(mod, "upstream"):
+        return []
+    try:
+        return list(mod.upstream(cfg))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; nested mappings merge key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _ancestors(names: list[str], by_name: dict[str, "PlannedStage"]) -> list[str]:
+    """``names`` and every stage they read, transitively (in recipe order of discovery)."""
+    out: list[str] = []
+    todo = list(names)
+    while todo:
+        n = todo.pop(0)
+        if n not in out:
+            out.append(n)
+            todo.extend(by_name[n].reads)
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[PlannedStage]]:
+    """Parse and check a whole recipe (every stage config and every stage reference) without running anything."""
+    rf = recipe_file(path)
+    data = load_yaml(rf)
+    raw_stages = data.get("stages")
+    if raw_stages is not None and not isinstance(raw_stages, dict):
+        raise ConfigError(f"{rf}: 'stages' must be a mapping of stage name -> config (got a "
+                          f"{type(raw_stages).__name__}); write 'corpus: {{...}}', not '- corpus: {{...}}'")
+    stage_names = set((raw_stages or {}).keys())
+    fixed = []
+    for ov in overrides or []:  # allow the short form `corpus.hours=0.1`
+        head = ov.split("=", 1)[0].split(".", 1)[0]
+        fixed.append(f"stages.{ov}" if head in stage_names else ov)
+    data = apply_overrides(data, fixed)
+    unknown = set(data) - RECIPE_KEYS
+    if unknown:
+        raise ConfigError(f"{rf}: unknown top-level key(s) {sorted(unknown)}; valid: {sorted(RECIPE_KEYS)}")
+    stages = data.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise ConfigError(f"{rf}: 'stages' must be a non-empty mapping of stage name -> config")
+    seed = data.get("seed", 1234)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{rf}: 'seed' must be a non-negative integer, got {seed!r}")
+    name = data.setdefault("name", rf.resolve().parent.name)
+    check_name(name, f"{rf}: name", "recipe name")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
+        raise ConfigError(f"{rf}: 'defaults' must map stage types to config mappings, e.g. "
+                          "'defaults: {distill: {epochs: 2}}'")
+    for t in defaults:
+        if t not in STAGE_TYPES:
+            raise ConfigError(f"{rf}: defaults.{t}: unknown stage type; known: {sorted(STAGE_TYPES)}")
+    planned: list[PlannedStage] = []
+    by_name: dict[str, PlannedStage] = {}
+    for sname, raw in stages.items():
+        where = f"{rf}: stages.{sname}"
+        check_name(str(sname), where, "stage name")
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping of config keys, got {type(raw).__name__} {raw!r}")
+        raw = dict(raw or {})
+        stype = raw.pop("type", sname)
+        if stype not in STAGE_TYPES:
+            raise ConfigError(f"{where}: unknown stage type {stype!r}; known: {sorted(STAGE_TYPES)}")
+        raw = _merge(defaults.get(stype, {}), raw)
+        mod = get_stage(stype)
+        cfg = from_dict(mod.Config, raw, where=where)
+        reads: list[str] = []
+        for key, ref, types in _upstream(mod, cfg, where):
+            up = by_name.get(ref)
+            if up is None:
+                earlier = ", ".join(by_name) or "none"
+                raise ConfigError(f"{where}.{key}: {ref!r} is not an earlier stage of this recipe "
+                                  f"(earlier stages: {earlier})")
+            if up.type not in types:
+                raise ConfigError(f"{where}.{key}: stage {ref!r} is a {up.type!r} stage; expected "
+                                  f"{' or '.join(repr(t) for t in types)}")
+            if ref not in reads:
+                reads.append(ref)
+        if getattr(mod, "READS_ANCESTORS", False):  # it may read every stage those stages read, too
+            reads = _ancestors(reads, by_name)
+        if hasattr(mod, "check"):  # what this stage needs of the stages it reads, known from the recipe alone
+            try:
+                mod.check(cfg, by_name.__getitem__)
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"{where}: {e}") from None
+        try:
+            extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
+        except (ConfigError, ValueError) as e:  # a missing or unusable input is refused here, before any
+            raise ConfigError(f"{rf}: stages.{sname}: {e}") from None  # stage folder is touched
+        fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "inputs": extra,
+                          "upstream": {r: by_name[r].fingerprint for r in reads}})
+        st = PlannedStage(sname, stype, cfg, fp, reads)
+        planned.append(st)
+        by_name[sname] = st
+    data["seed"] = seed
+    return data, planned
+
+
