@@ -13,7 +13,7 @@ plus the runtime's per-chunk latency (one ONNX call per 160 ms chunk), an estima
 real-time streams 2 cores sustain (2 / runtime RTF), and where the runtime's time goes: the online fbank
 alone (``fbank_rtf``) and the ONNX calls alone (``*_network_rtf``). Medians of --repeats passes, the
 contenders interleaved. Prints one JSON line last and saves it as ``<exp>/benchmarks/streaming.json``
-(which the report reads).
+(which `speechkd report` reads, and the report stage when its `rtf` names it).
 
     python benchmarks/streaming.py            # exp/default (after make demo)
     python benchmarks/streaming.py --quick    # pipelines/quick, built if missing
@@ -183,7 +183,7 @@ def main() -> None:
                    size_ratio_teacher_over_int8=round(res["teacher_bytes"] / int8_path.stat().st_size, 2))
     if "sherpa" in rtf:
         res["sherpa_speedup_vs_teacher"] = round(rtf["teacher"] / rtf["sherpa"], 2)
-    out = exp / "benchmarks" / "streaming.json"  # the report stage reads RTF from here
+    out = exp / "benchmarks" / "streaming.json"  # `speechkd report` reads RTF from here; the report stage when named as its rtf
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res))

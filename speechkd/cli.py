@@ -141,6 +141,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
     from speechkd.eval.report import best_student, build, write_report
 
     exp = Path(a.exp_dir)
+    if a.rtf and not Path(a.rtf).is_file():
+        raise FileNotFoundError(f"{a.rtf}: --rtf names no file (a streaming benchmark's JSON)")
     rtf = a.rtf or (exp / "benchmarks" / "streaming.json" if (exp / "benchmarks" / "streaming.json").exists() else None)
     rep = build(exp, teacher=a.teacher, baseline=a.baseline, seed=a.seed, compare=a.compare, rtf=rtf)
     post = None

@@ -131,7 +131,7 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu",
     if meta.get("format") != BUNDLE_FORMAT:
         if "model_config" not in meta:
             raise BundleError(f"{path}: not a speechkd model (no model_config in the safetensors metadata)")
-        raise BundleError(f"{path}: a model file without its {', '.join(missing) or 'bundle metadata'} (written "
+        raise BundleError(f"{path}: a model file without its {' and '.join(missing) or 'bundle metadata'} (written "
                           f"before model bundles); upgrade it with: speechkd upgrade-model {path}")
     if missing:
         raise BundleError(f"{path}: the model bundle has no {' and no '.join(missing)}; it cannot be run on audio "
@@ -191,8 +191,12 @@ def upgrade_legacy(path: str | Path, out: str | Path | None = None, *, features:
     try:
         outputs = json.loads((path.parent / "outputs.json").read_text())
     except (OSError, ValueError):
+        outputs = None
+    if not isinstance(outputs, dict):
+        if delay_frames is None:  # a KD student's delay is not guessed
+            raise BundleError(f"{path.parent / 'outputs.json'}: cannot read the stage's outputs (the KD delay the "
+                              "model emits with); give it with --delay (0 for a model trained without KD)")
         outputs = {}
-    outputs = outputs if isinstance(outputs, dict) else {}
     if delay_frames is None:
         d = outputs.get("delay_frames")
         delay_frames = d if isinstance(d, int) else 0

@@ -96,7 +96,7 @@ def test_an_old_model_file_is_refused_with_the_upgrade_command_and_the_command_u
     d = tmp_path / "student"
     d.mkdir()
     save_weights(b.model, d / "model.safetensors")
-    with pytest.raises(BundleError, match=r"model.safetensors: a model file without its fbank, tokenizer .*"
+    with pytest.raises(BundleError, match=r"model.safetensors: a model file without its fbank and tokenizer .*"
                                           r"upgrade it with: speechkd upgrade-model .*model.safetensors"):
         load_bundle(d / "model.safetensors")
     b.tokenizer.save(d)
@@ -115,11 +115,17 @@ def test_an_old_model_file_is_refused_with_the_upgrade_command_and_the_command_u
         upgrade_legacy(d / "model.safetensors")
 
 
-def test_upgrade_without_the_fbank_options_says_how_to_give_them(tmp_path):
+def test_upgrade_without_the_fbank_options_or_the_delay_says_how_to_give_them(tmp_path):
     save_weights(_bundle().model, tmp_path / "model.safetensors")
     CharTokenizer().save(tmp_path)
     with pytest.raises(BundleError, match="features.json: cannot read the fbank options .* give them with --features"):
         upgrade_legacy(tmp_path / "model.safetensors")
+    (tmp_path / "features.json").write_text(json.dumps({"fbank": {"num_mel_bins": 40, "frame_shift_ms": 12.5,
+                                                                  "low_freq": 40.0}}))
+    # no outputs.json: a KD student's delay is not guessed as 0
+    with pytest.raises(BundleError, match="outputs.json: cannot read the stage's outputs .* give it with --delay"):
+        upgrade_legacy(tmp_path / "model.safetensors")
+    assert upgrade_legacy(tmp_path / "model.safetensors", delay_frames=2).delay_frames == 2
 
 
 def test_a_bundle_is_self_contained_nothing_beside_it_is_read(tmp_path):

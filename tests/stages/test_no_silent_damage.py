@@ -157,3 +157,19 @@ def test_one_corpus_stage_imports_each_split_with_its_own_kind(tmp_path):
     r.write_text(r.read_text().replace("kinds: {dev: nemo}", "kinds: {tst: nemo}"))
     with pytest.raises(ConfigError, match="kinds: names split 'tst'"):
         load_recipe(r)
+
+
+def test_an_unfinished_stage_whose_input_was_rebuilt_says_so_not_that_its_config_changed(recipe, tmp_path, caplog):
+    """Issue 21: an input-only change to a stage that had started but not finished was logged as 'its config
+    changed'."""
+    import logging
+
+    exp = tmp_path / "exp"
+    run_recipe(recipe, exp_root=exp, to_stage="featurize")
+    (exp / "r" / "featurize" / ".done").unlink()  # killed before it finished
+    done = json.loads((exp / "r" / "corpus" / ".done").read_text())
+    (exp / "r" / "corpus" / ".done").write_text(json.dumps({**done, "stamp": "rebuilt0000000000"}))  # corpus rebuilt
+    with caplog.at_level(logging.INFO, logger="speechkd.stages.runner"):
+        run_recipe(recipe, exp_root=exp, from_stage="featurize", to_stage="featurize")
+    msgs = [r.getMessage() for r in caplog.records if "rerunning from scratch" in r.getMessage()]
+    assert msgs == ["stage featurize: rerunning from scratch (a stage it reads was rebuilt)"], msgs
