@@ -122,8 +122,19 @@ def test_pipeline_with_cache_and_student(kd_exp):
     assert dict(res)["student"] == "ran"
     out = json.loads((d / "teacher_cache" / "outputs.json").read_text())
     assert out["splits"]["train"]["utterances"] > 0 and out["cache_bytes"] > 0
+    # the teacher mass beyond the top k, which the kernel measures, is kept: per utterance and per split
+    idx = json.loads(sorted((d / "teacher_cache" / "shards" / "train").glob("cache-*.json"))[0].read_text())
+    assert all(0.0 <= u["beyond_k"] <= u["frames"] for u in idx["utts"])
+    per_frame = out["splits"]["train"]["mass_beyond_k_per_frame"]
+    assert per_frame == pytest.approx(sum(u["beyond_k"] for u in idx["utts"]) / idx["frames"], abs=0.05)
+    assert 0.0 <= per_frame < 1.0
     st = json.loads((d / "student" / "outputs.json").read_text())
     assert (d / "student" / "model.safetensors").exists()
+    from speechkd.models import load_bundle
+
+    b = load_bundle(d / "student" / "model.safetensors")  # the bundle records the delay the student emits with
+    assert b.delay_frames == st["delay_frames"] and b.kd["delay"] == st["delay_frames"] and b.kd["extra_delay"] == 0
+    assert b.provenance["stage"] == "student" and b.provenance["type"] == "distill" and b.provenance["fingerprint"]
     # the delay used is the estimate plus the look-ahead budget
     assert st["delay_frames"] == st["delay_estimated_frames"] + 1
     assert st["delay_ms"] == 30 * st["delay_frames"]
