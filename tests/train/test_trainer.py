@@ -220,3 +220,21 @@ def test_a_run_whose_steps_are_all_skipped_fails_naming_the_cause(prepared, tmp_
     with pytest.raises(TrainingFailed, match=r"steps of epoch 1 were skipped because the loss .* not finite"):
         train(cfg, bundle, tr, out, seed=0, objective=Broken(), validate=_scorer(bundle, dev, cfg))
     assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"fbank": {"frame_shift_ms": -1}}'])
+def test_a_missing_or_broken_features_json_stops_training_instead_of_assuming_10_ms(prepared, tmp_path, content):
+    """Issue 21: training assumed a 10 ms hop when features.json was broken, and export fell back to default fbank
+    options with a warning; the fbank options now go into the model bundle, so they must be readable."""
+    from speechkd.config import from_dict
+    from speechkd.stages import train as train_stage
+    from speechkd.stages.runner import StageContext
+
+    exp = _copy(prepared, tmp_path)
+    f = exp / "t" / "featurize" / "features.json"
+    f.unlink() if content is None else f.write_text(content)
+    out = exp / "t" / "x"
+    out.mkdir()
+    cfg = from_dict(train_stage.Config, {"model": {"layers": 1, "hidden": 16}, "epochs": 1})
+    with pytest.raises(ValueError, match=r"features.json: cannot read the featurize stage's fbank options"):
+        train_stage.prepare(cfg, StageContext("t", exp / "t", out, 0, REPO))
