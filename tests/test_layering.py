@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "speechkd"
 LAYERS = [
     {"utils"},
     {"config"},
-    {"text", "features", "kernels"},
+    {"text", "features", "kernels", "lm"},
     {"data"},
     {"models", "runtime"},
     {"train"},

@@ -12,6 +12,7 @@ STAGE_TYPES = {
     "train": "speechkd.stages.train",
     "decode": "speechkd.stages.decode",
     "teacher_cache": "speechkd.stages.teacher_cache",
+    "lm": "speechkd.stages.lm",
     "distill": "speechkd.stages.distill",
     "qat": "speechkd.stages.qat",
     "export": "speechkd.stages.export",
