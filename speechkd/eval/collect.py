@@ -213,8 +213,9 @@ def collect(exp: str | Path, stages: set[str] | None = None, rtf: str | Path | N
             if name in models and _num(v) is not None:
                 models[name]["rtf"] = _num(v)
     else:
-        absent.append("no streaming benchmark named (no RTF; run `python benchmarks/streaming.py --exp EXP` and "
-                      "give its streaming.json as the report's rtf)")
+        absent.append("no streaming benchmark (no RTF): `python benchmarks/streaming.py --exp EXP` writes "
+                      "EXP/benchmarks/streaming.json, which `speechkd report` reads and the report stage reads when "
+                      "its rtf names it")
     curves = {}
     for name in models:
         f = exp / name / "metrics.csv"
