@@ -44,6 +44,7 @@ BUNDLE_FORMAT = "speechkd-model-bundle-v1"
 SPM_TENSOR = "tokenizer.spm_model"
 # what a bundle must carry besides the weights (named in the refusal when one is missing)
 REQUIRED = ("model_config", "fbank", "tokenizer")
+UNSAVED = "model bundle"  # how check() names a bundle not read from a file
 
 
 class BundleError(CheckpointError):
@@ -63,7 +64,7 @@ class ModelBundle:
     quantization: str = ""
 
     def __post_init__(self):
-        self.check("model bundle")
+        self.check(UNSAVED)
 
     def check(self, where: str | Path) -> None:
         """The parts fit each other: vocabulary, feature dimension and frame shift."""
@@ -157,13 +158,12 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu",
     kd = _json(meta, "kd", path) if meta.get("kd") else None
     prov = _json(meta, "provenance", path) if meta.get("provenance") else {}
     model = model_from(cfg, tensors, path, expect=expect)
-    bundle = ModelBundle.__new__(ModelBundle)  # checked below with the file's name in the messages
-    bundle.__dict__.update(model=model.to(device).eval(), tokenizer=tok, fbank=fbank, delay_frames=delay,
-                           kd=kd if isinstance(kd, dict) else None,
-                           provenance=prov if isinstance(prov, dict) else {},
+    try:  # the constructor checks that the parts fit; its messages then name this file
+        return ModelBundle(model.to(device).eval(), tok, fbank, delay_frames=delay,
+                           kd=kd if isinstance(kd, dict) else None, provenance=prov if isinstance(prov, dict) else {},
                            quantization=str(meta.get("quantization", "")))
-    bundle.check(path)
-    return bundle
+    except CheckpointError as e:
+        raise BundleError(str(e).replace(f"{UNSAVED}:", f"{path}:", 1)) from None
 
 
 def upgrade_legacy(path: str | Path, out: str | Path | None = None, *, features: str | Path | None = None,
