@@ -42,6 +42,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from speechkd.config import from_dict
+    from speechkd.data.featurize import featurize_utterance
     from speechkd.data.manifest import read_manifest
     from speechkd.data.synth import build_corpus, load_spec
     from speechkd.stages import featurize
@@ -58,7 +59,7 @@ def main() -> None:
 
     def ours_1proc() -> None:
         for u, p in utts:
-            featurize.featurize_utterance(u, p, cfg)
+            featurize_utterance(u, p, cfg)
 
     def peer_librosa() -> None:
         import librosa

@@ -183,7 +183,8 @@ def main() -> None:
                    size_ratio_teacher_over_int8=round(res["teacher_bytes"] / int8_path.stat().st_size, 2))
     if "sherpa" in rtf:
         res["sherpa_speedup_vs_teacher"] = round(rtf["teacher"] / rtf["sherpa"], 2)
-    out = exp / "benchmarks" / "streaming.json"  # `speechkd report` reads RTF from here; the report stage when named as its rtf
+    # `speechkd report` reads RTF from here; the report stage when its rtf names this file
+    out = exp / "benchmarks" / "streaming.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res))

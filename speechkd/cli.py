@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_validate)
 
     d = sub.add_parser("decode", help="batched greedy CTC decoding + WER/CER reports of featurized manifests")
-    d.add_argument("--model", required=True, help="a model file (.safetensors) written by a train, distill or qat stage")
+    d.add_argument("--model", required=True,
+                   help="a model file (.safetensors) written by a train, distill or qat stage")
     d.add_argument("--out", required=True, help="folder for recogs-/errs-/wer-summary- files")
     d.add_argument("--max-frames", type=_bounded(int, 1, 10**8, "--max-frames"), default=40000,
                    help="padded frames per batch")
@@ -304,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="a model file (.safetensors) of a train, distill or qat stage")
     e.add_argument("--out", required=True, help="output folder (model.onnx, tokens.txt)")
     e.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help="default chunk the runtime feeds (ms)")
-    e.add_argument("--delay", type=_delay, help="KD delay in output frames, 0 to 1000 (default: the one the model file records)")
+    e.add_argument("--delay", type=_delay,
+                   help="KD delay in output frames, 0 to 1000 (default: the one the model file records)")
     e.add_argument("--format", choices=["onnx", "sherpa"], default="onnx",
                    help="onnx: speechkd's runtime; sherpa: sherpa_onnx.OnlineRecognizer.from_nemo_ctc")
     e.add_argument("--adapt-manifest", help="sherpa: manifest of training audio to fit the feature adapter on")
@@ -352,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out", help="write the bundle here (default: replace the file)")
     u.add_argument("--features", help="features.json with the fbank options (default: the one beside the model)")
     u.add_argument("--tokenizer", help="tokenizer folder (default: the model's folder)")
-    u.add_argument("--delay", type=_delay, help="KD delay in output frames (default: outputs.json's, else 0)")
+    u.add_argument("--delay", type=_delay, help="KD delay in output frames (default: the one in the outputs.json beside the model; "
+                                                "without that file it must be given)")
     u.set_defaults(func=_cmd_upgrade_model)
 
     cf = sub.add_parser("config", help="show a stage's config keys with help: config [TYPE] or config RECIPE STAGE")

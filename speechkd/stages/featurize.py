@@ -3,9 +3,9 @@
 Reads the ``<split>.jsonl`` of every split the corpus stage declares (its ``corpus.json``); writes
 ``shards/<split>/feats-NNNNN.npy`` (with a ``.json`` index written after it), ``<split>.jsonl``
 manifests whose rows carry a ``feats`` reference, ``cmvn.json`` (from the train split),
-``features.json`` (the fbank options, which the training stages put into every model bundle), ``rejected/<split>.jsonl`` and
-``summary.json`` (which declares the featurized splits). Shards are the unit of resume: a rerun
-keeps every shard whose index exists.
+``features.json`` (the fbank options, which the training stages put into every model bundle),
+``rejected/<split>.jsonl`` and ``summary.json`` (which declares the featurized splits). Shards are
+the unit of resume: a rerun keeps every shard whose index exists.
 
 The work is done by :mod:`speechkd.data.featurize`; this module is the stage's I/O. The "too short
 for CTC" check is not made here: it depends on the tokenizer and the model's frame stacking, so the
@@ -26,7 +26,7 @@ import numpy as np
 
 from speechkd.config import ConfigError, check_name, field, from_dict
 from speechkd.data.checks import BadInputLog
-from speechkd.data.featurize import FeaturizeOptions, featurize_split, featurize_utterance, text_problem  # noqa: F401
+from speechkd.data.featurize import FeaturizeOptions, featurize_split
 from speechkd.data.manifest import write_manifest
 from speechkd.features.cmvn import compute_cmvn
 from speechkd.features.fbank import FbankOptions

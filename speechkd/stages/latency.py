@@ -52,7 +52,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     out: dict[str, Any] = {"split": cfg.split, "alignment": cfg.teacher, "models": {}}
     for name, info in exported.items():
         rec = StreamingRecognizer(edir / info["path"])
-        out["models"][name] = {**measure(rec, ends, teacher.frame_ms, ds, paths, limit=cfg.limit, chunk_ms=cfg.chunk_ms),
+        out["models"][name] = {**measure(rec, ends, teacher.frame_ms, ds, paths, limit=cfg.limit,
+                                         chunk_ms=cfg.chunk_ms),
                                "delay_ms": info["delay_ms"]}
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out

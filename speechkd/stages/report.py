@@ -62,8 +62,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     from speechkd.eval.report import best_student, build, write_report
 
     exp = ctx.exp_dir
-    reads = set(ctx.reads or ())
-    rep = build(exp, teacher=cfg.teacher, baseline=cfg.baseline, seed=ctx.seed, stages=reads, rtf=cfg.rtf or None)
+    # the stages the runner lets it read (None when called without a runner: every folder)
+    rep = build(exp, teacher=cfg.teacher, baseline=cfg.baseline, seed=ctx.seed, stages=ctx.reads, rtf=cfg.rtf or None)
     student = cfg.student or best_student(rep, cfg.split)
     post = None
     if student:

@@ -2,15 +2,15 @@
 
 AdamW with linear warm-up and cosine decay, gradient clipping, a guard that skips
 non-finite losses (and counts them), SpecAugment (on the model's device), dev CER/WER every
-epoch (through a ``validate`` function the caller gives: training does not import evaluation), a metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA
-is chosen automatically, and so is mixed precision (:mod:`speechkd.train.precision`: bf16 autocast
+epoch (through a ``validate`` function the caller gives: training does not import evaluation), a
+metrics CSV, keep-best and averaging of the last k epoch checkpoints. CPU or CUDA is chosen automatically, and so is mixed precision (:mod:`speechkd.train.precision`: bf16 autocast
 on a CPU with native bf16, AMP on CUDA; float32 weights, optimizer state and losses). Checkpoints
 every ``checkpoint_every`` steps and at every epoch end make resume exact: after SIGKILL, a rerun
 continues from the last checkpoint and, on the CPU, ends with the same weights as an uninterrupted
 run. The checkpoint records the precision; resuming in another one is refused.
 
-The loss is an :class:`~speechkd.train.objective.Objective`: plain CTC by default; distillation passes its own, which may
-carry ``heads`` (e.g. a FitNets projection) that are trained and checkpointed beside the model
+The loss is an :class:`~speechkd.train.objective.Objective`: plain CTC by default; distillation
+passes its own, which may carry ``heads`` (e.g. a FitNets projection) that are trained and checkpointed beside the model
 but never written into its deployable weights.
 
 Under ``torchrun`` (a process group is initialised by the caller), the model is wrapped in

@@ -14,6 +14,7 @@ from speechkd.config import from_dict
 from speechkd.data.checks import BadInputError
 from speechkd.data.importers import ImportError_, import_commonvoice, import_kaldi, import_librispeech
 from speechkd.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from speechkd.data.featurize import featurize_utterance
 from speechkd.stages import featurize
 from speechkd.stages.runner import StageContext
 from tests.conftest import write_tone
@@ -100,7 +101,7 @@ def test_long_file_is_rejected_from_its_header_without_decoding(tmp_path, monkey
     reads = []
     real_read = sf.SoundFile.read
     monkeypatch.setattr(sf.SoundFile, "read", lambda self, *a, **k: reads.append(1) or real_read(self, *a, **k))
-    feats, problem = featurize.featurize_utterance(_u("long", path, dur=40.0), path,
+    feats, problem = featurize_utterance(_u("long", path, dur=40.0), path,
                                                    from_dict(featurize.Config, {"max_duration": 30.0}))
     assert feats is None and problem[0] == "too_long" and "not decoded" in problem[1]
     assert reads == []  # nothing was decoded

@@ -62,7 +62,7 @@ def test_non_finite_features_are_rejected_by_featurize(tmp_path, monkeypatch):
     real = featlib.compute_fbank
     monkeypatch.setattr(featlib, "compute_fbank", lambda w, o: real(w, o) * torch.tensor(float("nan")))
     u = _u("g", write_tone(tmp_path / "g.wav", 1.5))
-    feats, problem = featurize.featurize_utterance(u, tmp_path / "g.wav", featurize.Config())
+    feats, problem = featlib.featurize_utterance(u, tmp_path / "g.wav", featurize.Config())
     assert feats is None and problem[0] == "non_finite_features"
 
 
