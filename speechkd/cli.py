@@ -161,7 +161,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 def _cmd_transcribe(a: argparse.Namespace) -> int:
     from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file, transcribe_stream
 
-    rec = StreamingRecognizer(a.model, num_threads=a.threads)
+    rec = StreamingRecognizer(a.model, num_threads=a.threads, lm=_lm_choice(a, a.model), lm_weights=_lm_weights(a))
     tty = sys.stderr.isatty() and not a.no_partials
     failed = 0
     for f in a.files:
@@ -192,18 +192,55 @@ def _cmd_transcribe(a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _lm_choice(a: argparse.Namespace, model):
+    """``--lm PATH``, ``--no-lm``, or (neither) the ``lm.arpa`` shipped beside the model if there is one."""
+    if a.no_lm:
+        return False
+    if a.lm:
+        return a.lm
+    return True if (Path(model).parent / "lm.arpa").is_file() else None
+
+
+def _lm_weights(a: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("alpha", a.alpha), ("beta", a.beta), ("beam", a.beam)) if v is not None}
+
+
+def _add_lm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", help="word LM to fuse into a beam search: an ARPA file or a folder holding lm.arpa "
+                               "(default: the lm.arpa beside the model, as `speechkd export` ships it)")
+    p.add_argument("--no-lm", action="store_true", help="greedy decoding even when an lm.arpa lies beside the model")
+    p.add_argument("--alpha", type=float, help="LM weight (default: lm.json beside the LM, else 0.5)")
+    p.add_argument("--beta", type=float, help="word bonus (default: lm.json beside the LM, else 1.0)")
+    p.add_argument("--beam", type=_beam, help="beam width with an LM (default: lm.json beside the LM, else 32)")
+
+
+def _beam(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {v!r}") from None
+    if not 1 <= n <= 4096:
+        raise argparse.ArgumentTypeError(f"must be in [1, 4096], got {n}")
+    return n
+
+
 def _cmd_eval(a: argparse.Namespace) -> int:
     from speechkd.eval.raw import (evaluate_manifest, is_sherpa_model, onnx_transcriber, sherpa_transcriber,
                                    torch_transcriber)
     from speechkd.eval.scoring import report_names, write_reports
 
     onnx = str(a.model).endswith(".onnx")
+    lm, weights = _lm_choice(a, a.model), _lm_weights(a)
     if onnx and is_sherpa_model(a.model):  # the sherpa-onnx flavour: scored through sherpa-onnx itself
+        if a.lm:
+            print("error: --lm: sherpa-onnx has no n-gram fusion for online CTC; evaluate model.onnx (our runtime) "
+                  "with the LM instead", file=sys.stderr)
+            return 2
         run = sherpa_transcriber(a.model, a.chunk_ms, a.threads)
     elif onnx:
-        run = onnx_transcriber(a.model, a.chunk_ms, a.threads)
+        run = onnx_transcriber(a.model, a.chunk_ms, a.threads, lm=lm, lm_weights=weights)
     else:
-        run = torch_transcriber(a.model, a.device)
+        run = torch_transcriber(a.model, a.device, lm=lm, lm_weights=weights)
     bad = 0
     for manifest, name in zip(a.manifests, report_names(a.manifests)):
         ev = evaluate_manifest(run, manifest)
@@ -336,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rate", type=_rate, help="stdin without a WAV header: its sample rate (Hz; default the "
                                               "model's)")
     t.add_argument("--no-partials", action="store_true", help="do not show partial results on a terminal")
+    _add_lm_args(t)
     t.set_defaults(func=_cmd_transcribe)
 
     ev = sub.add_parser("eval", help="WER/CER of a model (.onnx or .safetensors) on manifests of raw audio")
@@ -345,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help=".onnx only: audio per chunk (ms, 1 to 60000)")
     ev.add_argument("--threads", type=_threads, default=1, help=".onnx only: ONNX Runtime threads (1 to 256)")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=".safetensors only")
+    _add_lm_args(ev)
     ev.add_argument("manifests", nargs="+", help="NeMo-style JSONL manifests (audio_filepath, duration, text)")
     ev.set_defaults(func=_cmd_eval)
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1] / "speechkd"
 LAYERS = [
     {"utils"},
     {"config"},
-    {"text", "features", "kernels", "lm"},
+    {"text", "features", "kernels"},
+    {"lm"},
     {"data"},
     {"models", "runtime"},
     {"train"},

@@ -55,11 +55,12 @@ def check_teachers(models, names) -> None:
 
 @torch.no_grad()
 def cache_entries(models, ds, indices: list[int], *, k: int, beam: int, nbest: int, blank: int, max_frames: int,
-                  device) -> list[dict[str, Any]]:
+                  device, lm_decoder=None) -> list[dict[str, Any]]:
     """Run the (averaged) teachers over utterances ``indices`` of ``ds`` in length-bucketed batches;
     one entry per utterance, in ``indices`` order: ``id``, top-``k`` ``probs``/``ids (T', k)``, the
     prefix-beam ``nbest`` list of ``(tokens, log score)`` and ``beyond_k``, the teacher's probability
-    mass outside the top k summed over the frames (what :func:`write_shard` stores)."""
+    mass outside the top k summed over the frames (what :func:`write_shard` stores). With ``lm_decoder`` (an
+    :class:`~speechkd.lm.decoder.LMDecoder`) the N-best comes from the LM-fused beam, scored by the fused score."""
     entries: dict[int, dict] = {}
     sampler = BucketingSampler([ds.lengths[i] for i in indices], max(max_frames, max(ds.lengths)), seed=0,
                                shuffle=False)
@@ -68,11 +69,17 @@ def cache_entries(models, ds, indices: list[int], *, k: int, beam: int, nbest: i
         lp, ol = teacher_log_probs(models, batch.feats, batch.feat_lens)
         lp, ol = lp.float().cpu(), ol.cpu()
         probs, ids, dropped = K.topk(lp, ol, k)
-        nb = K.prefix_beam_search(lp, ol, beam=beam, nbest=min(nbest, beam), blank=blank)
+        if lm_decoder is None:
+            nb = K.prefix_beam_search(lp, ol, beam=beam, nbest=min(nbest, beam), blank=blank)
+            hyps = [nb.hypotheses(j) for j in range(len(b))]
+        else:
+            found = lm_decoder.decode_batch([lp[j, : int(ol[j])].numpy() for j in range(len(b))], nbest,
+                                            threads=max(1, torch.get_num_threads()))
+            hyps = [[(h.tokens, h.fused) for h in hs] for hs in found]
         for j, i in enumerate(b):
             n = int(ol[j])
             entries[i] = {"id": batch.ids[j], "probs": probs[j, :n].numpy(), "ids": ids[j, :n].numpy(),
-                          "nbest": nb.hypotheses(j), "beyond_k": float(np.asarray(dropped[j, :n]).sum())}
+                          "nbest": hyps[j], "beyond_k": float(np.asarray(dropped[j, :n]).sum())}
     return [entries[i] for i in sorted(entries)]
 
 

@@ -23,6 +23,9 @@ from typing import Any
 from speechkd.eval.stats import System
 
 
+SEARCHES = ("lm", "beam")  # decode stages' searches besides greedy (results-<split>-<search>.jsonl)
+
+
 def read_results(path: Path) -> tuple[list[str], list[str], list[str]]:
     """``(ids, refs, hyps)`` of a ``results-<name>.jsonl`` (one ``{"id", "ref", "hyp"}`` object per line)."""
     ids, refs, hyps = [], [], []
@@ -158,9 +161,14 @@ def collect(exp: str | Path, stages: set[str] | None = None, rtf: str | Path | N
                         "bidirectional": summ.get("bidirectional")}
         for r in results:
             split = r.stem[len("results-"):]
+            row, kind = name, "torch"
+            for search in SEARCHES:  # results-<split>-lm.jsonl: the same model decoded with a search
+                if split.endswith(f"-{search}"):
+                    split, kind, row = split[: -len(search) - 1], search, f"{name} [{search}]"
+                    models[row] = {**models[name], "kind": search, "source": name}
             try:
                 ids, refs, hyps = read_results(r)
-                systems[(name, split)] = System(name, split, ids, refs, hyps)
+                systems[(row, split)] = System(row, split, ids, refs, hyps, kind=kind)
             except ValueError as e:
                 absent.append(str(e))
     # the export stage's runtime outputs, fp32 and int8, per model
@@ -200,7 +208,8 @@ def collect(exp: str | Path, stages: set[str] | None = None, rtf: str | Path | N
                 continue
             med, p90 = _num(v.get("emission_median_ms")), _num(v.get("emission_p90_ms"))
             for name, info in models.items():
-                if (name == m or info.get("source") == m) and med is not None and p90 is not None:
+                runtime = info.get("source") == m and info["kind"] in ("fp32", "int8")
+                if (name == m or runtime) and med is not None and p90 is not None:
                     info["latency_ms"] = [med, p90]
     else:
         absent.append("latency: no latency stage output (no token emission latency)")

@@ -17,10 +17,13 @@ from speechkd.utils import progress
 log = logging.getLogger(__name__)
 
 
-def onnx_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: int = 1) -> Callable[[Path], str]:
+def onnx_transcriber(model: str | Path, chunk_ms: float = 160.0, num_threads: int = 1, *, lm=None,
+                     lm_weights: dict | None = None) -> Callable[[Path], str]:
+    """Through the streaming runtime; ``lm``/``lm_weights`` as :class:`~speechkd.runtime.recognizer.StreamingRecognizer`
+    takes them (an LM-fused beam carried across chunks)."""
     from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file
 
-    rec = StreamingRecognizer(model, num_threads=num_threads)
+    rec = StreamingRecognizer(model, num_threads=num_threads, lm=lm, lm_weights=lm_weights)
     return lambda path, offset=None, duration=None: transcribe_file(rec, path, chunk_ms, offset=offset,
                                                                     duration=duration).text
 
@@ -86,9 +89,10 @@ def is_sherpa_model(model: str | Path) -> bool:
     return "window_size" in meta and "speechkd_format" not in meta
 
 
-def torch_transcriber(model: str | Path, device: str = "auto"):
+def torch_transcriber(model: str | Path, device: str = "auto", *, lm=None, lm_weights: dict | None = None):
     """``transcribe(path, offset=None, duration=None) -> text`` with a model bundle in torch, offline on the
-    whole utterance's fbank (the bundle's fbank options and tokenizer)."""
+    whole utterance's fbank (the bundle's fbank options and tokenizer); greedy, or with ``lm`` (an ARPA file or
+    a folder holding one; True: the one beside the model) the LM-fused beam search."""
     import torch
 
     from speechkd.data.audio import load_audio
@@ -100,12 +104,22 @@ def torch_transcriber(model: str | Path, device: str = "auto"):
     dev = pick_device(device)
     bundle = load_bundle(model, device=dev)
     m, tok, opts = bundle.model, bundle.tokenizer, bundle.fbank
+    decoder = None
+    if lm is not None and lm is not False:
+        from speechkd.lm.decoder import LMDecoder, find_arpa, read_fusion
+
+        arpa = find_arpa(Path(model).parent if lm is True else lm)
+        decoder = LMDecoder.load(arpa, tok.tokens(), blank=tok.blank_id,
+                                 **{**read_fusion(arpa.parent / "lm.json"), **(lm_weights or {})})
 
     @torch.no_grad()
     def run(path: Path, offset=None, duration=None) -> str:
         wav = load_audio(path, offset=offset, duration=duration, target_sr=opts.sample_rate)
         feats = compute_fbank(wav, opts)[None].to(dev)
         lp, ol = m(feats, torch.tensor([feats.shape[1]], device=dev))
+        if decoder is not None:
+            hyps = decoder.decode(lp[0, : int(ol[0])].float().cpu().numpy())
+            return tok.decode(hyps[0].tokens if hyps else [])
         return tok.decode(greedy_decode(lp, ol, tok.blank_id)[0])
 
     return run

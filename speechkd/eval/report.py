@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from speechkd.eval.collect import Experiment, collect, corpus_summary
+from speechkd.eval.collect import SEARCHES, Experiment, collect, corpus_summary
 from speechkd.eval.stats import (RESAMPLES, System, _groups, _per_group, gap_closed, paired, rate_ci,  # noqa: F401
                                  resample_indices)
 
@@ -57,7 +57,9 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
                "substitutions": int(s.errs[:, 0].sum()), "deletions": int(s.errs[:, 1].sum()),
                "insertions": int(s.errs[:, 2].sum()), "ref_words": int(s.errs[:, 3].sum()),
                "utterances": len(s.ids), "speakers": ng}
-        t, b = e.systems.get((teacher, split)), e.systems.get((baseline, split))
+        kind = e.models[name]["kind"]
+        suffix = f" [{kind}]" if kind in SEARCHES else ""  # a search's rows against the teacher's and baseline's
+        t, b = e.systems.get((teacher + suffix, split)), e.systems.get((baseline + suffix, split))
         source = e.models[name].get("source", name)
         if t is not None and b is not None and source not in (teacher, baseline) and t.ids == s.ids == b.ids:
             for unit, get, mine in (("", lambda x: x.word_errors, we), ("cer_", lambda x: x.cerrs[:, 0], ce)):
@@ -68,7 +70,8 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
                 else:
                     row[f"{unit}gap_closed_note"] = gc["note"]
         rep["models"][name]["splits"][split] = row
-    # paired comparisons: every student against the baseline; every int8 model against its fp32 source
+    # paired comparisons: every student against the baseline; every int8 model against its fp32 source; every
+    # search (LM) row against the same model's greedy row, and a student's against the baseline's
     for (name, split), s in sorted(e.systems.items()):
         info = e.models[name]
         if info["kind"] == "torch" and name not in (teacher, baseline) and (baseline, split) in e.systems \
@@ -78,6 +81,12 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
             src = f"{info['source']} [fp32 runtime]"
             if (src, split) in e.systems:
                 _add_paired(rep, e.systems[(src, split)], s, speaker, seed)
+        if info["kind"] in SEARCHES:  # the search against greedy decoding of the same model; students also
+            if (info["source"], split) in e.systems:  # against the baseline with the same search
+                _add_paired(rep, e.systems[(info["source"], split)], s, speaker, seed)
+            ref = (f"{baseline} [{info['kind']}]", split)
+            if info["source"] not in (teacher, baseline) and not info.get("bidirectional") and ref in e.systems:
+                _add_paired(rep, e.systems[ref], s, speaker, seed)
     # breakdowns, error lists and worst utterances
     for split in splits:
         bd: dict[str, Any] = {}
@@ -174,6 +183,10 @@ def headline(rep: dict[str, Any]) -> dict[str, Any]:
             sentences.append(f"Against the baseline (no KD): WER {p['wer_b']:.2f}% vs {p['wer_a']:.2f}%, "
                              f"{p['delta']:+.2f} [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}], {p['verdict']}; CER "
                              f"{p['cer_delta']:+.2f} [{p['cer_ci'][0]:+.2f}, {p['cer_ci'][1]:+.2f}], {p['cer_verdict']}.")
+    lm = rep["models"].get(f"{name} [lm]", {}).get("splits", {}).get(split)
+    if lm:
+        sentences.append(f"With the word LM (fused beam search) its WER is {lm['wer']:.2f}% "
+                         f"[{lm['wer_ci'][0]:.2f}, {lm['wer_ci'][1]:.2f}], CER {lm['cer']:.2f}%.")
     t = rep["models"].get(teacher, {}).get("splits", {}).get(split)
     if t:
         gap = (f"it closes {s['gap_closed']:.1f}% [{s['gap_closed_ci'][0]:.1f}, {s['gap_closed_ci'][1]:.1f}] of the "

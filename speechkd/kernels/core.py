@@ -185,20 +185,26 @@ def spikes_one(lp, Tb, blank, log_thr, is_spike, token):
 # The prefix trie lives in parent/tok/depth arrays (node 0 = empty prefix); children are found
 # through an open-addressing hash table keyed by parent * V + token.
 
+def _hash_slot(key, mask):
+    """Home slot of ``key``: a multiplicative hash whose high bits are folded into the low ones (keys like
+    ``node * stride + symbol`` would otherwise collide on the symbol alone)."""
+    x = key * 2654435761
+    return (x ^ (x >> 32)) & mask
+
+
 def _hash_find(hkeys, hvals, key):
+    """The value stored under ``key``, or -1. (A loop with one exit: numba compiles a ``while True`` with
+    returns inside it some twenty times slower.)"""
     mask = hkeys.shape[0] - 1
-    h = (key * 2654435761) & mask
-    while True:
-        if hkeys[h] == 0:
-            return -1
-        if hkeys[h] == key:
-            return hvals[h]
+    h = _hash_slot(key, mask)
+    while hkeys[h] != 0 and hkeys[h] != key:
         h = (h + 1) & mask
+    return hvals[h] if hkeys[h] == key else -1
 
 
 def _hash_insert(hkeys, hvals, key, val):
     mask = hkeys.shape[0] - 1
-    h = (key * 2654435761) & mask
+    h = _hash_slot(key, mask)
     while hkeys[h] != 0:
         h = (h + 1) & mask
     hkeys[h] = key

@@ -1,7 +1,9 @@
 """Streaming CTC recognition with an exported speechkd model.
 
 Per stream: audio in chunks -> kaldi-native-fbank online fbank (options from the model's metadata)
--> ONNX Runtime with the LSTM state carried between chunks -> incremental greedy CTC decoding. A
+-> ONNX Runtime with the LSTM state carried between chunks -> incremental greedy CTC decoding, or, when a word
+LM is given or an ``lm.arpa`` lies beside the model, the LM-fused beam search carried across chunks (partials
+from its best prefix, the final text what the offline search gives on the same posteriors). A
 service calls :meth:`StreamingRecognizer.accept_waveform` once per chunk, reads
 :meth:`StreamingRecognizer.result` (partial text), and calls
 :meth:`StreamingRecognizer.input_finished` at the end of the stream, which feeds the student's KD
@@ -134,7 +136,8 @@ class StreamingRecognizer:
     is read from beside it. ``chunk_frames`` overrides the model's default chunk (input frames)."""
 
     def __init__(self, model: str | Path, *, tokens: str | Path | None = None, chunk_frames: int | None = None,
-                 num_threads: int = 1, keep_log_probs: bool = False):
+                 num_threads: int = 1, keep_log_probs: bool = False, lm: str | Path | bool | None = None,
+                 lm_weights: dict | None = None):
         import onnxruntime as ort
 
         model = Path(model)
@@ -184,6 +187,7 @@ class StreamingRecognizer:
         self.chunk_frames = max(self.stack, chunk // self.stack * self.stack)
         self.symbols = read_tokens(Path(tokens) if tokens else model.parent / "tokens.txt", vocab, self.blank)
         self.keep_log_probs = keep_log_probs
+        self.lm_decoder = load_lm(model, lm, self.symbols, self.blank, lm_weights)
         self.reset()
 
     def _new_fbank(self):
@@ -221,6 +225,7 @@ class StreamingRecognizer:
         self._prev = self.blank
         self._result = Result()
         self._finished = False
+        self._beam = self.lm_decoder.stream() if self.lm_decoder is not None else None
         self.log_probs: list[np.ndarray] = []
         self.chunk_seconds: list[float] = []  # wall time of each ONNX call (for latency figures)
         self.resampled_from: int | None = None
@@ -269,6 +274,10 @@ class StreamingRecognizer:
             self._drain(final=True)
             self._finished = True
             self._result.is_final = True
+            if self._beam is not None:  # close the last word and score </s>: the offline search's result
+                hyps = self._beam.finish(1)
+                self._result.tokens = hyps[0].tokens if hyps else []
+                self._result.text = detokenize([self.symbols[k] for k in self._result.tokens])
         return self.result()
 
     def result(self) -> Result:
@@ -307,6 +316,13 @@ class StreamingRecognizer:
             self.log_probs.append(lp)
         if not len(lp):
             return
+        if self._beam is not None:  # the LM-fused beam, carried across chunks; the partial is its best prefix
+            self._out_frames += lp.shape[0]
+            self._beam.accept(lp)
+            r = self._result
+            r.tokens = self._beam.best()
+            r.text = detokenize([self.symbols[k] for k in r.tokens])
+            return
         # greedy CTC, vectorised over the chunk: a token is emitted where the best symbol is not blank
         # and differs from the frame before (the previous chunk's last frame carries over)
         best = lp.argmax(-1)
@@ -320,6 +336,19 @@ class StreamingRecognizer:
             r.tokens.extend(best[emit].tolist())
             r.times_ms.extend(((start + emit) * self.frame_ms).tolist())
             r.text = detokenize([self.symbols[k] for k in r.tokens])
+
+
+def load_lm(model: Path, lm, symbols: list[str], blank: int, weights: dict | None):
+    """The LM decoder of a recognizer: ``lm`` None or False = none (greedy), True = the ``lm.arpa`` beside the
+    model, else an ARPA file or a folder holding one. Its weights come from the ``lm.json`` beside the ARPA
+    file (what ``speechkd export`` writes), then from ``weights``."""
+    if lm is None or lm is False:
+        return None
+    from speechkd.lm.decoder import LMDecoder, find_arpa, read_fusion
+
+    arpa = find_arpa(model.parent if lm is True else lm)
+    opts = {**read_fusion(arpa.parent / "lm.json"), **(weights or {})}
+    return LMDecoder.load(arpa, symbols, blank=blank, **opts)
 
 
 def detokenize(symbols: list[str]) -> str:

@@ -1,8 +1,12 @@
-"""Stage ``decode``: batched greedy CTC decoding and scoring of a trained model.
+"""Stage ``decode``: decoding and scoring of a trained model, greedy and with a search.
 
 Writes, per split, icefall-style ``recogs-<split>.txt`` and ``errs-<split>.txt`` (aligned
-references and hypotheses) and ``wer-summary-<split>.json`` (WER, CER, substitutions,
-deletions, insertions), plus ``summary.json`` over all splits.
+references and hypotheses), ``results-<split>.jsonl`` and ``wer-summary-<split>.json`` (WER, CER,
+substitutions, deletions, insertions) for greedy decoding, plus ``summary.json`` over all splits.
+With ``decoder: beam`` (the CTC prefix beam) or ``decoder: lm`` (the beam fused with the word LM of the
+``lm`` stage) the same files are also written as ``<split>-beam`` / ``<split>-lm``; for ``lm`` the weights
+``alpha`` and ``beta`` are picked on ``tune_split`` from the grid ``alphas`` x ``betas``, and the whole grid is
+recorded in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from speechkd.config import check_name, field, require
+import torch
+
 from speechkd.data.dataset import FeatureDataset
-from speechkd.eval.decode import evaluate
+from speechkd.eval.lmdecode import greedy_hyps, search_hyps, tune, utterance_posteriors
 from speechkd.eval.scoring import write_reports
 from speechkd.models.bundle import load_bundle
 from speechkd.models.lstm_ctc import count_parameters
@@ -36,8 +42,22 @@ class Config:
     train_split: str = field("train", help="the split left out of the default splits")
     max_frames: int = field(40000, help="padded frames per decoding batch")
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to decode")
+    decoder: Literal["greedy", "beam", "lm"] = field("greedy", help="search besides greedy decoding: none, the CTC "
+                                                                  "prefix beam, or the beam fused with a word LM")
+    lm: str = field("", help="decoder lm: the lm stage whose lm.arpa is fused")
+    beam: int = field(32, help="decoder beam/lm: hypotheses kept per frame")
+    alphas: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 1.0], help="decoder lm: LM weights tried")
+    betas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0], help="decoder lm: word bonuses tried")
+    tune_split: str = field("dev", help="decoder lm: the split the weights are picked on")
+    token_min_logp: float = field(-12.0, help="decoder lm: tokens below this log-posterior in a frame are not "
+                                              "extended")
 
     def __post_init__(self):
+        require(self.beam >= 1, "beam", f"must be >= 1, got {self.beam}")
+        require(self.decoder != "lm" or bool(self.lm), "lm", "decoder lm needs the lm stage to fuse")
+        require(self.decoder != "lm" or (bool(self.alphas) and bool(self.betas)), "alphas",
+                "decoder lm needs at least one alpha and one beta")
+        check_name(self.tune_split, "tune_split", "split name")
         check_name(self.train_split, "train_split", "split name")
         for i, s in enumerate(self.splits):
             check_name(s, f"splits[{i}]", "split name")
@@ -45,7 +65,8 @@ class Config:
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
-    return [("model", cfg.model, MODEL_STAGES), ("featurize", cfg.featurize, ("featurize",))]
+    up = [("model", cfg.model, MODEL_STAGES), ("featurize", cfg.featurize, ("featurize",))]
+    return up + ([("lm", cfg.lm, ("lm",))] if cfg.decoder == "lm" else [])
 
 
 def check(cfg: Config, lookup) -> None:
@@ -67,14 +88,45 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     have = declared_splits(fdir)
     splits = cfg.splits or [s for s in have if s != cfg.train_split]
     for split in splits:
-        path = fdir / f"{split}.jsonl"
-        if split not in have or not path.exists():  # checked with the recipe; a featurize rerun may differ
+        if split not in have or not (fdir / f"{split}.jsonl").exists():  # a featurize rerun may differ
             raise FileNotFoundError(f"decode.splits: {fdir} has no split {split!r} (it has {', '.join(have)})")
-        ev = evaluate(model, FeatureDataset(path, tok, dim=model.cfg.input_dim), tok, device, cfg.max_frames)
-        summ = write_reports(ctx.out_dir, split, ev["ids"], ev["refs"], ev["hyps"], {"model": out["model"]})
-        out["splits"][split] = {k: summ[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions",
-                                                     "ref_words", "utterances")}
-        log.info("decode %s: WER %.2f%% CER %.2f%% (%d utterances)", split, summ["wer"], summ["cer"], summ["utterances"])
+    posteriors = {}
+
+    def post(split):
+        if split not in posteriors:
+            ds = FeatureDataset(fdir / f"{split}.jsonl", tok, dim=model.cfg.input_dim)
+            posteriors[split] = utterance_posteriors(model, ds, device, cfg.max_frames)
+        return posteriors[split]
+
+    decoder, threads = None, max(1, torch.get_num_threads())
+    if cfg.decoder == "lm":
+        from speechkd.lm.decoder import LMDecoder
+
+        decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), beam=cfg.beam, blank=tok.blank_id,
+                                 token_min_logp=cfg.token_min_logp)
+        if cfg.tune_split not in have:
+            raise FileNotFoundError(f"decode.tune_split: {fdir} has no split {cfg.tune_split!r}")
+        _, refs, lps = post(cfg.tune_split)
+        a, b, grid = tune(decoder, lps, refs, tok, cfg.alphas, cfg.betas, threads)
+        decoder = decoder.with_weights(a, b)
+        out["lm"] = {"stage": cfg.lm, "alpha": a, "beta": b, "beam": cfg.beam, "token_min_logp": cfg.token_min_logp,
+                     "tuned_on": cfg.tune_split, "grid": grid, "splits": {}}
+        log.info("decode: LM weights alpha=%g beta=%g picked on %s", a, b, cfg.tune_split)
+    elif cfg.decoder == "beam":
+        out["beam"] = {"beam": cfg.beam, "splits": {}}
+    for split in splits:
+        ids, refs, lps = post(split)
+        rows = [("", greedy_hyps(lps, tok), out["splits"])]
+        if cfg.decoder != "greedy":
+            hyps = search_hyps(lps, tok, decoder=decoder, beam=cfg.beam, threads=threads)
+            rows.append((f"-{cfg.decoder}", hyps, out[cfg.decoder]["splits"]))
+        for suffix, hyps, dest in rows:
+            summ = write_reports(ctx.out_dir, split + suffix, ids, refs, hyps, {"model": out["model"]})
+            dest[split] = {k: summ[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions",
+                                                "ref_words", "utterances")}
+            log.info("decode %s%s: WER %.2f%% CER %.2f%% (%d utterances)", split, suffix, summ["wer"], summ["cer"],
+                     summ["utterances"])
+        posteriors.pop(split, None)
     if not out["splits"]:
         raise FileNotFoundError(f"{fdir}: none of the splits {splits} was featurized; nothing to decode")
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")

@@ -5,6 +5,9 @@ Writes ``<model stage>/model.onnx`` and ``tokens.txt`` per exported model, and `
 With ``int8: true`` every model (and its sherpa flavour) also gets ``model.int8.onnx`` (ONNX Runtime
 dynamic quantization, :mod:`speechkd.quant.ort`), and the fp32 and int8 files are compared through the
 runtime on ``compare_split`` (:mod:`speechkd.eval.int8`): WER, S/D/I, blank rate, posterior change.
+With ``lm`` (an lm stage) every model folder also gets ``lm.arpa`` and ``lm.json`` (the fusion weights: those a
+decode stage of ``lm_from`` picked for that model with that LM, else ``alpha``/``beta``), so a shipped folder
+decodes with the LM the way the recipe did (``speechkd transcribe`` and ``eval`` use it).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ class Config:
     int8: bool = field(False, help="also write model.int8.onnx (ONNX Runtime dynamic int8) beside every model.onnx")
     compare_split: str = field("test", help="int8: featurize split on which fp32 and int8 are compared ('' = none)")
     compare_limit: int = field(0, help="int8: compare on the first N utterances of that split (0 = all)")
+    lm: str = field("", help="lm stage whose lm.arpa is shipped beside every model.onnx ('' = none)")
+    lm_from: list[str] = field(default_factory=list, help="with lm: decode stages (decoder lm) whose tuned weights "
+                                                          "ship with the model they decoded")
+    alpha: float = field(0.5, help="with lm: LM weight for a model no lm_from stage decoded")
+    beta: float = field(1.0, help="with lm: word bonus for a model no lm_from stage decoded")
+    lm_beam: int = field(32, help="with lm: beam width shipped in lm.json")
 
     def __post_init__(self):
         require(len(self.models) >= 1, "models", "name at least one model stage")
@@ -45,12 +54,17 @@ class Config:
         require(self.compare_limit >= 0, "compare_limit", f"must be >= 0, got {self.compare_limit}")
         if self.compare_split:
             check_name(self.compare_split, "compare_split", "split name")
+        require(bool(self.lm) or not self.lm_from, "lm_from", "needs lm (the LM the weights belong to)")
+        require(self.lm_beam >= 1, "lm_beam", f"must be >= 1, got {self.lm_beam}")
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
     ups = [(f"models[{i}]", m, MODEL_STAGES) for i, m in enumerate(cfg.models)]
     if cfg.sherpa or (cfg.int8 and cfg.compare_split):
         ups.append(("featurize", cfg.featurize, ("featurize",)))
+    if cfg.lm:
+        ups.append(("lm", cfg.lm, ("lm",)))
+    ups += [(f"lm_from[{i}]", d, ("decode",)) for i, d in enumerate(cfg.lm_from)]
     return ups
 
 
@@ -114,8 +128,41 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                 out["models"][m]["sherpa"]["int8"] = {"path": f"{m}/sherpa/model.int8.onnx", **rep}
         if cfg.int8:
             out["models"][m]["int8"] = int8_variant(cfg, ctx, m)
+        if cfg.lm:
+            out["models"][m]["lm"] = ship_lm(cfg, ctx, m)
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out
+
+
+def ship_lm(cfg: Config, ctx, m: str) -> dict[str, Any]:
+    """Copy the LM into ``<m>/`` with its fusion settings (``lm.json``)."""
+    import os
+    import shutil
+
+    from speechkd.lm.decoder import FUSION_FILE, LM_FILE, find_arpa, write_fusion
+
+    from speechkd.lm.tables import cache_path
+
+    def link(a: Path, b: Path) -> None:  # a hard link where the file system allows it (no second copy)
+        b.unlink(missing_ok=True)
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copyfile(a, b)
+
+    src = find_arpa(ctx.stage_dir(cfg.lm))
+    dst = ctx.out_dir / m / LM_FILE
+    link(src, dst)
+    if cache_path(src).is_file():  # the ready-made arrays (checked against the ARPA file when loaded)
+        link(cache_path(src), cache_path(dst))
+    weights = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": -12.0, "tuned_by": None}
+    for d in cfg.lm_from:
+        summ = json.loads((ctx.stage_dir(d) / "summary.json").read_text())
+        lm = summ.get("lm") if isinstance(summ, dict) else None
+        if isinstance(lm, dict) and lm.get("stage") == cfg.lm and Path(str(summ.get("model"))).parts[0] == m:
+            weights = {k: lm[k] for k in ("alpha", "beta", "beam", "token_min_logp")} | {"tuned_by": d}
+    write_fusion(ctx.out_dir / m / FUSION_FILE, weights)
+    return {"path": f"{m}/{LM_FILE}", "bytes": dst.stat().st_size, **weights}
 
 
 def _remove_stale(cfg: Config, out_dir: Path) -> None:

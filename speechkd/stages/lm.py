@@ -4,7 +4,8 @@ The text is a file the recipe names (``text``, one sentence per line, normalised
 or else, for the embedded corpus, its whole sentence pool (the spec's fortunes and WordNet examples),
 or, for an imported corpus, the train split's transcripts. Every sentence of the ``holdout`` splits of
 the corpus stage is removed from it first, so no dev or test sentence reaches the LM. Writes
-``lm.arpa`` (interpolated modified Kneser-Ney, else Witten-Bell: :mod:`speechkd.lm.ngram`), ``text.txt``
+``lm.arpa`` (interpolated modified Kneser-Ney, else Witten-Bell: :mod:`speechkd.lm.ngram`), ``lm.tables.npz``
+(the arrays the fused beam search indexes, built from that file: :mod:`speechkd.lm.tables`), ``text.txt``
 (the sentences it was estimated from) and ``summary.json``; the outputs record the order, the vocabulary
 size, the n-gram counts, the sentences removed, and perplexity and OOV rate on the ``eval_splits``.
 """
@@ -102,6 +103,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         raise ValueError(f"lm: no LM text is left after removing the {len(held)} held-out sentences")
     lm = estimate([t.split() for t in kept], cfg.order)
     write_arpa(lm, ctx.out_dir / "lm.arpa")
+    from speechkd.lm.tables import LMTables
+
+    LMTables.from_lm(lm).save(ctx.out_dir / "lm.arpa")  # the arrays the fused beam search reads, ready to load
     atomic_write_text(ctx.out_dir / "text.txt", "\n".join(kept) + "\n")
     out: dict[str, Any] = {"order": lm.order, "methods": lm.methods, "vocab_size": len(lm.vocab) - 1,
                            "ngrams": lm.counts(), "sentences": len(kept), "words": sum(len(t.split()) for t in kept),

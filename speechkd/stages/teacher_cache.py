@@ -1,5 +1,7 @@
 """Stage ``teacher_cache``: run the teacher(s) once over train and dev and store, per utterance,
-top-k posteriors (float16, k = 8 by default) and the N-best of a prefix beam search.
+top-k posteriors (float16, k = 8 by default) and the N-best of a prefix beam search, or, when ``lm`` names
+an lm stage, of the beam fused with its word LM (weights ``alpha``/``beta``, or the ones a decode stage
+picked on dev when ``weights_from`` names it), scored by the fused score.
 
 Several teachers are averaged in the probability domain (multi-teacher KD). Shards are the unit
 of resume: a rerun keeps every shard that loads and matches its index, and rebuilds truncated or
@@ -42,6 +44,11 @@ class Config:
     shard_size: int = field(500, help="utterances per shard")
     max_frames: int = field(40000, help="padded input frames per teacher batch")
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="where the teachers run")
+    lm: str = field("", help="lm stage: the N-best comes from the beam fused with its word LM ('' = no LM)")
+    alpha: float = field(0.5, help="with lm: LM weight")
+    beta: float = field(1.0, help="with lm: word bonus")
+    weights_from: str = field("", help="with lm: a decode stage (decoder lm) whose tuned alpha and beta are used")
+    token_min_logp: float = field(-12.0, help="with lm: tokens below this log-posterior in a frame are not extended")
 
     def __post_init__(self):
         require(len(self.teachers) >= 1, "teachers", "name at least one teacher stage")
@@ -53,11 +60,17 @@ class Config:
         require(0.0 <= self.min_prob < 1.0, "min_prob", f"must be in [0, 1), got {self.min_prob}")
         require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
         require(self.max_frames >= 1, "max_frames", f"must be >= 1, got {self.max_frames}")
+        require(bool(self.lm) or not self.weights_from, "weights_from", "needs lm (the LM the weights belong to)")
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
-    return [("featurize", cfg.featurize, ("featurize",))] + [
+    up = [("featurize", cfg.featurize, ("featurize",))] + [
         (f"teachers[{i}]", t, MODEL_STAGES) for i, t in enumerate(cfg.teachers)]
+    if cfg.lm:
+        up.append(("lm", cfg.lm, ("lm",)))
+    if cfg.weights_from:
+        up.append(("weights_from", cfg.weights_from, ("decode",)))
+    return up
 
 
 MAX_BEAM = 1024
@@ -87,8 +100,23 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         check_vocabulary(m, tok, d / "model.safetensors")
     fdir = ctx.stage_dir(cfg.featurize)
     out = ctx.out_dir
+    lm_decoder, lm_info = None, None
+    if cfg.lm:
+        from speechkd.lm.decoder import LMDecoder
+
+        alpha, beta = cfg.alpha, cfg.beta
+        if cfg.weights_from:
+            d = json.loads((ctx.stage_dir(cfg.weights_from) / "summary.json").read_text()).get("lm")
+            if not isinstance(d, dict) or d.get("stage") != cfg.lm:
+                raise ValueError(f"weights_from: decode stage {cfg.weights_from!r} did not decode with lm stage "
+                                 f"{cfg.lm!r}")
+            alpha, beta = float(d["alpha"]), float(d["beta"])
+        lm_decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), alpha=alpha, beta=beta, beam=cfg.beam,
+                                    blank=tok.blank_id, token_min_logp=cfg.token_min_logp)
+        lm_info = {"stage": cfg.lm, "alpha": alpha, "beta": beta}
+        log.info("teacher_cache: N-best from the beam fused with %s (alpha=%g, beta=%g)", cfg.lm, alpha, beta)
     V = models[0].cfg.vocab_size
-    summary: dict[str, Any] = {"splits": {}}
+    summary: dict[str, Any] = {"splits": {}, "lm": lm_info}
     total_bytes = dense_bytes = 0
     for split in cfg.splits:
         manifest = fdir / f"{split}.jsonl"
@@ -106,7 +134,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                        disable=rank != 0)
         for si in todo:
             entries = cache_entries(models, ds, chunks[si], k=cfg.k, beam=cfg.beam, nbest=cfg.nbest,
-                                    blank=tok.blank_id, max_frames=cfg.max_frames, device=device)
+                                    blank=tok.blank_id, max_frames=cfg.max_frames, device=device,
+                                    lm_decoder=lm_decoder)
             write_shard(shard_dir / f"cache-{si:05d}.npz", entries, min_prob=cfg.min_prob)
             bar.update(len(chunks[si]))
         bar.close()
@@ -137,7 +166,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                         "mass_beyond_k_per_frame": round(beyond / max(frames, 1), 5)}
     if rank == 0:
         meta = {"vocab_size": V, "tokenizer": tokenizer_fingerprint(tok), "stack": models[0].cfg.stack,
-                "k": cfg.k, "nbest": cfg.nbest, "teachers": cfg.teachers, "splits": cfg.splits}
+                "k": cfg.k, "nbest": cfg.nbest, "teachers": cfg.teachers, "splits": cfg.splits, "lm": lm_info}
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=1) + "\n")
         summary.update(cache_bytes=total_bytes, dense_float32_bytes=dense_bytes,
                        compression=round(dense_bytes / max(total_bytes, 1), 2))

@@ -178,9 +178,13 @@ def reads_of(recipe):
 def test_fingerprints_follow_the_graph():
     """Section 3: a stage's fingerprint covers only the stages it reads."""
     _, base = load_recipe(QUICK)
-    _, changed = load_recipe(QUICK, ["decode_teacher.splits=[dev]"])
+    _, changed = load_recipe(QUICK, ["decode_student_frame_qat.splits=[dev]"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
-    assert differ == ["decode_teacher", "report"]
+    assert differ == ["decode_student_frame_qat", "export", "latency", "report"]  # export ships its LM weights
+    # the teacher cache takes the LM weights the teacher's decode stage tuned: a change there reaches the students
+    _, changed = load_recipe(QUICK, ["decode_teacher.alphas=[0.5]"])
+    differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
+    assert differ[:3] == ["decode_teacher", "teacher_cache", "student_frame"]
     _, changed = load_recipe(QUICK, ["baseline.epochs=3"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
     # the baseline, its decode, the students whose delay estimate runs it, the QAT student fine-tuned from one

@@ -1,0 +1,192 @@
+"""CTC decoding with a word n-gram LM fused into the prefix beam search, offline and streaming.
+
+:class:`LMDecoder` pairs an :class:`~speechkd.lm.tables.LMTables` with a model's token list and the fusion
+weights: ``decode`` runs one utterance, ``decode_batch`` many (threads, the kernel releases the GIL), and
+``stream`` returns a :class:`LMBeam` that takes posteriors chunk by chunk and ends with the same result as
+the offline search on the same posteriors. ``fused_score`` scores any token sequence the way the search
+does (for comparing with other decoders' outputs).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from speechkd.kernels import lmbeam as K
+from speechkd.lm.tables import LMTables, token_tables
+
+LM_FILE = "lm.arpa"
+TOKEN_MIN_LOGP = -12.0  # tokens less likely than this in a frame are not extended (none is, in practice)
+FUSION_FILE = "lm.json"  # the fusion settings shipped beside an LM: alpha, beta, beam, token_min_logp
+FUSION_KEYS = {"alpha": (-100.0, 100.0), "beta": (-100.0, 100.0), "beam": (1, 4096), "token_min_logp": (-1e9, 0.0)}
+
+
+def read_fusion(path: str | Path) -> dict:
+    """The fusion settings of ``lm.json`` (``{}`` when there is no such file); a bad value is refused naming
+    the file and the key."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise ValueError(f"{path}: not a JSON object of LM fusion settings") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a JSON object of LM fusion settings")
+    out = {}
+    for k, (lo, hi) in FUSION_KEYS.items():
+        if k not in d:
+            continue
+        v = d[k]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+        if not ok or (k == "beam" and v != int(v)):
+            raise ValueError(f"{path}: {k} must be a number in [{lo}, {hi}]" + (" (an integer)" if k == "beam" else ""))
+        out[k] = int(v) if k == "beam" else float(v)
+    return out
+
+
+def write_fusion(path: str | Path, settings: dict) -> None:
+    import json
+
+    from speechkd.utils import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps({k: settings[k] for k in FUSION_KEYS if k in settings}, indent=1) + "\n")
+
+
+@dataclass
+class Hyp:
+    tokens: list[int]
+    fused: float  # log P_ctc + alpha * ln P_lm + beta * words
+    ctc: float  # log P_ctc of the token sequence (summed over alignments)
+
+
+def find_arpa(path: str | Path) -> Path:
+    """``path`` itself, or the ``lm.arpa`` in the folder ``path`` (an lm stage's or an export's)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / LM_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no ARPA language model here (an lm stage's folder holds {LM_FILE})")
+    return p
+
+
+class LMBeam:
+    """One utterance's fused beam search, fed chunk by chunk (``accept``), read at any time (``best``)."""
+
+    def __init__(self, dec: "LMDecoder", frames_hint: int = 256):
+        self.dec = dec
+        V = dec.vocab
+        self.V = V
+        M = dec.beam * (V + 1)
+        self.ws = (np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M), np.empty(M),
+                   np.empty(M), np.empty(M), np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64),
+                   np.empty(V, np.int64), np.empty(M), np.empty(M, np.int8), np.empty(dec.beam))
+        self.st = self._alloc(frames_hint * dec.beam + 1)
+        K.reset(self.st, dec.tables.lmt)
+
+    def _alloc(self, C: int) -> tuple:
+        """The search state: the prefix trie (parent, token, depth, stamp, slot, LM score, words, LM state, word
+        node) of capacity ``C``, its hash, the beam (nodes, blank and non-blank scores) and counters."""
+        H = 1
+        while H < 2 * C:
+            H *= 2
+        b = self.dec.beam
+        i = lambda: np.zeros(C, np.int64)  # noqa: E731
+        return (i(), i(), i(), i(), i(), np.zeros(C), i(), i(), i(), np.zeros(H, np.int64), np.zeros(H, np.int64),
+                np.zeros(b, np.int64), np.zeros(b), np.zeros(b), np.zeros(3, np.int64))
+
+    def _room(self, frames: int) -> None:
+        need = int(self.st[14][0]) + frames * self.dec.beam + 1
+        C = self.st[0].shape[0]
+        if need <= C:
+            return
+        new = self._alloc(max(need, 2 * C))
+        for a, b in zip(self.st[:9], new[:9]):
+            b[:C] = a
+        for k in (11, 12, 13, 14):
+            new[k][:] = self.st[k]
+        self.st = new
+        K.rehash(self.st, self.V)
+
+    def accept(self, log_probs: np.ndarray) -> None:
+        """Advance over ``(frames, vocab)`` natural-log posteriors."""
+        lp = np.ascontiguousarray(log_probs, np.float32)
+        if lp.ndim != 2 or lp.shape[1] != self.V:
+            raise ValueError(f"posteriors must be (frames, {self.V}), got {lp.shape}")
+        if not len(lp):
+            return
+        self._room(len(lp))
+        d = self.dec
+        K.advance(lp, len(lp), self.st, self.ws, d.tables.lmt, d.tables.wt, d.tt, d.alpha, d.beta, d.beam, d.blank,
+                  d.token_min_logp, d.prune)
+
+    def best(self) -> list[int]:
+        """The best prefix so far (partial result; the last word not yet closed)."""
+        st = self.st
+        return K.prefix_tokens(st[0], st[1], st[2], st[11][0]).tolist()
+
+    def finish(self, nbest: int = 1) -> list[Hyp]:
+        """Close every hypothesis (last word, ``</s>``); the ``nbest`` best by fused score."""
+        node = np.empty(nbest, np.int64)
+        fused = np.empty(nbest)
+        ctc = np.empty(nbest)
+        d, st = self.dec, self.st
+        m = K.finish(st, d.tables.lmt, d.tables.wt, d.alpha, d.beta, node, fused, ctc)
+        return [Hyp(K.prefix_tokens(st[0], st[1], st[2], node[r]).tolist(), float(fused[r]), float(ctc[r]))
+                for r in range(m)]
+
+
+class LMDecoder:
+    """Fused CTC beam search for one model's tokens (``tokens[i]`` is token id ``i``; blank excluded)."""
+
+    def __init__(self, tables: LMTables, tokens: list[str], *, alpha: float = 0.5, beta: float = 1.0,
+                 beam: int = 32, blank: int = 0, token_min_logp: float = TOKEN_MIN_LOGP, prune: float = -math.inf):
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        self.tables, self.tokens = tables, list(tokens)
+        self.vocab = len(tokens)
+        self.tt = token_tables(self.tokens, blank)
+        self.alpha, self.beta, self.beam, self.blank = float(alpha), float(beta), int(beam), int(blank)
+        self.token_min_logp, self.prune = float(token_min_logp), float(prune)
+
+    @classmethod
+    def load(cls, lm: str | Path, tokens: list[str], **kw) -> "LMDecoder":
+        """From an ARPA file or a folder holding ``lm.arpa``."""
+        return cls(LMTables.from_arpa(find_arpa(lm)), tokens, **kw)
+
+    def with_weights(self, alpha: float, beta: float) -> "LMDecoder":
+        out = LMDecoder.__new__(LMDecoder)
+        out.__dict__.update(self.__dict__)
+        out.alpha, out.beta = float(alpha), float(beta)
+        return out
+
+    def stream(self, frames_hint: int = 256) -> LMBeam:
+        return LMBeam(self, frames_hint)
+
+    def decode(self, log_probs: np.ndarray, nbest: int = 1) -> list[Hyp]:
+        """One utterance's ``(frames, vocab)`` posteriors: the ``nbest`` best hypotheses."""
+        b = LMBeam(self, max(len(log_probs), 1))
+        b.accept(log_probs)
+        return b.finish(nbest)
+
+    def decode_batch(self, utterances: list[np.ndarray], nbest: int = 1, threads: int = 1) -> list[list[Hyp]]:
+        """Many utterances (each ``(frames, vocab)``), in order; ``threads`` run side by side."""
+        if threads <= 1 or len(utterances) < 2:
+            return [self.decode(u, nbest) for u in utterances]
+        with ThreadPoolExecutor(threads) as ex:
+            return list(ex.map(lambda u: self.decode(u, nbest), utterances))
+
+    def lm_score(self, tokens: list[int]) -> tuple[float, int]:
+        """(ln P_lm of the words the tokens spell, ``</s>`` included; number of words)."""
+        lm, nw = K.score_tokens(self.tables.lmt, self.tables.wt, self.tt, np.asarray(tokens, np.int64))
+        return float(lm), int(nw)
+
+    def fused_score(self, tokens: list[int], ctc_logp: float) -> float:
+        lm, nw = self.lm_score(tokens)
+        return ctc_logp + self.alpha * lm + self.beta * nw

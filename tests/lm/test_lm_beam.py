@@ -1,0 +1,138 @@
+"""The LM-fused CTC beam search: its ARPA arrays score like KenLM and like the estimator's own query, it is
+exact on tiny problems (every path and word sequence enumerated), and fed chunk by chunk it ends where the
+offline search ends."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from speechkd.lm import BOS, EOS, UNK, estimate, write_arpa
+from speechkd.lm.decoder import LMDecoder
+from speechkd.lm.tables import LMTables
+
+LN10 = math.log(10)
+
+
+def _random_lm(order=3, seed=0, vocab=40, n=600):
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list("abcdefgh"), int(rng.integers(1, 5)))) for _ in range(vocab)]
+    sents = [[words[int(i)] for i in rng.zipf(1.6, int(rng.integers(1, 9))) % vocab] for _ in range(n)]
+    return estimate(sents, order), words
+
+
+def _ctx_and_words(rng, words, k):
+    pool = words + ["zzqx", UNK]  # an unknown word too
+    return [pool[int(i)] for i in rng.integers(0, len(pool), k)]
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_the_arrays_score_every_word_as_the_model_does(order):
+    lm, words = _random_lm(order)
+    tab = LMTables.from_lm(lm)
+    from speechkd.kernels.lmbeam import lm_logp
+
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        k = int(rng.integers(0, order))
+        ctx = ([BOS] if rng.random() < 0.3 else []) + _ctx_and_words(rng, words, k)
+        ctx = ctx[-(order - 1):] if order > 1 else []
+        w = _ctx_and_words(rng, words, 1)[0] if rng.random() < 0.9 else EOS
+        state = 0  # the state after the context, reached word by word from the empty history
+        for x in ctx:
+            state = lm_logp(tab.lmt, state, tab.index.get(x, tab.index[UNK]))[1]
+        got = lm_logp(tab.lmt, state, tab.index.get(w, tab.index[UNK]))[0]
+        assert got / LN10 == pytest.approx(lm.logprob(ctx, w), abs=1e-9)
+
+
+def test_the_arrays_score_random_sentences_as_kenlm_does(tmp_path):
+    kenlm = pytest.importorskip("kenlm")
+    lm, words = _random_lm(3, seed=3)
+    write_arpa(lm, tmp_path / "lm.arpa")
+    ken = kenlm.Model(str(tmp_path / "lm.arpa"))
+    dec = LMDecoder.load(tmp_path / "lm.arpa", ["<blk>", "|", *"abcdefghqxz"])
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        sent = _ctx_and_words(rng, words, int(rng.integers(0, 8)))
+        sent = [w if w != UNK else "zz" for w in sent]
+        toks = [dec.tokens.index(c if c != " " else "|") for c in " ".join(sent)]
+        ours, nw = dec.lm_score(toks)
+        assert nw == len(sent)
+        assert ours / LN10 == pytest.approx(ken.score(" ".join(sent), bos=True, eos=True), abs=1e-4)
+
+
+# -- exactness on a tiny problem --------------------------------------------------------------------
+TOKENS = ["<blk>", "|", "a", "b"]
+
+
+def _words(labels):
+    return "".join(TOKENS[i] for i in labels).replace("|", " ").split()
+
+
+def _brute(lp, lm, alpha, beta):
+    """Every label sequence's fused score: log of the summed probability of its CTC paths, plus the LM."""
+    T, V = lp.shape
+    total: dict[tuple, float] = {}
+    for path in itertools.product(range(V), repeat=T):
+        s = float(sum(lp[t, c] for t, c in enumerate(path)))
+        lab, prev = [], -1
+        for c in path:
+            if c != prev and c != 0:
+                lab.append(c)
+            prev = c
+        key = tuple(lab)
+        total[key] = np.logaddexp(total.get(key, -np.inf), s)
+    out = {}
+    for lab, ctc in total.items():
+        w = _words(lab)
+        out[lab] = ctc + alpha * lm.sentence_logprob(w)[0] * LN10 + beta * len(w)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_lm_beam_is_exact_when_nothing_is_pruned(seed):
+    rng = np.random.default_rng(seed)
+    lm = estimate([["a"], ["b", "a"], ["ab"], ["a", "ab", "a"], ["bb"], ["a", "a"]], 2)
+    T = 6
+    lp = rng.normal(size=(T, 4)) * 1.5
+    lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
+    alpha, beta = float(rng.uniform(0.2, 1.5)), float(rng.uniform(-1, 2))
+    want = sorted(_brute(lp.astype(np.float64), lm, alpha, beta).items(), key=lambda kv: -kv[1])
+    dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=alpha, beta=beta, beam=4 ** T)
+    got = dec.decode(lp, nbest=8)
+    assert [tuple(h.tokens) for h in got] == [k for k, _ in want[:8]]
+    assert [h.fused for h in got] == pytest.approx([v for _, v in want[:8]], abs=1e-4)
+    for h in got:  # the reported CTC and fused scores agree with the scorer
+        assert dec.fused_score(h.tokens, h.ctc) == pytest.approx(h.fused, abs=1e-9)
+
+
+def test_an_out_of_vocabulary_word_can_still_be_spelled():
+    lm = estimate([["a"], ["a", "a"]], 2)
+    lp = np.full((3, 4), -8.0, np.float32)
+    for t, c in enumerate([3, 3, 0]):  # "b" is certain acoustically, and not in the LM
+        lp[t, c] = -1e-3
+    dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=0.5, beta=0.0, beam=8)
+    assert dec.decode(lp)[0].tokens == [3]
+
+
+def test_streaming_chunks_end_where_the_offline_search_ends():
+    lm, _ = _random_lm(3, seed=5)
+    tokens = ["<blk>", "|", *"abcdefgh"]
+    rng = np.random.default_rng(4)
+    lp = rng.normal(size=(120, len(tokens))) * 2
+    lp[:, 0] += 2
+    lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
+    dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=0.7, beta=0.5, beam=12)
+    offline = dec.decode(lp, nbest=4)
+    stream = dec.stream(frames_hint=1)  # the trie grows as the chunks come
+    t, partials = 0, []
+    while t < len(lp):
+        n = int(rng.integers(1, 9))
+        stream.accept(lp[t:t + n])
+        partials.append(stream.best())
+        t += n
+    final = stream.finish(4)
+    assert [h.tokens for h in final] == [h.tokens for h in offline]
+    assert [h.fused for h in final] == pytest.approx([h.fused for h in offline], abs=1e-9)
+    assert partials[-1] and len(partials) > 10
