@@ -7,7 +7,7 @@ Every contender starts from the same decoded waveforms (file reading is timed fo
 * the teacher's forward alone on features computed beforehand (``teacher_network_rtf``);
 * the student through speechkd's runtime (online fbank + ONNX Runtime chunk by chunk + greedy decoding);
 * the int8 student (``model.int8.onnx``, ONNX Runtime dynamic int8; the QAT student's by default) through
-  the same runtime;
+  the same runtime, greedy and (``lm_rtf``) with the word LM shipped beside it fused into the beam search;
 * the student in sherpa-onnx (its own fbank, our sherpa-flavour graph), fp32 and int8, if exported;
 plus the runtime's per-chunk latency (one ONNX call per 160 ms chunk), an estimate of the concurrent
 real-time streams 2 cores sustain (2 / runtime RTF), and where the runtime's time goes: the online fbank
@@ -86,8 +86,8 @@ def main() -> None:
     int8_path = exp / "export" / int8_student / "model.int8.onnx"
     chunk_times: dict[str, list[float]] = {"onnx": [], "int8": []}
 
-    def runtime_pass(path, sink):
-        rec = StreamingRecognizer(path, num_threads=1)
+    def runtime_pass(path, sink, lm=None):
+        rec = StreamingRecognizer(path, num_threads=1, lm=lm)
 
         def run():
             for wav, sr in waves:
@@ -117,6 +117,8 @@ def main() -> None:
     contenders_extra = {}
     if int8_path.exists():
         contenders_extra["int8"] = runtime_pass(int8_path, chunk_times["int8"])[0]
+        if (int8_path.parent / "lm.arpa").exists():  # the same, decoding with the LM-fused beam shipped beside it
+            contenders_extra["int8_lm"] = runtime_pass(int8_path, [], lm=True)[0]
     contenders_extra["fbank"] = fbank_pass
 
     def sherpa_contender(model):
@@ -181,6 +183,8 @@ def main() -> None:
                    int8_bytes=int8_path.stat().st_size,
                    size_ratio_fp32_over_int8=round(onnx_path.stat().st_size / int8_path.stat().st_size, 2),
                    size_ratio_teacher_over_int8=round(res["teacher_bytes"] / int8_path.stat().st_size, 2))
+    if "int8_lm" in rtf:  # the name for it: the int8 student decoding with the LM in the runtime
+        res.update(lm_rtf=res.pop("int8_lm_rtf"), lm_cost_over_greedy=round(rtf["int8_lm"] / rtf["int8"], 2))
     if "sherpa" in rtf:
         res["sherpa_speedup_vs_teacher"] = round(rtf["teacher"] / rtf["sherpa"], 2)
     # `speechkd report` reads RTF from here; the report stage when its rtf names this file

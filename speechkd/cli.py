@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from speechkd.lm.files import add_cli_args, cli_choice, ship_lm
+
 log = logging.getLogger("speechkd.cli")
 
 
@@ -87,9 +89,23 @@ def _cmd_decode(a: argparse.Namespace) -> int:
     device = pick_device(a.device)
     bundle = load_bundle(a.model, device=device)
     model, tok = bundle.model, bundle.tokenizer
+    from speechkd.lm.decoder import load_choice
+
+    lm, weights = cli_choice(a, a.model)
+    decoder = load_choice(a.model, lm, tok.tokens(), tok.blank_id, weights)
     names = report_names(a.manifests)  # two test.jsonl from different folders get different report names
     for manifest, name in zip(a.manifests, names):
-        ev = evaluate(model, FeatureDataset(manifest, tok, dim=model.cfg.input_dim), tok, device, a.max_frames)
+        ds = FeatureDataset(manifest, tok, dim=model.cfg.input_dim)
+        if decoder is not None:  # the LM-fused beam on the model's posteriors (as the decode stage)
+            import torch
+
+            from speechkd.eval.lmdecode import search_hyps, utterance_posteriors
+
+            ids, refs, lps = utterance_posteriors(model, ds, device, a.max_frames)
+            ev = {"ids": ids, "refs": refs, "hyps": search_hyps(lps, tok, decoder=decoder,
+                                                                threads=torch.get_num_threads())}
+        else:
+            ev = evaluate(model, ds, tok, device, a.max_frames)
         s = write_reports(a.out, name, ev["ids"], ev["refs"], ev["hyps"], {"model": str(a.model),
                                                                            "manifest": str(manifest)})
         print(f"{name}: WER {s['wer']:.2f}%  CER {s['cer']:.2f}%  ({s['utterances']} utterances) -> {a.out}")
@@ -117,6 +133,9 @@ def _cmd_export(a: argparse.Namespace) -> int:
         meta = export_streaming(a.model, a.out, chunk_ms=a.chunk_ms, delay_frames=a.delay)
         print(f"wrote {Path(a.out) / 'model.onnx'} ({meta['bytes'] / 1e6:.2f} MB; chunk {meta['chunk_frames']} frames, "
               f"delay {meta['delay_frames']} frames = {meta['delay_ms']:g} ms) and {Path(a.out) / 'tokens.txt'}")
+    if a.lm:  # ship the LM and its weights beside the model: transcribe and eval then decode with it
+        ship_lm(a.lm, Path(a.out), cli_choice(a, a.model)[1])
+        print(f"wrote {Path(a.out) / 'lm.arpa'} and lm.json (the fused beam search's weights)")
     if a.int8:
         from speechkd.quant.ort import quantize_int8
 
@@ -161,7 +180,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
 def _cmd_transcribe(a: argparse.Namespace) -> int:
     from speechkd.runtime.recognizer import StreamingRecognizer, transcribe_file, transcribe_stream
 
-    rec = StreamingRecognizer(a.model, num_threads=a.threads, lm=_lm_choice(a, a.model), lm_weights=_lm_weights(a))
+    lm, weights = cli_choice(a, a.model)
+    rec = StreamingRecognizer(a.model, num_threads=a.threads, lm=lm, lm_weights=weights)
     tty = sys.stderr.isatty() and not a.no_partials
     failed = 0
     for f in a.files:
@@ -192,45 +212,13 @@ def _cmd_transcribe(a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _lm_choice(a: argparse.Namespace, model):
-    """``--lm PATH``, ``--no-lm``, or (neither) the ``lm.arpa`` shipped beside the model if there is one."""
-    if a.no_lm:
-        return False
-    if a.lm:
-        return a.lm
-    return True if (Path(model).parent / "lm.arpa").is_file() else None
-
-
-def _lm_weights(a: argparse.Namespace) -> dict:
-    return {k: v for k, v in (("alpha", a.alpha), ("beta", a.beta), ("beam", a.beam)) if v is not None}
-
-
-def _add_lm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lm", help="word LM to fuse into a beam search: an ARPA file or a folder holding lm.arpa "
-                               "(default: the lm.arpa beside the model, as `speechkd export` ships it)")
-    p.add_argument("--no-lm", action="store_true", help="greedy decoding even when an lm.arpa lies beside the model")
-    p.add_argument("--alpha", type=float, help="LM weight (default: lm.json beside the LM, else 0.5)")
-    p.add_argument("--beta", type=float, help="word bonus (default: lm.json beside the LM, else 1.0)")
-    p.add_argument("--beam", type=_beam, help="beam width with an LM (default: lm.json beside the LM, else 32)")
-
-
-def _beam(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {v!r}") from None
-    if not 1 <= n <= 4096:
-        raise argparse.ArgumentTypeError(f"must be in [1, 4096], got {n}")
-    return n
-
-
 def _cmd_eval(a: argparse.Namespace) -> int:
     from speechkd.eval.raw import (evaluate_manifest, is_sherpa_model, onnx_transcriber, sherpa_transcriber,
                                    torch_transcriber)
     from speechkd.eval.scoring import report_names, write_reports
 
     onnx = str(a.model).endswith(".onnx")
-    lm, weights = _lm_choice(a, a.model), _lm_weights(a)
+    lm, weights = cli_choice(a, a.model)
     if onnx and is_sherpa_model(a.model):  # the sherpa-onnx flavour: scored through sherpa-onnx itself
         if a.lm:
             print("error: --lm: sherpa-onnx has no n-gram fusion for online CTC; evaluate model.onnx (our runtime) "
@@ -328,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-audio", action="store_true", help="do not check that audio files exist")
     v.set_defaults(func=_cmd_validate)
 
-    d = sub.add_parser("decode", help="batched greedy CTC decoding + WER/CER reports of featurized manifests")
+    d = sub.add_parser("decode", help="batched greedy CTC decoding (or with --lm the LM-fused beam) + WER/CER "
+                                      "reports of featurized manifests")
     d.add_argument("--model", required=True,
                    help="a model file (.safetensors) written by a train, distill or qat stage")
     d.add_argument("--out", required=True, help="folder for recogs-/errs-/wer-summary- files")
@@ -336,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="padded frames per batch")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to decode")
     d.add_argument("manifests", nargs="+", help="featurize-stage manifests (<split>.jsonl)")
+    add_cli_args(d)
     d.set_defaults(func=_cmd_decode)
 
     e = sub.add_parser("export", help="export a unidirectional model as a streaming ONNX model + tokens.txt")
@@ -344,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help="default chunk the runtime feeds (ms)")
     e.add_argument("--delay", type=_delay,
                    help="KD delay in output frames, 0 to 1000 (default: the one the model file records)")
+    e.add_argument("--lm", help="onnx: an ARPA file (or a folder with lm.arpa) to ship beside model.onnx, with "
+                               "--alpha/--beta/--beam in lm.json")
+    e.add_argument("--alpha", type=float, default=0.5, help="with --lm: LM weight")
+    e.add_argument("--beta", type=float, default=1.0, help="with --lm: word bonus")
+    e.add_argument("--beam", type=_bounded(int, 1, 4096, "--beam"), default=32, help="with --lm: beam width")
+    e.add_argument("--no-lm", action="store_true", help=argparse.SUPPRESS)
     e.add_argument("--format", choices=["onnx", "sherpa"], default="onnx",
                    help="onnx: speechkd's runtime; sherpa: sherpa_onnx.OnlineRecognizer.from_nemo_ctc")
     e.add_argument("--adapt-manifest", help="sherpa: manifest of training audio to fit the feature adapter on")
@@ -373,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rate", type=_rate, help="stdin without a WAV header: its sample rate (Hz; default the "
                                               "model's)")
     t.add_argument("--no-partials", action="store_true", help="do not show partial results on a terminal")
-    _add_lm_args(t)
+    add_cli_args(t)
     t.set_defaults(func=_cmd_transcribe)
 
     ev = sub.add_parser("eval", help="WER/CER of a model (.onnx or .safetensors) on manifests of raw audio")
@@ -383,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--chunk-ms", type=_chunk_ms, default=160.0, help=".onnx only: audio per chunk (ms, 1 to 60000)")
     ev.add_argument("--threads", type=_threads, default=1, help=".onnx only: ONNX Runtime threads (1 to 256)")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=".safetensors only")
-    _add_lm_args(ev)
+    add_cli_args(ev)
     ev.add_argument("manifests", nargs="+", help="NeMo-style JSONL manifests (audio_filepath, duration, text)")
     ev.set_defaults(func=_cmd_eval)
 

@@ -104,13 +104,9 @@ def torch_transcriber(model: str | Path, device: str = "auto", *, lm=None, lm_we
     dev = pick_device(device)
     bundle = load_bundle(model, device=dev)
     m, tok, opts = bundle.model, bundle.tokenizer, bundle.fbank
-    decoder = None
-    if lm is not None and lm is not False:
-        from speechkd.lm.decoder import LMDecoder, find_arpa, read_fusion
+    from speechkd.lm.decoder import load_choice
 
-        arpa = find_arpa(Path(model).parent if lm is True else lm)
-        decoder = LMDecoder.load(arpa, tok.tokens(), blank=tok.blank_id,
-                                 **{**read_fusion(arpa.parent / "lm.json"), **(lm_weights or {})})
+    decoder = load_choice(model, lm, tok.tokens(), tok.blank_id, lm_weights)
 
     @torch.no_grad()
     def run(path: Path, offset=None, duration=None) -> str:

@@ -17,63 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from speechkd.kernels import lmbeam as K
+from speechkd.lm.files import FUSION_FILE, LM_FILE, TOKEN_MIN_LOGP, find_arpa, read_fusion  # noqa: F401
 from speechkd.lm.tables import LMTables, token_tables
-
-LM_FILE = "lm.arpa"
-TOKEN_MIN_LOGP = -12.0  # tokens less likely than this in a frame are not extended (none is, in practice)
-FUSION_FILE = "lm.json"  # the fusion settings shipped beside an LM: alpha, beta, beam, token_min_logp
-FUSION_KEYS = {"alpha": (-100.0, 100.0), "beta": (-100.0, 100.0), "beam": (1, 4096), "token_min_logp": (-1e9, 0.0)}
-
-
-def read_fusion(path: str | Path) -> dict:
-    """The fusion settings of ``lm.json`` (``{}`` when there is no such file); a bad value is refused naming
-    the file and the key."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise ValueError(f"{path}: not a JSON object of LM fusion settings") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: not a JSON object of LM fusion settings")
-    out = {}
-    for k, (lo, hi) in FUSION_KEYS.items():
-        if k not in d:
-            continue
-        v = d[k]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
-        if not ok or (k == "beam" and v != int(v)):
-            raise ValueError(f"{path}: {k} must be a number in [{lo}, {hi}]" + (" (an integer)" if k == "beam" else ""))
-        out[k] = int(v) if k == "beam" else float(v)
-    return out
-
-
-def write_fusion(path: str | Path, settings: dict) -> None:
-    import json
-
-    from speechkd.utils import atomic_write_text
-
-    atomic_write_text(Path(path), json.dumps({k: settings[k] for k in FUSION_KEYS if k in settings}, indent=1) + "\n")
-
 
 @dataclass
 class Hyp:
     tokens: list[int]
     fused: float  # log P_ctc + alpha * ln P_lm + beta * words
     ctc: float  # log P_ctc of the token sequence (summed over alignments)
-
-
-def find_arpa(path: str | Path) -> Path:
-    """``path`` itself, or the ``lm.arpa`` in the folder ``path`` (an lm stage's or an export's)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / LM_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no ARPA language model here (an lm stage's folder holds {LM_FILE})")
-    return p
 
 
 class LMBeam:
@@ -190,3 +141,13 @@ class LMDecoder:
     def fused_score(self, tokens: list[int], ctc_logp: float) -> float:
         lm, nw = self.lm_score(tokens)
         return ctc_logp + self.alpha * lm + self.beta * nw
+
+
+def load_choice(model: str | Path, lm, tokens: list[str], blank: int, weights: dict | None = None):
+    """The LM decoder for a model file: ``lm`` None or False = none (greedy), True = the ``lm.arpa`` beside the
+    model, else an ARPA file or a folder holding one. Its weights come from the ``lm.json`` beside the ARPA file
+    (what ``speechkd export`` writes), then from ``weights``."""
+    if lm is None or lm is False:
+        return None
+    arpa = find_arpa(Path(model).parent if lm is True else lm)
+    return LMDecoder.load(arpa, tokens, blank=blank, **{**read_fusion(arpa.parent / FUSION_FILE), **(weights or {})})

@@ -187,7 +187,11 @@ class StreamingRecognizer:
         self.chunk_frames = max(self.stack, chunk // self.stack * self.stack)
         self.symbols = read_tokens(Path(tokens) if tokens else model.parent / "tokens.txt", vocab, self.blank)
         self.keep_log_probs = keep_log_probs
-        self.lm_decoder = load_lm(model, lm, self.symbols, self.blank, lm_weights)
+        self.lm_decoder = None
+        if lm is not None and lm is not False:
+            from speechkd.lm.decoder import load_choice
+
+            self.lm_decoder = load_choice(model, lm, self.symbols, self.blank, lm_weights)
         self.reset()
 
     def _new_fbank(self):
@@ -336,19 +340,6 @@ class StreamingRecognizer:
             r.tokens.extend(best[emit].tolist())
             r.times_ms.extend(((start + emit) * self.frame_ms).tolist())
             r.text = detokenize([self.symbols[k] for k in r.tokens])
-
-
-def load_lm(model: Path, lm, symbols: list[str], blank: int, weights: dict | None):
-    """The LM decoder of a recognizer: ``lm`` None or False = none (greedy), True = the ``lm.arpa`` beside the
-    model, else an ARPA file or a folder holding one. Its weights come from the ``lm.json`` beside the ARPA
-    file (what ``speechkd export`` writes), then from ``weights``."""
-    if lm is None or lm is False:
-        return None
-    from speechkd.lm.decoder import LMDecoder, find_arpa, read_fusion
-
-    arpa = find_arpa(model.parent if lm is True else lm)
-    opts = {**read_fusion(arpa.parent / "lm.json"), **(weights or {})}
-    return LMDecoder.load(arpa, symbols, blank=blank, **opts)
 
 
 def detokenize(symbols: list[str]) -> str:

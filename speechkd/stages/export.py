@@ -135,34 +135,18 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
 
 def ship_lm(cfg: Config, ctx, m: str) -> dict[str, Any]:
-    """Copy the LM into ``<m>/`` with its fusion settings (``lm.json``)."""
-    import os
-    import shutil
+    """The LM into ``<m>/`` with the weights a decode stage of ``lm_from`` tuned for ``m`` (else the defaults)."""
+    from speechkd.lm.files import TOKEN_MIN_LOGP, ship_lm as ship
 
-    from speechkd.lm.decoder import FUSION_FILE, LM_FILE, find_arpa, write_fusion
-
-    from speechkd.lm.tables import cache_path
-
-    def link(a: Path, b: Path) -> None:  # a hard link where the file system allows it (no second copy)
-        b.unlink(missing_ok=True)
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copyfile(a, b)
-
-    src = find_arpa(ctx.stage_dir(cfg.lm))
-    dst = ctx.out_dir / m / LM_FILE
-    link(src, dst)
-    if cache_path(src).is_file():  # the ready-made arrays (checked against the ARPA file when loaded)
-        link(cache_path(src), cache_path(dst))
-    weights = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": -12.0, "tuned_by": None}
+    weights = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": TOKEN_MIN_LOGP}
+    tuned_by = None
     for d in cfg.lm_from:
         summ = json.loads((ctx.stage_dir(d) / "summary.json").read_text())
         lm = summ.get("lm") if isinstance(summ, dict) else None
         if isinstance(lm, dict) and lm.get("stage") == cfg.lm and Path(str(summ.get("model"))).parts[0] == m:
-            weights = {k: lm[k] for k in ("alpha", "beta", "beam", "token_min_logp")} | {"tuned_by": d}
-    write_fusion(ctx.out_dir / m / FUSION_FILE, weights)
-    return {"path": f"{m}/{LM_FILE}", "bytes": dst.stat().st_size, **weights}
+            weights, tuned_by = {k: lm[k] for k in ("alpha", "beta", "beam", "token_min_logp")}, d
+    out = ship(ctx.stage_dir(cfg.lm), ctx.out_dir / m, weights)
+    return {**out, "path": f"{m}/{out['path']}", "tuned_by": tuned_by}
 
 
 def _remove_stale(cfg: Config, out_dir: Path) -> None:

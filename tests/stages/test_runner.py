@@ -164,8 +164,9 @@ def test_stages_keep_the_process_thread_count(recipe, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.tts
-def test_quick_recipe_changing_decode_teacher_splits_reruns_only_decode_teacher(tmp_path):
-    """Section 3 of the hardening issue: a stage's fingerprint is its own config and the stages it reads."""
+def test_quick_recipe_ends_with_lm_rows_and_a_decode_change_reruns_only_what_reads_it(tmp_path):
+    """Section 3 of the hardening issue: a stage's fingerprint is its own config and the stages it reads.
+    Issue 22: every model is decoded greedily and with the word LM, and the report shows both."""
     quick = REPO / "pipelines" / "quick"
     first = run_recipe(quick, exp_root=tmp_path)
     assert {s for _, s in first} == {"ran"}
@@ -205,9 +206,43 @@ def test_quick_recipe_changing_decode_teacher_splits_reruns_only_decode_teacher(
     assert qat["init"] == "student_frame" and qat["kd"]["alpha"] == 0.9
     assert qat["delay_frames"] == json.loads((tmp_path / "quick" / "student_frame" / "outputs.json").read_text())["delay_frames"]
     _a_model_copied_alone_decodes_exports_and_evaluates_the_same(tmp_path / "quick", tmp_path / "alone")
-    again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_teacher.splits=[dev]"])
-    assert [n for n, s in again if s == "ran"] == ["decode_teacher", "report"]  # the report follows every decode
-    assert json.loads((tmp_path / "quick" / "decode_teacher" / "summary.json").read_text())["splits"].keys() == {"dev"}
+    _lm_rows_weights_and_eval_lm_agree(tmp_path / "quick", rep, tmp_path / "evlm")
+    again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_student_seq.splits=[dev]"])
+    # the report follows every decode; export ships the LM weights a decode stage tuned, and latency reads export
+    assert [n for n, s in again if s == "ran"] == ["decode_student_seq", "export", "latency", "report"]
+    assert json.loads((tmp_path / "quick" / "decode_student_seq" / "summary.json").read_text())["splits"].keys() == {"dev"}
+
+
+def _lm_rows_weights_and_eval_lm_agree(exp: Path, rep: dict, out: Path):
+    """Issue 22: LM rows for every model in the report (the decode stage's -lm figures) with paired comparisons
+    against greedy; the teacher cache used the teacher's tuned weights; the export ships each model's; and
+    ``speechkd eval --lm`` with the same LM and weights gives the decode stage's figures."""
+    for name in ("teacher", "baseline", "student_frame", "student_seq", "student_both", "student_frame_qat"):
+        summ = json.loads((exp / f"decode_{name}" / "summary.json").read_text())
+        assert summ["lm"]["stage"] == "lm" and len(summ["lm"]["grid"]) == 12
+        for split in ("dev", "test"):
+            want = json.loads((exp / f"decode_{name}" / f"wer-summary-{split}-lm.json").read_text())
+            got = rep["models"][f"{name} [lm]"]["splits"][split]
+            assert [got[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions")] == \
+                [want[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions")], (name, split)
+        assert any(p["a"] == name and p["b"] == f"{name} [lm]" for p in rep["paired"])
+        if name != "teacher":
+            lm_json = json.loads((exp / "export" / name / "lm.json").read_text())
+            assert (lm_json["alpha"], lm_json["beta"]) == (summ["lm"]["alpha"], summ["lm"]["beta"])
+            assert (exp / "export" / name / "lm.arpa").stat().st_size > 1000
+    t = json.loads((exp / "decode_teacher" / "summary.json").read_text())["lm"]
+    assert json.loads((exp / "teacher_cache" / "meta.json").read_text())["lm"] == \
+        {"stage": "lm", "alpha": t["alpha"], "beta": t["beta"]}
+    lm = json.loads((exp / "decode_student_frame_qat" / "summary.json").read_text())["lm"]
+    r = subprocess.run([sys.executable, "-m", "speechkd.cli", "eval", "--model",
+                        str(exp / "student_frame_qat" / "model.safetensors"), "--lm", str(exp / "lm"), "--alpha",
+                        str(lm["alpha"]), "--beta", str(lm["beta"]), "--beam", str(lm["beam"]), "--out", str(out),
+                        str(exp / "corpus" / "test.jsonl")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads((out / "wer-summary-test.json").read_text())
+    want = json.loads((exp / "decode_student_frame_qat" / "wer-summary-test-lm.json").read_text())
+    assert [got[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")] == \
+        [want[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")]
 
 
 def _a_model_copied_alone_decodes_exports_and_evaluates_the_same(exp: Path, alone: Path):

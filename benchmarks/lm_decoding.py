@@ -1,0 +1,161 @@
+"""CTC decoding with a word n-gram LM: speechkd's fused beam search against pyctcdecode (KenLM) and
+torchaudio's ``ctc_decoder`` (flashlight-text's lexicon decoder, KenLM), one process, one thread, the same
+posteriors, the same ARPA file, the same beam width and LM weights.
+
+Per decoder: WER/CER on the split, decoding time (median of --repeats passes, the decoders interleaved) and
+its ratio to ours, and search quality: every decoder's 1-best is scored with the one fused objective the
+search maximises, ``log P_ctc(tokens) + alpha * ln P_lm(words, </s>) + beta * words`` (exact CTC
+log-probability by forward-backward; our LM arrays, which equal KenLM within 1e-4), and we count the
+utterances where ours is at least as high as the peer's. The weights are the ones the model's decode stage
+tuned on dev (else 0.5 / 1.0); pyctcdecode takes them as they are (it converts KenLM's log10 to ln itself),
+flashlight's lm_weight gets alpha * ln 10 (its KenLM scores are log10). Peers keep their own pruning
+defaults; ours runs with its defaults (no beam pruning; tokens under -12 in a frame are not extended).
+pyctcdecode and flashlight-text come from ``make bench-deps``.
+
+    python benchmarks/lm_decoding.py                 # exp/default's teacher on test (after make demo)
+    python benchmarks/lm_decoding.py --model student_frame
+    python benchmarks/lm_decoding.py --quick         # pipelines/quick, built if missing, a few utterances
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exp", default=str(REPO / "exp" / "default"), help="experiment folder (after make demo)")
+    ap.add_argument("--model", default="teacher", help="model stage whose posteriors are decoded")
+    ap.add_argument("--lm", default="lm", help="lm stage")
+    ap.add_argument("--split", default="test", help="featurized split")
+    ap.add_argument("--beam", type=int, default=32, help="beam width of every decoder")
+    ap.add_argument("--utts", type=int, default=0, help="first N utterances (0 = all)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes; medians are reported")
+    ap.add_argument("--quick", action="store_true", help="pipelines/quick (built if missing), few utterances")
+    a = ap.parse_args()
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    exp = Path(a.exp)
+    if a.quick:
+        exp = REPO / "exp" / "quick"
+        if not (exp / f"decode_{a.model}" / ".done").exists():
+            from speechkd.stages.runner import run_recipe
+
+            os.chdir(REPO)
+            run_recipe(REPO / "pipelines" / "quick", to_stage=f"decode_{a.model}")
+        a.utts, a.repeats = a.utts or 8, min(a.repeats, 2)
+    arpa = exp / a.lm / "lm.arpa"
+    if not arpa.exists() or not (exp / a.model / "model.safetensors").exists():
+        sys.exit(f"{exp}: no {a.lm}/lm.arpa or {a.model}/model.safetensors: run `make demo` first (or use --quick)")
+    from speechkd.data.dataset import FeatureDataset
+    from speechkd.eval.lmdecode import utterance_posteriors
+    from speechkd.eval.scoring import score
+    from speechkd.kernels import ctc_occupancy
+    from speechkd.lm.decoder import LMDecoder
+    from speechkd.models.bundle import load_bundle
+
+    bundle = load_bundle(exp / a.model / "model.safetensors")
+    tok = bundle.tokenizer
+    if tok.kind != "char":
+        sys.exit("this benchmark builds the peers' lexicon from characters: a char tokenizer is needed")
+    ds = FeatureDataset(exp / "featurize" / f"{a.split}.jsonl", tok, dim=bundle.model.cfg.input_dim)
+    ids, refs, lps = utterance_posteriors(bundle.model, ds, "cpu", 40000)
+    if a.utts:
+        ids, refs, lps = ids[: a.utts], refs[: a.utts], lps[: a.utts]
+    summ = exp / f"decode_{a.model}" / "summary.json"
+    w = json.loads(summ.read_text()).get("lm") if summ.exists() else None
+    alpha, beta = (float(w["alpha"]), float(w["beta"])) if w else (0.5, 1.0)
+    ours = LMDecoder.load(arpa, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id)
+
+    # -- the peers --------------------------------------------------------------------------------------------
+    symbols = tok.tokens()
+    decoders = {"speechkd": lambda lp: tok.decode(ours.decode(lp)[0].tokens)}
+    try:
+        from pyctcdecode import build_ctcdecoder
+
+        labels = ["" if i == tok.blank_id else (" " if s == "|" else s) for i, s in enumerate(symbols)]
+        pyctc = build_ctcdecoder(labels, kenlm_model_path=str(arpa), alpha=alpha, beta=beta)
+        decoders["pyctcdecode"] = lambda lp: pyctc.decode(lp, beam_width=a.beam)
+    except ImportError as e:
+        print(f"pyctcdecode not installed ({e}); `make bench-deps`", file=sys.stderr)
+    try:
+        from torchaudio.models.decoder import ctc_decoder
+
+        words = sorted(ours.tables.words[i] for i in range(len(ours.tables.words))
+                       if ours.tables.words[i] not in ("<s>", "</s>", "<unk>") and all(c in symbols for c in ours.tables.words[i]))
+        lex = Path(tempfile.mkdtemp()) / "lexicon.txt"
+        lex.write_text("".join(f"{w_} {' '.join(w_)} |\n" for w_ in words))
+        fl = ctc_decoder(lexicon=str(lex), tokens=symbols, lm=str(arpa), beam_size=a.beam, lm_weight=alpha * math.log(10),
+                         word_score=beta, blank_token=symbols[tok.blank_id], sil_token="|", unk_word="<unk>")
+
+        def flashlight(lp):
+            hyp = fl(torch.from_numpy(lp)[None])[0]
+            return " ".join(hyp[0].words) if hyp else ""
+        decoders["flashlight"] = flashlight
+    except ImportError as e:
+        print(f"flashlight-text not installed ({e}); `make bench-deps`", file=sys.stderr)
+
+    # -- timing, interleaved ----------------------------------------------------------------------------------
+    hyps = {k: [f(lp) for lp in lps] for k, f in decoders.items()}  # warm-up, and the outputs
+    times: dict[str, list[float]] = {k: [] for k in decoders}
+    for _ in range(a.repeats):
+        for k, f in decoders.items():
+            t0 = time.perf_counter()
+            for lp in lps:
+                f(lp)
+            times[k].append(time.perf_counter() - t0)
+
+    # -- search quality: the one fused objective, for every decoder's 1-best ----------------------------------
+    def fused(text: str, lp) -> float:
+        toks = tok.encode(" ".join(text.split()))
+        if not toks:
+            ll = float(lp[:, tok.blank_id].astype(np.float64).sum())
+        else:
+            ll = float(ctc_occupancy(lp[None], np.asarray([toks]), blank=tok.blank_id)[1][0])
+        return ours.fused_score(toks, ll)
+
+    scores = {k: [fused(h, lp) for h, lp in zip(hs, lps)] for k, hs in hyps.items()}
+    frames = sum(len(lp) for lp in lps)
+    res = {"exp": str(exp), "model": a.model, "split": a.split, "utterances": len(lps), "frames": frames,
+           "beam": a.beam, "alpha": alpha, "beta": beta, "threads": 1, "repeats": a.repeats, "decoders": {}}
+    for k in decoders:
+        s = score(refs, hyps[k])
+        t = statistics.median(times[k])
+        row = {"wer": round(s["wer"], 2), "cer": round(s["cer"], 2), "seconds": round(t, 4),
+               "us_per_frame": round(1e6 * t / frames, 2)}
+        if k != "speechkd":
+            row["speedup_of_speechkd"] = round(t / statistics.median(times["speechkd"]), 2)
+            row["speechkd_fused_at_least_as_high"] = round(
+                float(np.mean([o >= p - 1e-6 for o, p in zip(scores["speechkd"], scores[k])])), 4)
+        res["decoders"][k] = row
+    peers = [k for k in decoders if k != "speechkd"]
+    if peers:
+        best = min(peers, key=lambda k: res["decoders"][k]["wer"])
+        res["wer_minus_best_peer"] = round(res["decoders"]["speechkd"]["wer"] - res["decoders"][best]["wer"], 2)
+    for k, row in res["decoders"].items():
+        print(f"{k:12s} WER {row['wer']:6.2f}  CER {row['cer']:6.2f}  {row['us_per_frame']:9.1f} us/frame"
+              + (f"  ours {row['speedup_of_speechkd']:.1f}x faster, fused score >= theirs on "
+                 f"{100 * row['speechkd_fused_at_least_as_high']:.1f}%" if k != "speechkd" else ""), file=sys.stderr)
+    out = exp / "benchmarks" / f"lm_decoding-{a.model}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
