@@ -136,3 +136,68 @@ def test_streaming_chunks_end_where_the_offline_search_ends():
     assert [h.tokens for h in final] == [h.tokens for h in offline]
     assert [h.fused for h in final] == pytest.approx([h.fused for h in offline], abs=1e-9)
     assert partials[-1] and len(partials) > 10
+
+
+# -- the narrow beam against a plain Python one --------------------------------------------------------------
+def _reference_beam(lp, tokens, lm, alpha, beta, beam):
+    """The fused prefix beam search written plainly (dicts of prefixes, every candidate scored in full)."""
+    vocab = {w for (w,) in lm.probs[0]} - {BOS, EOS, UNK}
+    prefixes = {w[:i] for w in vocab for i in range(1, len(w) + 1)}
+
+    def lm_part(prefix, final):
+        pieces = "".join(tokens[c] for c in prefix).split("|")
+        done, partial = [p for p in pieces[:-1] if p], pieces[-1]
+        if final and partial:
+            done, partial = done + [partial], ""
+        total, ctx = 0.0, [BOS]
+        for w in done:
+            total += lm.logprob(ctx, w) * LN10
+            ctx.append(w)
+        if partial and partial not in prefixes:  # the <unk> cost, charged as soon as the spelling leaves the vocabulary
+            total += lm.logprob(ctx, UNK) * LN10
+        if final:
+            total += lm.logprob(ctx, EOS) * LN10
+        return total, len(done)
+
+    def fused(prefix, pb, pnb, final=False):
+        lmv, n = lm_part(prefix, final)
+        return np.logaddexp(pb, pnb) + alpha * lmv + beta * n
+
+    hyps = {(): (0.0, -np.inf)}
+    for t in range(lp.shape[0]):
+        new: dict = {}
+        for prefix, (pb, pnb) in hyps.items():
+            tot = np.logaddexp(pb, pnb)
+            b0, n0 = new.get(prefix, (-np.inf, -np.inf))
+            b0 = np.logaddexp(b0, tot + lp[t, 0])
+            if prefix:
+                n0 = np.logaddexp(n0, pnb + lp[t, prefix[-1]])
+            new[prefix] = (b0, n0)
+            for c in range(1, lp.shape[1]):
+                ext = prefix + (c,)
+                add = (pb if prefix and c == prefix[-1] else tot) + lp[t, c]
+                b1, n1 = new.get(ext, (-np.inf, -np.inf))
+                new[ext] = (b1, np.logaddexp(n1, add))
+        ranked = sorted(new.items(), key=lambda kv: -fused(kv[0], *kv[1]))
+        hyps = dict(ranked[:beam])
+    return sorted(((p, fused(p, *s, final=True)) for p, s in hyps.items()), key=lambda x: -x[1])
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed):
+    """The kernel extends a candidate's LM state only while it can still enter the beam (an upper bound ranks
+    them first); the beam it keeps is the one a search that scores every candidate in full keeps."""
+    rng = np.random.default_rng(seed)
+    tokens = ["<blk>", "|", "a", "b", "c"]
+    words = ["a", "ab", "ba", "cab", "b", "abc"]
+    lm = estimate([[words[int(i)] for i in rng.integers(0, len(words), int(rng.integers(1, 5)))] for _ in range(60)], 3)
+    lp = rng.normal(size=(14, 5)) * 2.0
+    lp[:, 0] += 1.0
+    lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
+    alpha, beta = (0.8, 1.2) if seed % 2 else (0.5, 6.0)  # a large word bonus tests the bound's +beta
+    want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam)
+    got = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam,
+                    token_min_logp=-np.inf).decode(lp, nbest=beam)
+    assert [tuple(h.tokens) for h in got] == [p for p, _ in want]
+    assert [h.fused for h in got] == pytest.approx([s for _, s in want], abs=1e-6)
