@@ -201,3 +201,24 @@ def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed):
                     token_min_logp=-np.inf).decode(lp, nbest=beam)
     assert [tuple(h.tokens) for h in got] == [p for p, _ in want]
     assert [h.fused for h in got] == pytest.approx([s for _, s in want], abs=1e-6)
+
+
+def test_sentencepiece_pieces_start_words_where_they_carry_the_marker():
+    """``▁`` starts a word (alone or before letters); other pieces continue the word; words the LM lacks are
+    scored as <unk>: the fused scorer gives the LM's sentence probability of the words the pieces spell."""
+    lm, words = _random_lm(3, seed=9)
+    tokens = ["<blk>", "\u2581", *(f"\u2581{c}" for c in "abcdefgh"), *"abcdefgh"]
+    dec = LMDecoder(LMTables.from_lm(lm), tokens)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        sent = _ctx_and_words(rng, words, int(rng.integers(1, 6)))
+        sent = [w if w != UNK and set(w) <= set("abcdefgh") else "hhgg" for w in sent]
+        ids = []
+        for w in sent:  # each word as "▁x" + letters, or "▁" + letters
+            if rng.random() < 0.5:
+                ids += [tokens.index(f"\u2581{w[0]}")] + [tokens.index(c) for c in w[1:]]
+            else:
+                ids += [tokens.index("\u2581")] + [tokens.index(c) for c in w]
+        got, n = dec.lm_score(ids)
+        assert n == len(sent)
+        assert got / LN10 == pytest.approx(lm.sentence_logprob(sent)[0], abs=1e-9)
