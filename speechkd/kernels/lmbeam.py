@@ -21,7 +21,9 @@ Everything is arrays (built by :mod:`speechkd.lm.tables`); no Python runs in the
   hypothesis carries one node as its LM state, so a word costs one or two hash probes;
 * ``wt = (whk, whv, word_of)``: the character trie of the vocabulary (key ``node * 0x110000 + codepoint + 1``),
   ``word_of[node]`` the word id spelled at a node or -1;
-* ``tt = (begins, offset, length, chars)``: per token id, whether it begins a word, and its characters.
+* ``tt = (begins, offset, length, chars, unk_pen)``: per token id, whether it begins a word, and its
+  characters; ``unk_pen[0]`` is added to the LM score of every out-of-vocabulary word (as pyctcdecode's
+  ``unk_score_offset`` and flashlight's ``unk_score``), on top of ``ln P(<unk> | context)``.
 """
 
 from __future__ import annotations
@@ -69,23 +71,24 @@ def lm_logp(lmt, s, w):
 
 
 @njit(inline="always", **_j)
-def _end_word(lmt, wt, s, wn, lm):
-    """Close the word at character-trie node ``wn`` (> 0: in the trie; -1: left it, <unk> already charged)."""
+def _end_word(lmt, wt, s, wn, lm, unk_pen):
+    """Close the word at character-trie node ``wn`` (> 0: in the trie; -1: left it, <unk> already charged).
+    An out-of-vocabulary word costs ``ln P(<unk> | context) + unk_pen``."""
     unk = lmt[7][2]
     w = wt[2][wn] if wn > 0 else -1
     p, s2 = lm_logp(lmt, s, w if w >= 0 else unk)
     if wn > 0:
-        lm += p
+        lm += p if w >= 0 else p + unk_pen
     return lm, s2
 
 
 @njit(inline="always", **_j)
 def extend(lmt, wt, tt, c, lm, nw, s, wn):
     """The LM fields ``(lm, words, state, word node)`` of a prefix extended by token ``c``."""
-    begins, off, ln, chars = tt
+    begins, off, ln, chars, unk_pen = tt
     if begins[c]:
         if wn != 0:
-            lm, s = _end_word(lmt, wt, s, wn, lm)
+            lm, s = _end_word(lmt, wt, s, wn, lm, unk_pen[0])
             nw += 1
         wn = 0
     i, end = off[c], off[c] + ln[c]
@@ -93,7 +96,7 @@ def extend(lmt, wt, tt, c, lm, nw, s, wn):
         nxt = _hash_find(wt[0], wt[1], wn * CP + chars[i] + 1)
         if nxt < 0:
             wn = -1
-            lm += lm_logp(lmt, s, lmt[7][2])[0]
+            lm += lm_logp(lmt, s, lmt[7][2])[0] + unk_pen[0]
         else:
             wn = nxt
         i += 1
@@ -101,10 +104,10 @@ def extend(lmt, wt, tt, c, lm, nw, s, wn):
 
 
 @njit(inline="always", **_j)
-def close(lmt, wt, lm, nw, s, wn):
+def close(lmt, wt, lm, nw, s, wn, unk_pen):
     """The LM fields at the end of the utterance: the last word closed and ``</s>`` scored. (lm, nw)."""
     if wn != 0:
-        lm, s = _end_word(lmt, wt, s, wn, lm)
+        lm, s = _end_word(lmt, wt, s, wn, lm, unk_pen)
         nw += 1
     return lm + lm_logp(lmt, s, lmt[7][4])[0], nw
 
@@ -123,7 +126,7 @@ def score_tokens(lmt, wt, tt, tokens):
     lm, nw, wn = 0.0, 0, 0
     for c in tokens:
         lm, nw, s, wn = extend(lmt, wt, tt, c, lm, nw, s, wn)
-    return close(lmt, wt, lm, nw, s, wn)
+    return close(lmt, wt, lm, nw, s, wn, tt[4][0])
 
 
 @njit(**_j)
@@ -168,8 +171,12 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
     for i in range(n):
         t = meta[2] + i
         nft = 0
+        top_c = 0
         for c in range(V):
-            if c != blank and lp[i, c] >= min_logp:
+            if lp[i, c] > lp[i, top_c]:
+                top_c = c
+        for c in range(V):  # tokens worth extending: above min_logp, and the frame's best token always
+            if c != blank and (lp[i, c] >= min_logp or c == top_c):
                 ftoks[nft] = c
                 nft += 1
         nc = 0
@@ -274,7 +281,7 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
 
 
 @njit(**_j)
-def finish(st, lmt, wt, alpha, beta, out_node, out_fused, out_ctc):
+def finish(st, lmt, wt, alpha, beta, unk_pen, out_node, out_fused, out_ctc):
     """Close every hypothesis of the beam (last word, ``</s>``); writes them best first by fused score.
     Returns how many were written."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
@@ -282,7 +289,7 @@ def finish(st, lmt, wt, alpha, beta, out_node, out_fused, out_ctc):
     fused = np.empty(nb_, np.float64)
     for r in range(nb_):
         node = bnode[r]
-        lm, n_words = close(lmt, wt, lmacc[node], nw[node], lms[node], wnode[node])
+        lm, n_words = close(lmt, wt, lmacc[node], nw[node], lms[node], wnode[node], unk_pen)
         fused[r] = lse(bpb[r], bpnb[r]) + alpha * lm + beta * n_words
     order = np.argsort(-fused, kind="mergesort")
     m = min(nb_, out_node.shape[0])

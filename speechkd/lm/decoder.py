@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from speechkd.kernels import lmbeam as K
-from speechkd.lm.files import FUSION_FILE, LM_FILE, TOKEN_MIN_LOGP, find_arpa, read_fusion  # noqa: F401
+from speechkd.lm.files import (BEAM_PRUNE, FUSION_FILE, LM_FILE, TOKEN_MIN_LOGP, UNK_OFFSET, find_arpa,  # noqa: F401
+                               read_fusion)
 from speechkd.lm.tables import LMTables, token_tables
 
 @dataclass
@@ -88,7 +89,7 @@ class LMBeam:
         fused = np.empty(nbest)
         ctc = np.empty(nbest)
         d, st = self.dec, self.st
-        m = K.finish(st, d.tables.lmt, d.tables.wt, d.alpha, d.beta, node, fused, ctc)
+        m = K.finish(st, d.tables.lmt, d.tables.wt, d.alpha, d.beta, d.tt[4][0], node, fused, ctc)
         return [Hyp(K.prefix_tokens(st[0], st[1], st[2], node[r]).tolist(), float(fused[r]), float(ctc[r]))
                 for r in range(m)]
 
@@ -97,12 +98,14 @@ class LMDecoder:
     """Fused CTC beam search for one model's tokens (``tokens[i]`` is token id ``i``; blank excluded)."""
 
     def __init__(self, tables: LMTables, tokens: list[str], *, alpha: float = 0.5, beta: float = 1.0,
-                 beam: int = 32, blank: int = 0, token_min_logp: float = TOKEN_MIN_LOGP, prune: float = -math.inf):
+                 beam: int = 32, blank: int = 0, token_min_logp: float = TOKEN_MIN_LOGP, prune: float = BEAM_PRUNE,
+                 unk_offset: float = UNK_OFFSET):
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
         self.tables, self.tokens = tables, list(tokens)
         self.vocab = len(tokens)
-        self.tt = token_tables(self.tokens, blank)
+        self.unk_offset = float(unk_offset)
+        self.tt = (*token_tables(self.tokens, blank), np.asarray([self.unk_offset * math.log(10.0)]))
         self.alpha, self.beta, self.beam, self.blank = float(alpha), float(beta), int(beam), int(blank)
         self.token_min_logp, self.prune = float(token_min_logp), float(prune)
 

@@ -2,7 +2,8 @@
 CLI imports this to build its parser).
 
 A folder that decodes with an LM holds ``lm.arpa`` (the model), optionally ``lm.tables.npz`` (its arrays,
-:mod:`speechkd.lm.tables`) and ``lm.json`` (the fusion settings: alpha, beta, beam, token_min_logp).
+:mod:`speechkd.lm.tables`) and ``lm.json`` (the fusion settings: alpha, beta, beam, token_min_logp, prune,
+unk_offset).
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ import math
 from pathlib import Path
 
 LM_FILE = "lm.arpa"
-TOKEN_MIN_LOGP = -12.0  # tokens less likely than this in a frame are not extended (none is, in practice)
-FUSION_FILE = "lm.json"  # the fusion settings shipped beside an LM: alpha, beta, beam, token_min_logp
-FUSION_KEYS = {"alpha": (-100.0, 100.0), "beta": (-100.0, 100.0), "beam": (1, 4096), "token_min_logp": (-1e9, 0.0)}
+# the search's defaults (pyctcdecode's): tokens under TOKEN_MIN_LOGP in a frame are not extended (the frame's best
+# always is), hypotheses more than -BEAM_PRUNE below the best are dropped, an out-of-vocabulary word costs
+# UNK_OFFSET (log10) on top of P(<unk>)
+TOKEN_MIN_LOGP = -5.0
+BEAM_PRUNE = -10.0
+UNK_OFFSET = -10.0
+FUSION_FILE = "lm.json"  # the fusion settings shipped beside an LM
+FUSION_KEYS = {"alpha": (-100.0, 100.0), "beta": (-100.0, 100.0), "beam": (1, 4096), "token_min_logp": (-1e9, 0.0),
+               "prune": (-1e9, 0.0), "unk_offset": (-1e3, 0.0)}
 
 
 def read_fusion(path: str | Path) -> dict:
@@ -35,7 +42,8 @@ def read_fusion(path: str | Path) -> dict:
         if k not in d:
             continue
         v = d[k]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+            (math.isfinite(v) and lo <= v <= hi) or (k in ("token_min_logp", "prune") and v == -math.inf))
         if not ok or (k == "beam" and v != int(v)):
             raise ValueError(f"{path}: {k} must be a number in [{lo}, {hi}]" + (" (an integer)" if k == "beam" else ""))
         out[k] = int(v) if k == "beam" else float(v)

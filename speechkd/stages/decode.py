@@ -22,6 +22,7 @@ import torch
 from speechkd.data.dataset import FeatureDataset
 from speechkd.eval.lmdecode import greedy_hyps, search_hyps, tune, utterance_posteriors
 from speechkd.eval.scoring import write_reports
+from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
 from speechkd.models.bundle import load_bundle
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.stages import MODEL_STAGES
@@ -49,8 +50,10 @@ class Config:
     alphas: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 1.0], help="decoder lm: LM weights tried")
     betas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0], help="decoder lm: word bonuses tried")
     tune_split: str = field("dev", help="decoder lm: the split the weights are picked on")
-    token_min_logp: float = field(-12.0, help="decoder lm: tokens below this log-posterior in a frame are not "
-                                              "extended")
+    token_min_logp: float = field(TOKEN_MIN_LOGP, help="decoder lm: tokens below this log-posterior in a frame are "
+                                                        "not extended (the frame's best always is)")
+    prune: float = field(BEAM_PRUNE, help="decoder lm: hypotheses this far below the best are dropped (-inf: never)")
+    unk_offset: float = field(UNK_OFFSET, help="decoder lm: extra log10 cost of an out-of-vocabulary word")
 
     def __post_init__(self):
         require(self.beam >= 1, "beam", f"must be >= 1, got {self.beam}")
@@ -103,14 +106,15 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         from speechkd.lm.decoder import LMDecoder
 
         decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), beam=cfg.beam, blank=tok.blank_id,
-                                 token_min_logp=cfg.token_min_logp)
+                                 token_min_logp=cfg.token_min_logp, prune=cfg.prune, unk_offset=cfg.unk_offset)
         if cfg.tune_split not in have:
             raise FileNotFoundError(f"decode.tune_split: {fdir} has no split {cfg.tune_split!r}")
         _, refs, lps = post(cfg.tune_split)
         a, b, grid = tune(decoder, lps, refs, tok, cfg.alphas, cfg.betas, threads)
         decoder = decoder.with_weights(a, b)
         out["lm"] = {"stage": cfg.lm, "alpha": a, "beta": b, "beam": cfg.beam, "token_min_logp": cfg.token_min_logp,
-                     "tuned_on": cfg.tune_split, "grid": grid, "splits": {}}
+                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "tuned_on": cfg.tune_split, "grid": grid,
+                     "splits": {}}
         log.info("decode: LM weights alpha=%g beta=%g picked on %s", a, b, cfg.tune_split)
     elif cfg.decoder == "beam":
         out["beam"] = {"beam": cfg.beam, "splits": {}}

@@ -136,15 +136,17 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
 def ship_lm(cfg: Config, ctx, m: str) -> dict[str, Any]:
     """The LM into ``<m>/`` with the weights a decode stage of ``lm_from`` tuned for ``m`` (else the defaults)."""
-    from speechkd.lm.files import TOKEN_MIN_LOGP, ship_lm as ship
+    from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET, ship_lm as ship
 
-    weights = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": TOKEN_MIN_LOGP}
+    weights = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": TOKEN_MIN_LOGP,
+               "prune": BEAM_PRUNE, "unk_offset": UNK_OFFSET}
     tuned_by = None
     for d in cfg.lm_from:
         summ = json.loads((ctx.stage_dir(d) / "summary.json").read_text())
         lm = summ.get("lm") if isinstance(summ, dict) else None
         if isinstance(lm, dict) and lm.get("stage") == cfg.lm and Path(str(summ.get("model"))).parts[0] == m:
-            weights, tuned_by = {k: lm[k] for k in ("alpha", "beta", "beam", "token_min_logp")}, d
+            weights, tuned_by = {k: lm[k] for k in ("alpha", "beta", "beam", "token_min_logp", "prune", "unk_offset")
+                                 if k in lm}, d
     out = ship(ctx.stage_dir(cfg.lm), ctx.out_dir / m, weights)
     return {**out, "path": f"{m}/{out['path']}", "tuned_by": tuned_by}
 

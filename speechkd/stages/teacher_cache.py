@@ -22,6 +22,7 @@ from speechkd.config import check_name, field, require
 from speechkd.data.dataset import FeatureDataset
 from speechkd.data.manifest import read_manifest, write_manifest
 from speechkd.distill.cache import cache_entries, check_teachers, shard_ok, tokenizer_fingerprint, write_shard
+from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
 from speechkd.models.bundle import load_bundle
 from speechkd.models.io import check_vocabulary
 from speechkd.stages import MODEL_STAGES
@@ -48,7 +49,10 @@ class Config:
     alpha: float = field(0.5, help="with lm: LM weight")
     beta: float = field(1.0, help="with lm: word bonus")
     weights_from: str = field("", help="with lm: a decode stage (decoder lm) whose tuned alpha and beta are used")
-    token_min_logp: float = field(-12.0, help="with lm: tokens below this log-posterior in a frame are not extended")
+    token_min_logp: float = field(TOKEN_MIN_LOGP, help="with lm: tokens below this log-posterior in a frame are not "
+                                                        "extended")
+    prune: float = field(BEAM_PRUNE, help="with lm: hypotheses this far below the best are dropped (-inf: never)")
+    unk_offset: float = field(UNK_OFFSET, help="with lm: extra log10 cost of an out-of-vocabulary word")
 
     def __post_init__(self):
         require(len(self.teachers) >= 1, "teachers", "name at least one teacher stage")
@@ -112,7 +116,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                  f"{cfg.lm!r}")
             alpha, beta = float(d["alpha"]), float(d["beta"])
         lm_decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), alpha=alpha, beta=beta, beam=cfg.beam,
-                                    blank=tok.blank_id, token_min_logp=cfg.token_min_logp)
+                                    blank=tok.blank_id, token_min_logp=cfg.token_min_logp, prune=cfg.prune,
+                                    unk_offset=cfg.unk_offset)
         lm_info = {"stage": cfg.lm, "alpha": alpha, "beta": beta}
         log.info("teacher_cache: N-best from the beam fused with %s (alpha=%g, beta=%g)", cfg.lm, alpha, beta)
     V = models[0].cfg.vocab_size

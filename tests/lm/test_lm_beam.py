@@ -51,7 +51,7 @@ def test_the_arrays_score_random_sentences_as_kenlm_does(tmp_path):
     lm, words = _random_lm(3, seed=3)
     write_arpa(lm, tmp_path / "lm.arpa")
     ken = kenlm.Model(str(tmp_path / "lm.arpa"))
-    dec = LMDecoder.load(tmp_path / "lm.arpa", ["<blk>", "|", *"abcdefghqxz"])
+    dec = LMDecoder.load(tmp_path / "lm.arpa", ["<blk>", "|", *"abcdefghqxz"], unk_offset=0.0)
     rng = np.random.default_rng(2)
     for _ in range(300):
         sent = _ctx_and_words(rng, words, int(rng.integers(0, 8)))
@@ -70,7 +70,7 @@ def _words(labels):
     return "".join(TOKENS[i] for i in labels).replace("|", " ").split()
 
 
-def _brute(lp, lm, alpha, beta):
+def _brute(lp, lm, alpha, beta, unk_offset=0.0):
     """Every label sequence's fused score: log of the summed probability of its CTC paths, plus the LM."""
     T, V = lp.shape
     total: dict[tuple, float] = {}
@@ -86,7 +86,8 @@ def _brute(lp, lm, alpha, beta):
     out = {}
     for lab, ctc in total.items():
         w = _words(lab)
-        out[lab] = ctc + alpha * lm.sentence_logprob(w)[0] * LN10 + beta * len(w)
+        logp, oov = lm.sentence_logprob(w)
+        out[lab] = ctc + alpha * (logp + unk_offset * oov) * LN10 + beta * len(w)
     return out
 
 
@@ -98,8 +99,10 @@ def test_the_lm_beam_is_exact_when_nothing_is_pruned(seed):
     lp = rng.normal(size=(T, 4)) * 1.5
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
     alpha, beta = float(rng.uniform(0.2, 1.5)), float(rng.uniform(-1, 2))
-    want = sorted(_brute(lp.astype(np.float64), lm, alpha, beta).items(), key=lambda kv: -kv[1])
-    dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=alpha, beta=beta, beam=4 ** T)
+    unk_offset = -float(rng.uniform(0, 3))  # an extra cost per out-of-vocabulary word (log10, as pyctcdecode's)
+    want = sorted(_brute(lp.astype(np.float64), lm, alpha, beta, unk_offset).items(), key=lambda kv: -kv[1])
+    dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=alpha, beta=beta, beam=4 ** T, token_min_logp=-np.inf,
+                    prune=-np.inf, unk_offset=unk_offset)
     got = dec.decode(lp, nbest=8)
     assert [tuple(h.tokens) for h in got] == [k for k, _ in want[:8]]
     assert [h.fused for h in got] == pytest.approx([v for _, v in want[:8]], abs=1e-4)
@@ -112,7 +115,7 @@ def test_an_out_of_vocabulary_word_can_still_be_spelled():
     lp = np.full((3, 4), -8.0, np.float32)
     for t, c in enumerate([3, 3, 0]):  # "b" is certain acoustically, and not in the LM
         lp[t, c] = -1e-3
-    dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=0.5, beta=0.0, beam=8)
+    dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=0.5, beta=0.0, beam=8, unk_offset=0.0)
     assert dec.decode(lp)[0].tokens == [3]
 
 
@@ -123,7 +126,7 @@ def test_streaming_chunks_end_where_the_offline_search_ends():
     lp = rng.normal(size=(120, len(tokens))) * 2
     lp[:, 0] += 2
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
-    dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=0.7, beta=0.5, beam=12)
+    dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=0.7, beta=0.5, beam=12, prune=-8.0)
     offline = dec.decode(lp, nbest=4)
     stream = dec.stream(frames_hint=1)  # the trie grows as the chunks come
     t, partials = 0, []
@@ -139,7 +142,7 @@ def test_streaming_chunks_end_where_the_offline_search_ends():
 
 
 # -- the narrow beam against a plain Python one --------------------------------------------------------------
-def _reference_beam(lp, tokens, lm, alpha, beta, beam):
+def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen):
     """The fused prefix beam search written plainly (dicts of prefixes, every candidate scored in full)."""
     vocab = {w for (w,) in lm.probs[0]} - {BOS, EOS, UNK}
     prefixes = {w[:i] for w in vocab for i in range(1, len(w) + 1)}
@@ -151,10 +154,10 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam):
             done, partial = done + [partial], ""
         total, ctx = 0.0, [BOS]
         for w in done:
-            total += lm.logprob(ctx, w) * LN10
+            total += lm.logprob(ctx, w) * LN10 + (unk_pen if w not in vocab else 0.0)
             ctx.append(w)
         if partial and partial not in prefixes:  # the <unk> cost, charged as soon as the spelling leaves the vocabulary
-            total += lm.logprob(ctx, UNK) * LN10
+            total += lm.logprob(ctx, UNK) * LN10 + unk_pen
         if final:
             total += lm.logprob(ctx, EOS) * LN10
         return total, len(done)
@@ -196,9 +199,9 @@ def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed):
     lp[:, 0] += 1.0
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
     alpha, beta = (0.8, 1.2) if seed % 2 else (0.5, 6.0)  # a large word bonus tests the bound's +beta
-    want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam)
-    got = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam,
-                    token_min_logp=-np.inf).decode(lp, nbest=beam)
+    want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam, -1.5 * LN10)
+    got = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam, token_min_logp=-np.inf,
+                    prune=-np.inf, unk_offset=-1.5).decode(lp, nbest=beam)
     assert [tuple(h.tokens) for h in got] == [p for p, _ in want]
     assert [h.fused for h in got] == pytest.approx([s for _, s in want], abs=1e-6)
 
@@ -208,7 +211,7 @@ def test_sentencepiece_pieces_start_words_where_they_carry_the_marker():
     scored as <unk>: the fused scorer gives the LM's sentence probability of the words the pieces spell."""
     lm, words = _random_lm(3, seed=9)
     tokens = ["<blk>", "\u2581", *(f"\u2581{c}" for c in "abcdefgh"), *"abcdefgh"]
-    dec = LMDecoder(LMTables.from_lm(lm), tokens)
+    dec = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=0.0)
     rng = np.random.default_rng(3)
     for _ in range(50):
         sent = _ctx_and_words(rng, words, int(rng.integers(1, 6)))
