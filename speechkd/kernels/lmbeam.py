@@ -4,10 +4,12 @@ A hypothesis is a token prefix; its score is ``log P_ctc(prefix) + alpha * L + b
 the natural-log LM probability of the words it has completed and ``N`` their number. A word ends at a
 token that begins a new one (``|`` for characters, a piece starting with ``▁`` for sentencepiece) and
 at the end of the utterance, which adds ``log P(</s> | context)``. A word being spelled walks a
-character trie of the LM's vocabulary; once it leaves the trie it can only become ``<unk>``, and the
-``<unk>`` cost (which depends only on the context, fixed while the word is spelled) is charged at that
-moment instead of at the word's end: the final scores are the same, and out-of-vocabulary spellings are
-ranked by what they will cost. Out-of-vocabulary partial words are kept alive.
+character trie of the LM's vocabulary. While it is in the trie, the hypothesis carries a look-ahead estimate
+of its LM score, the best unigram log-probability among the words the partial word can still become (so a
+partial in-vocabulary word is not ranked as if it were free); once it leaves the trie it can only become
+``<unk>``, and the ``<unk>`` cost (which depends only on the context, fixed while the word is spelled) is
+charged at that moment instead of at the word's end. Estimates give way to the real scores when the word
+ends, so the final scores are exact. Out-of-vocabulary partial words are kept alive.
 
 The search is resumable (:func:`advance` on successive chunks of frames, then :func:`finish`), so the
 streaming runtime carries one beam across chunks and ends with what the offline search gives.
@@ -19,8 +21,9 @@ Everything is arrays (built by :mod:`speechkd.lm.tables`); no Python runs in the
   natural-log probability and backoff per node, ``exists`` (the n-gram is listed), ``sfx`` (the node of its
   longest proper suffix in the trie), ``depth`` (its words), ``dims = [W, order, unk, bos, eos]``. A
   hypothesis carries one node as its LM state, so a word costs one or two hash probes;
-* ``wt = (whk, whv, word_of)``: the character trie of the vocabulary (key ``node * 0x110000 + codepoint + 1``),
-  ``word_of[node]`` the word id spelled at a node or -1;
+* ``wt = (whk, whv, word_of, lookahead)``: the character trie of the vocabulary (key ``node * 0x110000 +
+  codepoint + 1``), ``word_of[node]`` the word id spelled at a node or -1, ``lookahead[node]`` the best
+  unigram natural-log probability of the words below it (0 at the root);
 * ``tt = (begins, offset, length, chars, unk_pen)``: per token id, whether it begins a word, and its
   characters; ``unk_pen[0]`` is added to the LM score of every out-of-vocabulary word (as pyctcdecode's
   ``unk_score_offset`` and flashlight's ``unk_score``), on top of ``ln P(<unk> | context)``.
@@ -77,8 +80,8 @@ def _end_word(lmt, wt, s, wn, lm, unk_pen):
     unk = lmt[7][2]
     w = wt[2][wn] if wn > 0 else -1
     p, s2 = lm_logp(lmt, s, w if w >= 0 else unk)
-    if wn > 0:
-        lm += p if w >= 0 else p + unk_pen
+    if wn > 0:  # the look-ahead estimate the partial word carried gives way to the word's own score
+        lm += (p if w >= 0 else p + unk_pen) - wt[3][wn]
     return lm, s2
 
 
@@ -95,9 +98,10 @@ def extend(lmt, wt, tt, c, lm, nw, s, wn):
     while i < end and wn >= 0:
         nxt = _hash_find(wt[0], wt[1], wn * CP + chars[i] + 1)
         if nxt < 0:
+            lm += lm_logp(lmt, s, lmt[7][2])[0] + unk_pen[0] - wt[3][wn]
             wn = -1
-            lm += lm_logp(lmt, s, lmt[7][2])[0] + unk_pen[0]
-        else:
+        else:  # look-ahead: the best unigram the partial word can still become
+            lm += wt[3][nxt] - wt[3][wn]
             wn = nxt
         i += 1
     return lm, nw, s, wn
@@ -229,7 +233,9 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
             else:
                 p = cpar[r]
                 up = beta if (beta > 0.0 and tt[0][ctok[r]] and wnode[p] != 0) else 0.0
-                cscore[r] = cbase[r] + alpha * lmacc[p] + beta * nw[p] + up if alpha >= 0.0 else np.inf
+                # the parent's look-ahead estimate is all the LM part can gain (every LM score is <= 0)
+                la = wt[3][wnode[p]] if wnode[p] > 0 else 0.0
+                cscore[r] = cbase[r] + alpha * (lmacc[p] - la) + beta * nw[p] + up if alpha >= 0.0 else np.inf
                 cex[r] = 0
         order = np.argsort(-cscore[:nc], kind="mergesort")
         nt = 0  # exact scores so far, best first, at most beam of them, in top[]

@@ -19,6 +19,7 @@ from speechkd.kernels.lmbeam import CP
 from speechkd.lm.ngram import BOS, EOS, UNK, LMError, NGramLM, read_arpa
 
 LN10 = math.log(10.0)
+FORMAT = 2  # of lm.tables.npz: a file of another format is rebuilt from the ARPA file
 
 
 @njit(cache=True)
@@ -69,10 +70,10 @@ class LMTables:
         if cached.is_file():
             try:
                 with np.load(cached, allow_pickle=False) as z:
-                    if str(z["arpa_sha256"]) == _sha256(path):
+                    if str(z["arpa_sha256"]) == _sha256(path) and int(z["format"]) == FORMAT:
                         words = [str(w) for w in z["words"]]
                         lmt = tuple(z[f"lmt{i}"] for i in range(8))
-                        wt = tuple(z[f"wt{i}"] for i in range(3))
+                        wt = tuple(z[f"wt{i}"] for i in range(4))
                         return cls(words, {w: i for i, w in enumerate(words)}, int(lmt[7][1]), lmt, wt)
             except (OSError, KeyError, ValueError):
                 pass  # a damaged or foreign cache: build from the text
@@ -87,7 +88,8 @@ class LMTables:
         arpa = Path(arpa)
         arrays = {f"lmt{i}": a for i, a in enumerate(self.lmt)} | {f"wt{i}": a for i, a in enumerate(self.wt)}
         buf = io.BytesIO()
-        np.savez(buf, words=np.asarray(self.words), arpa_sha256=np.asarray(_sha256(arpa)), **arrays)
+        np.savez(buf, words=np.asarray(self.words), arpa_sha256=np.asarray(_sha256(arpa)), format=np.asarray(FORMAT),
+                 **arrays)
         atomic_write_bytes(cache_path(arpa), buf.getvalue())
         return cache_path(arpa)
 
@@ -150,7 +152,16 @@ class LMTables:
                 nd = nxt
             word_of[nd] = index[w]
         whk, whv = _hash(np.asarray(cparent[1:], np.int64) * CP + np.asarray(cchar[1:], np.int64) + 1)
-        return cls(words, index, lm.order, lmt, (whk, whv, np.asarray(word_of, np.int64)))
+        # look-ahead: per node, the best unigram log-probability of the words below it (0 at the root)
+        la = np.full(len(cparent), -np.inf)
+        la[0] = 0.0
+        uni = lm.probs[0]
+        for n in range(len(cparent) - 1, 0, -1):  # children come after their parents
+            if word_of[n] >= 0:
+                la[n] = max(la[n], uni[(words[word_of[n]],)] * LN10)
+            if cparent[n] != 0:
+                la[cparent[n]] = max(la[cparent[n]], la[n])
+        return cls(words, index, lm.order, lmt, (whk, whv, np.asarray(word_of, np.int64), la))
 
 
 def token_tables(tokens: list[str], blank: int = 0) -> tuple:

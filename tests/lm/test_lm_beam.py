@@ -158,6 +158,8 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen):
             ctx.append(w)
         if partial and partial not in prefixes:  # the <unk> cost, charged as soon as the spelling leaves the vocabulary
             total += lm.logprob(ctx, UNK) * LN10 + unk_pen
+        elif partial:  # look-ahead: the best unigram the partial word can still become
+            total += max(lm.logprob((), w) * LN10 for w in vocab if w.startswith(partial))
         if final:
             total += lm.logprob(ctx, EOS) * LN10
         return total, len(done)
