@@ -8,6 +8,7 @@ spelled) and the words themselves. Built from an :class:`~speechkd.lm.ngram.NGra
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ class LMTables:
                         lmt = tuple(z[f"lmt{i}"] for i in range(8))
                         wt = tuple(z[f"wt{i}"] for i in range(4))
                         return cls(words, {w: i for i, w in enumerate(words)}, int(lmt[7][1]), lmt, wt)
-            except (OSError, KeyError, ValueError):
+            except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
                 pass  # a damaged or foreign cache: build from the text
         return cls.from_lm(read_arpa(path))
 
