@@ -63,7 +63,7 @@ def main() -> None:
     if not arpa.exists() or not (exp / a.model / "model.safetensors").exists():
         sys.exit(f"{exp}: no {a.lm}/lm.arpa or {a.model}/model.safetensors: run `make demo` first (or use --quick)")
     from speechkd.data.dataset import FeatureDataset
-    from speechkd.eval.lmdecode import utterance_posteriors
+    from speechkd.eval.decode import utterance_posteriors
     from speechkd.eval.scoring import score
     from speechkd.kernels import ctc_occupancy
     from speechkd.lm.decoder import LMDecoder

@@ -81,33 +81,30 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 def _cmd_decode(a: argparse.Namespace) -> int:
     from speechkd.data.dataset import FeatureDataset
-    from speechkd.eval.decode import evaluate
+    from speechkd.eval.decode import greedy_hyps, utterance_posteriors
     from speechkd.eval.scoring import report_names, write_reports
+    from speechkd.lm.decoder import load_choice
     from speechkd.models.bundle import load_bundle
     from speechkd.utils import pick_device
 
     device = pick_device(a.device)
     bundle = load_bundle(a.model, device=device)
     model, tok = bundle.model, bundle.tokenizer
-    from speechkd.lm.decoder import load_choice
-
     lm, weights = cli_choice(a, a.model)
     decoder = load_choice(a.model, lm, tok.tokens(), tok.blank_id, weights)
     names = report_names(a.manifests)  # two test.jsonl from different folders get different report names
     for manifest, name in zip(a.manifests, names):
-        ds = FeatureDataset(manifest, tok, dim=model.cfg.input_dim)
+        ids, refs, lps = utterance_posteriors(model, FeatureDataset(manifest, tok, dim=model.cfg.input_dim), device,
+                                              a.max_frames)
         if decoder is not None:  # the LM-fused beam on the model's posteriors (as the decode stage)
             import torch
 
-            from speechkd.eval.lmdecode import search_hyps, utterance_posteriors
+            from speechkd.eval.lmdecode import search_hyps
 
-            ids, refs, lps = utterance_posteriors(model, ds, device, a.max_frames)
-            ev = {"ids": ids, "refs": refs, "hyps": search_hyps(lps, tok, decoder=decoder,
-                                                                threads=torch.get_num_threads())}
+            hyps = search_hyps(lps, tok, decoder=decoder, threads=torch.get_num_threads())
         else:
-            ev = evaluate(model, ds, tok, device, a.max_frames)
-        s = write_reports(a.out, name, ev["ids"], ev["refs"], ev["hyps"], {"model": str(a.model),
-                                                                           "manifest": str(manifest)})
+            hyps = greedy_hyps(lps, tok)
+        s = write_reports(a.out, name, ids, refs, hyps, {"model": str(a.model), "manifest": str(manifest)})
         print(f"{name}: WER {s['wer']:.2f}%  CER {s['cer']:.2f}%  ({s['utterances']} utterances) -> {a.out}")
     return 0
 

@@ -1,9 +1,10 @@
 """Decoding a model over a featurized dataset.
 
-:func:`evaluate` decodes a :class:`~speechkd.data.dataset.FeatureDataset` in length-bucketed batches
-with greedy CTC and scores it (WER/CER in percent). The train stages hand it to the trainer to score
-the dev set every epoch; the decode stage
-and ``speechkd decode`` use it for reports.
+:func:`utterance_posteriors` runs a model once over a :class:`~speechkd.data.dataset.FeatureDataset` in
+length-bucketed batches; :func:`greedy_hyps` decodes the posteriors greedily, and :func:`evaluate` scores
+that (WER/CER in percent). The train stages hand ``evaluate`` to the trainer to score the dev set every
+epoch; the decode stage and ``speechkd decode`` decode the posteriors greedily and with a search
+(:mod:`speechkd.eval.lmdecode`).
 """
 
 from __future__ import annotations
@@ -19,23 +20,42 @@ from speechkd.eval.scoring import greedy_decode, score
 
 
 @torch.no_grad()
-def evaluate(model, ds: FeatureDataset, tokenizer, device, max_frames: int, limit: int = 0) -> dict[str, Any]:
-    """Greedy CER/WER (percent) of ``model`` on ``ds``; the score dict plus ``ids``/``refs``/``hyps``
-    (in length order). ``limit`` scores only the first N utterances (0 = all)."""
+def utterance_posteriors(model, ds: FeatureDataset, device, max_frames: int,
+                         limit: int = 0) -> tuple[list[str], list[str], list]:
+    """``(ids, refs, log_probs)`` of the first ``limit`` utterances of ``ds`` (0 = all), in length order;
+    ``log_probs[i]`` is a float32 ``(frames, vocab)`` NumPy array of natural-log posteriors. The model runs once,
+    in length-bucketed batches; greedy decoding and every search read these."""
+    import numpy as np
+
     was_training = model.training
     model.eval()
     idx = list(range(len(ds) if not limit else min(limit, len(ds))))
     idx.sort(key=lambda i: ds.lengths[i])
-    ids, refs, hyps = [], [], []
+    ids, refs, lps = [], [], []
     sampler = BucketingSampler([ds.lengths[i] for i in idx], max(max_frames, max(ds.lengths)), seed=0, shuffle=False)
     for b in sampler.batches(0):
         batch = ds.batch([idx[j] for j in b]).to(device)
         lp, ol = model(batch.feats, batch.feat_lens)
-        for uid, text, seq in zip(batch.ids, batch.texts, greedy_decode(lp, ol, tokenizer.blank_id)):
+        lp = lp.float().cpu().numpy()
+        for k, (uid, text) in enumerate(zip(batch.ids, batch.texts)):
             ids.append(uid)
             refs.append(text)
-            hyps.append(tokenizer.decode(seq))
+            lps.append(np.ascontiguousarray(lp[k, : int(ol[k])]))
     model.train(was_training)
+    return ids, refs, lps
+
+
+def greedy_hyps(lps: list, tokenizer) -> list[str]:
+    """Best-path texts of per-utterance ``(frames, vocab)`` posteriors (:func:`~speechkd.eval.scoring.greedy_decode`)."""
+    return [tokenizer.decode(greedy_decode(torch.from_numpy(lp)[None], torch.tensor([len(lp)]), tokenizer.blank_id)[0])
+            for lp in lps]
+
+
+def evaluate(model, ds: FeatureDataset, tokenizer, device, max_frames: int, limit: int = 0) -> dict[str, Any]:
+    """Greedy CER/WER (percent) of ``model`` on ``ds``; the score dict plus ``ids``/``refs``/``hyps``
+    (in length order). ``limit`` scores only the first N utterances (0 = all)."""
+    ids, refs, lps = utterance_posteriors(model, ds, device, max_frames, limit)
+    hyps = greedy_hyps(lps, tokenizer)
     out = score(refs, hyps)
     out.update(ids=ids, refs=refs, hyps=hyps)
     return out

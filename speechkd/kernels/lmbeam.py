@@ -163,6 +163,19 @@ def rehash(st, V):
         _hash_insert(hk, hv, parent[node] * V + tok[node] + 1, node)
 
 
+@njit(inline="always", **_j)
+def _slot(node, t, nc, stamp, slot, cnode, cpb, cpnb):
+    """The candidate row of an existing trie node in frame ``t`` (a new row the first time). Returns (row, nc)."""
+    if stamp[node] != t:
+        stamp[node] = t
+        slot[node] = nc
+        cnode[nc] = node
+        cpb[nc] = NEG
+        cpnb[nc] = NEG
+        nc += 1
+    return slot[node], nc
+
+
 @njit(**_j)
 def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prune):
     """Run the beam over frames ``lp[:n]`` (natural-log posteriors, (>=n, V)). The prefix trie must have
@@ -190,14 +203,7 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
             pnb = bpnb[h]
             tot = lse(pb, pnb)
             last = tok[node]
-            if stamp[node] != t:
-                stamp[node] = t
-                slot[node] = nc
-                cnode[nc] = node
-                cpb[nc] = NEG
-                cpnb[nc] = NEG
-                nc += 1
-            j = slot[node]
+            j, nc = _slot(node, t, nc, stamp, slot, cnode, cpb, cpnb)
             cpb[j] = lse(cpb[j], tot + lp[i, blank])
             if last >= 0:
                 cpnb[j] = lse(cpnb[j], pnb + lp[i, last])
@@ -206,14 +212,7 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                 add = (pb if c == last else tot) + lp[i, c]
                 child = _hash_find(hk, hv, node * V + c + 1)
                 if child >= 0:
-                    if stamp[child] != t:
-                        stamp[child] = t
-                        slot[child] = nc
-                        cnode[nc] = child
-                        cpb[nc] = NEG
-                        cpnb[nc] = NEG
-                        nc += 1
-                    j = slot[child]
+                    j, nc = _slot(child, t, nc, stamp, slot, cnode, cpb, cpnb)
                     cpnb[j] = lse(cpnb[j], add)
                 else:
                     cnode[nc] = -1
@@ -222,9 +221,10 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                     cpb[nc] = NEG
                     cpnb[nc] = add
                     nc += 1
-        # Rank by an upper bound first: a new prefix's LM score can only fall (log-probabilities) and its
-        # word count rise by one, so its extension by the LM is computed only while it can still enter the
-        # beam (lazily, best bound first); the beam is the same as if every candidate were extended.
+        # Rank by an upper bound first: once the parent's look-ahead estimate is taken back, a new prefix's LM
+        # score can only fall (log-probabilities) and its word count rise by one, so its extension by the LM is
+        # computed only while it can still enter the beam (lazily, best bound first); the beam is the same as
+        # if every candidate were extended.
         for r in range(nc):
             cbase[r] = lse(cpb[r], cpnb[r])
             if cnode[r] >= 0:

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from speechkd.kernels import lmbeam as K
-from speechkd.lm.files import (BEAM_PRUNE, FUSION_FILE, LM_FILE, TOKEN_MIN_LOGP, UNK_OFFSET, find_arpa,  # noqa: F401
-                               read_fusion)
+from speechkd.lm.files import BEAM_PRUNE, FUSION_FILE, TOKEN_MIN_LOGP, UNK_OFFSET, find_arpa, read_fusion
 from speechkd.lm.tables import LMTables, token_tables
+
 
 @dataclass
 class Hyp:
     tokens: list[int]
-    fused: float  # log P_ctc + alpha * ln P_lm + beta * words
+    fused: float  # log P_ctc + alpha * (ln P_lm + the unk offsets) + beta * words
     ctc: float  # log P_ctc of the token sequence (summed over alignments)
 
 

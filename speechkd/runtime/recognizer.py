@@ -1,9 +1,10 @@
 """Streaming CTC recognition with an exported speechkd model.
 
 Per stream: audio in chunks -> kaldi-native-fbank online fbank (options from the model's metadata)
--> ONNX Runtime with the LSTM state carried between chunks -> incremental greedy CTC decoding, or, when a word
-LM is given or an ``lm.arpa`` lies beside the model, the LM-fused beam search carried across chunks (partials
-from its best prefix, the final text what the offline search gives on the same posteriors). A
+-> ONNX Runtime with the LSTM state carried between chunks -> incremental greedy CTC decoding, or, with
+``lm`` (an ARPA file, or True for the ``lm.arpa`` shipped beside the model), the LM-fused beam search carried
+across chunks (partials from its best prefix, the final text what the offline search gives on the same
+posteriors). A
 service calls :meth:`StreamingRecognizer.accept_waveform` once per chunk, reads
 :meth:`StreamingRecognizer.result` (partial text), and calls
 :meth:`StreamingRecognizer.input_finished` at the end of the stream, which feeds the student's KD

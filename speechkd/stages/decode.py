@@ -16,11 +16,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from speechkd.config import check_name, field, require
 import torch
 
+from speechkd.config import check_name, field, require
 from speechkd.data.dataset import FeatureDataset
-from speechkd.eval.lmdecode import greedy_hyps, search_hyps, tune, utterance_posteriors
+from speechkd.eval.decode import greedy_hyps, utterance_posteriors
+from speechkd.eval.lmdecode import search_hyps, tune
 from speechkd.eval.scoring import write_reports
 from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
 from speechkd.models.bundle import load_bundle

@@ -105,6 +105,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     out: dict[str, Any] = {"models": {}}
     _remove_stale(cfg, ctx.out_dir)
+    tuned = tuned_weights(cfg, ctx) if cfg.lm else {}
     for m in cfg.models:
         meta = export_streaming(ctx.stage_dir(m) / "model.safetensors", ctx.out_dir / m, chunk_ms=cfg.chunk_ms)
         out["models"][m] = {k: meta[k] for k in ("bytes", "chunk_frames", "delay_frames", "delay_ms", "frame_ms")}
@@ -129,24 +130,30 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         if cfg.int8:
             out["models"][m]["int8"] = int8_variant(cfg, ctx, m)
         if cfg.lm:
-            out["models"][m]["lm"] = ship_lm(cfg, ctx, m)
+            out["models"][m]["lm"] = ship_lm(cfg, ctx, m, tuned)
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")
     return out
 
 
-def ship_lm(cfg: Config, ctx, m: str) -> dict[str, Any]:
-    """The LM into ``<m>/`` with the weights a decode stage of ``lm_from`` tuned for ``m`` (else the defaults)."""
-    from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET, ship_lm as ship
-
-    weights = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": TOKEN_MIN_LOGP,
-               "prune": BEAM_PRUNE, "unk_offset": UNK_OFFSET}
-    tuned_by = None
+def tuned_weights(cfg: Config, ctx) -> dict[str, tuple[dict, str]]:
+    """Model -> (the fusion settings a decode stage of ``lm_from`` tuned for it with ``cfg.lm``, that stage)."""
+    out = {}
     for d in cfg.lm_from:
         summ = json.loads((ctx.stage_dir(d) / "summary.json").read_text())
         lm = summ.get("lm") if isinstance(summ, dict) else None
-        if isinstance(lm, dict) and lm.get("stage") == cfg.lm and Path(str(summ.get("model"))).parts[0] == m:
-            weights, tuned_by = {k: lm[k] for k in ("alpha", "beta", "beam", "token_min_logp", "prune", "unk_offset")
-                                 if k in lm}, d
+        if isinstance(lm, dict) and lm.get("stage") == cfg.lm:
+            keys = ("alpha", "beta", "beam", "token_min_logp", "prune", "unk_offset")
+            out[Path(str(summ.get("model"))).parts[0]] = ({k: lm[k] for k in keys if k in lm}, d)
+    return out
+
+
+def ship_lm(cfg: Config, ctx, m: str, tuned: dict[str, tuple[dict, str]]) -> dict[str, Any]:
+    """The LM into ``<m>/`` with the weights a decode stage of ``lm_from`` tuned for ``m`` (else the defaults)."""
+    from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET, ship_lm as ship
+
+    default = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": TOKEN_MIN_LOGP,
+               "prune": BEAM_PRUNE, "unk_offset": UNK_OFFSET}
+    weights, tuned_by = tuned.get(m, (default, None))
     out = ship(ctx.stage_dir(cfg.lm), ctx.out_dir / m, weights)
     return {**out, "path": f"{m}/{out['path']}", "tuned_by": tuned_by}
 

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from speechkd.eval.lmdecode import greedy_hyps, search_hyps, tune
+from speechkd.eval.decode import greedy_hyps
+from speechkd.eval.lmdecode import search_hyps, tune
 from speechkd.eval.scoring import greedy_decode
 from speechkd.kernels import prefix_beam_search
 from speechkd.lm import estimate
