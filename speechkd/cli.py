@@ -112,6 +112,13 @@ def _cmd_decode(a: argparse.Namespace) -> int:
 def _cmd_export(a: argparse.Namespace) -> int:
     from speechkd.export import export_streaming
 
+    if a.lm:  # refused before anything is written: a missing LM, or one for sherpa-onnx (it has no n-gram fusion)
+        from speechkd.lm.files import find_arpa
+
+        if a.format == "sherpa":
+            raise ValueError("--lm: sherpa-onnx has no n-gram fusion for online CTC; export --format onnx with the LM")
+        find_arpa(a.lm)
+
     if a.format == "sherpa":
         from speechkd.data.manifest import read_manifest
         from speechkd.export.sherpa import export_sherpa

@@ -99,3 +99,20 @@ def test_an_arpa_file_that_is_not_one_is_refused_naming_file_and_line(shipped_lm
         StreamingRecognizer(model, lm=bad)
     assert f"{bad}:6" in str(e.value) and "secret" not in str(e.value)
     assert LMDecoder  # the decoder class the runtime builds on is importable without torch (tested elsewhere)
+
+
+def test_export_refuses_a_missing_or_sherpa_lm_before_writing_anything(tmp_path):
+    src = make_model(tmp_path / "m")
+    cli = [sys.executable, "-m", "speechkd.cli", "export", "--model", str(src)]
+    r = subprocess.run([*cli, "--out", str(tmp_path / "a"), "--lm", str(tmp_path / "nowhere")], capture_output=True,
+                       text=True, cwd=REPO)
+    assert r.returncode == 2 and str(tmp_path / "nowhere") in r.stderr and not (tmp_path / "a").exists()
+    (tmp_path / "lm").mkdir()
+    write_arpa(estimate([["a", "b"]], 2), tmp_path / "lm" / "lm.arpa")
+    r = subprocess.run([*cli, "--out", str(tmp_path / "b"), "--lm", str(tmp_path / "lm"), "--format", "sherpa"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "sherpa-onnx has no n-gram fusion" in r.stderr and not (tmp_path / "b").exists()
+    r = subprocess.run([*cli, "--out", str(tmp_path / "c"), "--lm", str(tmp_path / "lm"), "--alpha", "0.3"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert json.loads((tmp_path / "c" / "lm.json").read_text())["alpha"] == 0.3 and (tmp_path / "c" / "lm.arpa").exists()
