@@ -8,9 +8,15 @@ search maximises, ``log P_ctc(tokens) + alpha * ln P_lm(words, </s>) + beta * wo
 log-probability by forward-backward; our LM arrays, which equal KenLM within 1e-4), and we count the
 utterances where ours is at least as high as the peer's. The weights are the ones the model's decode stage
 tuned on dev (else 0.5 / 1.0); pyctcdecode takes them as they are (it converts KenLM's log10 to ln itself),
-flashlight's lm_weight gets alpha * ln 10 (its KenLM scores are log10). Peers keep their own pruning
-defaults; ours runs with its defaults (no beam pruning; tokens under -12 in a frame are not extended).
-pyctcdecode and flashlight-text come from ``make bench-deps``.
+flashlight's lm_weight gets alpha * ln 10 (its KenLM scores are log10). Every decoder keeps its own pruning
+defaults; ours are pyctcdecode's (tokens under -5 in a frame are not extended, hypotheses 10 below the best are
+dropped) and it recombines hypotheses with the same LM state, partial word and last token (as both peers
+do; ``--no-recombine`` turns it off). pyctcdecode and flashlight-text come from ``make bench-deps``.
+
+The last line is JSON: per decoder ``wer_<name>``, ``cer_<name>``, ``ms_per_utt_<name>``, then
+``speedup_vs_<peer>`` (their time over ours) and ``fused_score_at_least_peer_share`` (per peer: the share of
+utterances where our 1-best's fused score is at least theirs), and the same figures per decoder under
+``decoders``.
 
     python benchmarks/lm_decoding.py                 # exp/default's teacher on test (after make demo)
     python benchmarks/lm_decoding.py --model student_frame
@@ -41,6 +47,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=32, help="beam width of every decoder")
     ap.add_argument("--utts", type=int, default=0, help="first N utterances (0 = all)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes; medians are reported")
+    ap.add_argument("--no-recombine", action="store_true", help="keep hypotheses with the same future apart")
     ap.add_argument("--quick", action="store_true", help="pipelines/quick (built if missing), few utterances")
     a = ap.parse_args()
     import os
@@ -80,7 +87,8 @@ def main() -> None:
     summ = exp / f"decode_{a.model}" / "summary.json"
     w = json.loads(summ.read_text()).get("lm") if summ.exists() else None
     alpha, beta = (float(w["alpha"]), float(w["beta"])) if w else (0.5, 1.0)
-    ours = LMDecoder.load(arpa, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id)
+    ours = LMDecoder.load(arpa, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id,
+                          recombine=not a.no_recombine)
 
     # -- the peers --------------------------------------------------------------------------------------------
     symbols = tok.tokens()
@@ -132,17 +140,24 @@ def main() -> None:
     scores = {k: [fused(h, lp) for h, lp in zip(hs, lps)] for k, hs in hyps.items()}
     frames = sum(len(lp) for lp in lps)
     res = {"exp": str(exp), "model": a.model, "split": a.split, "utterances": len(lps), "frames": frames,
-           "beam": a.beam, "alpha": alpha, "beta": beta, "threads": 1, "repeats": a.repeats, "decoders": {}}
+           "beam": a.beam, "alpha": alpha, "beta": beta, "recombine": ours.recombine, "threads": 1,
+           "repeats": a.repeats, "decoders": {}}
     for k in decoders:
         s = score(refs, hyps[k])
         t = statistics.median(times[k])
         row = {"wer": round(s["wer"], 2), "cer": round(s["cer"], 2), "seconds": round(t, 4),
-               "us_per_frame": round(1e6 * t / frames, 2)}
+               "ms_per_utt": round(1e3 * t / len(lps), 3), "us_per_frame": round(1e6 * t / frames, 2)}
         if k != "speechkd":
             row["speedup_of_speechkd"] = round(t / statistics.median(times["speechkd"]), 2)
             row["speechkd_fused_at_least_as_high"] = round(
                 float(np.mean([o >= p - 1e-6 for o, p in zip(scores["speechkd"], scores[k])])), 4)
         res["decoders"][k] = row
+        res[f"wer_{k}"], res[f"cer_{k}"], res[f"ms_per_utt_{k}"] = row["wer"], row["cer"], row["ms_per_utt"]
+    for k in decoders:
+        if k != "speechkd":
+            res[f"speedup_vs_{k}"] = res["decoders"][k]["speedup_of_speechkd"]
+    res["fused_score_at_least_peer_share"] = {k: res["decoders"][k]["speechkd_fused_at_least_as_high"]
+                                              for k in decoders if k != "speechkd"}
     peers = [k for k in decoders if k != "speechkd"]
     if peers:
         best = min(peers, key=lambda k: res["decoders"][k]["wer"])

@@ -34,19 +34,25 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from speechkd.kernels.cpu import _hash_find, _hash_insert, lse
+from speechkd.kernels import core
+from speechkd.kernels.cpu import _hash_insert, lse
 
 NEG = -np.inf
 CP = 0x110000  # code points: the character trie's key stride
 _j = dict(cache=True, nogil=True)
+# the hash probe compiled into the search itself: a call per probe, with its array arguments reference-counted
+# (atomic operations), cost about a third of the search's time
+_hslot = njit(inline="always", **_j)(core._hash_slot)
+_find = core.retarget(core._hash_find, {"_hash_slot": _hslot}, njit(inline="always", **_j))
+
+# The inner helpers take the arrays one by one: unpacking a tuple of arrays in the loop reference-counts each.
 
 
 @njit(inline="always", **_j)
-def lm_logp(lmt, s, w):
+def _q(hk, hv, lp, bow, exists, sfx, depth, dims, s, w):
     """(ln P(w | state ``s``) with backoff, the state after ``w``). A state is the node of the longest suffix
     of the history the trie holds (at most ``order - 1`` words); the walk follows suffix links, adding the
     backoff weight of each listed context it leaves, as an ARPA model's standard query does."""
-    hk, hv, lp, bow, exists, sfx, depth, dims = lmt
     W = dims[0]
     acc = 0.0
     x = s
@@ -54,7 +60,7 @@ def lm_logp(lmt, s, w):
     p = -np.inf  # stays for a word with no unigram (never: unknown words are scored as <unk>)
     searching = True
     while searching:  # (no break/return inside: numba compiles those loops far slower)
-        c = _hash_find(hk, hv, x * W + w + 1)
+        c = _find(hk, hv, x * W + w + 1)
         if c >= 0 and state < 0:
             state = c
         if c >= 0 and exists[c]:
@@ -73,71 +79,102 @@ def lm_logp(lmt, s, w):
     return p, state
 
 
+@njit(**_j)
+def lm_logp(lmt, s, w):
+    """(ln P(w | state ``s``), the state after ``w``) for the arrays ``lmt`` of :mod:`speechkd.lm.tables`."""
+    hk, hv, lp, bow, exists, sfx, depth, dims = lmt
+    return _q(hk, hv, lp, bow, exists, sfx, depth, dims, s, w)
+
+
 @njit(inline="always", **_j)
-def _end_word(lmt, wt, s, wn, lm, unk_pen):
+def _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, s, wn, lm, unk_pen):
     """Close the word at character-trie node ``wn`` (> 0: in the trie; -1: left it, <unk> already charged).
     An out-of-vocabulary word costs ``ln P(<unk> | context) + unk_pen``."""
-    unk = lmt[7][2]
-    w = wt[2][wn] if wn > 0 else -1
-    p, s2 = lm_logp(lmt, s, w if w >= 0 else unk)
+    w = wof[wn] if wn > 0 else -1
+    p, s2 = _q(hk, hv, lp, bow, ex, sfx, dep, dims, s, w if w >= 0 else dims[2])
     if wn > 0:  # the look-ahead estimate the partial word carried gives way to the word's own score
-        lm += (p if w >= 0 else p + unk_pen) - wt[3][wn]
+        lm += (p if w >= 0 else p + unk_pen) - wla[wn]
     return lm, s2
 
 
 @njit(inline="always", **_j)
-def extend(lmt, wt, tt, c, lm, nw, s, wn):
+def _extend(hk, hv, lp, bow, ex, sfx, dep, dims, whk, whv, wof, wla, begins, off, ln, chars, unk_pen,
+            c, lm, nw, s, wn):
     """The LM fields ``(lm, words, state, word node)`` of a prefix extended by token ``c``."""
-    begins, off, ln, chars, unk_pen = tt
     if begins[c]:
         if wn != 0:
-            lm, s = _end_word(lmt, wt, s, wn, lm, unk_pen[0])
+            lm, s = _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, s, wn, lm, unk_pen)
             nw += 1
         wn = 0
     i, end = off[c], off[c] + ln[c]
     while i < end and wn >= 0:
-        nxt = _hash_find(wt[0], wt[1], wn * CP + chars[i] + 1)
+        nxt = _find(whk, whv, wn * CP + chars[i] + 1)
         if nxt < 0:
-            lm += lm_logp(lmt, s, lmt[7][2])[0] + unk_pen[0] - wt[3][wn]
+            lm += _q(hk, hv, lp, bow, ex, sfx, dep, dims, s, dims[2])[0] + unk_pen - wla[wn]
             wn = -1
         else:  # look-ahead: the best unigram the partial word can still become
-            lm += wt[3][nxt] - wt[3][wn]
+            lm += wla[nxt] - wla[wn]
             wn = nxt
         i += 1
     return lm, nw, s, wn
 
 
 @njit(inline="always", **_j)
-def close(lmt, wt, lm, nw, s, wn, unk_pen):
+def _close(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, lm, nw, s, wn, unk_pen):
     """The LM fields at the end of the utterance: the last word closed and ``</s>`` scored. (lm, nw)."""
     if wn != 0:
-        lm, s = _end_word(lmt, wt, s, wn, lm, unk_pen)
+        lm, s = _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, s, wn, lm, unk_pen)
         nw += 1
-    return lm + lm_logp(lmt, s, lmt[7][4])[0], nw
+    return lm + _q(hk, hv, lp, bow, ex, sfx, dep, dims, s, dims[4])[0], nw
 
 
 @njit(inline="always", **_j)
-def start_state(lmt):
+def _start(hk, hv, lp, bow, ex, sfx, dep, dims):
     """The state of an empty history: after ``<s>`` (the root for a unigram model)."""
-    dims = lmt[7]
-    return lm_logp(lmt, 0, dims[3])[1] if dims[1] > 1 else 0
+    return _q(hk, hv, lp, bow, ex, sfx, dep, dims, 0, dims[3])[1] if dims[1] > 1 else 0
+
+
+@njit(**_j)
+def _walk(lmt, wt, tt, tokens):
+    """(LM score so far, words, state, word node) after a token sequence."""
+    hk, hv, lp, bow, ex, sfx, dep, dims = lmt
+    whk, whv, wof, wla = wt
+    begins, off, ln, chars, unk_pen = tt
+    s = _start(hk, hv, lp, bow, ex, sfx, dep, dims)
+    lm, nw, wn = 0.0, 0, 0
+    for c in tokens:
+        lm, nw, s, wn = _extend(hk, hv, lp, bow, ex, sfx, dep, dims, whk, whv, wof, wla, begins, off, ln, chars,
+                                unk_pen[0], c, lm, nw, s, wn)
+    return lm, nw, s, wn
 
 
 @njit(**_j)
 def score_tokens(lmt, wt, tt, tokens):
     """(alpha-free LM log-probability, words) of a whole token sequence, ``</s>`` included."""
-    s = start_state(lmt)
-    lm, nw, wn = 0.0, 0, 0
-    for c in tokens:
-        lm, nw, s, wn = extend(lmt, wt, tt, c, lm, nw, s, wn)
-    return close(lmt, wt, lm, nw, s, wn, tt[4][0])
+    hk, hv, lp, bow, ex, sfx, dep, dims = lmt
+    lm, nw, s, wn = _walk(lmt, wt, tt, tokens)
+    return _close(hk, hv, lp, bow, ex, sfx, dep, dims, wt[2], wt[3], lm, nw, s, wn, tt[4][0])
 
 
 @njit(**_j)
-def reset(st, lmt):
-    """Empty the beam: the empty prefix alone, its context ``<s>``."""
+def prefix_state(lmt, wt, tt, tokens):
+    """(LM state, word-trie node) after a token sequence: with its last token, what decides its futures."""
+    lm, nw, s, wn = _walk(lmt, wt, tt, tokens)
+    return s, wn
+
+
+@njit(**_j)
+def reset(st, lmt, V):
+    """Empty the beam: the empty prefix alone, its context ``<s>`` (``V``: the vocabulary size)."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
-    hk[:] = 0
+    nk, nv, lp, bow, ex, sfx, dep, dims = lmt
+    mask = hk.shape[0] - 1
+    for node in range(1, meta[0]):  # empty the child hash: only the slots in use (it is reused)
+        key = parent[node] * V + tok[node] + 1
+        h = _hslot(key, mask)
+        while hk[h] != key:
+            h = (h + 1) & mask
+        hk[h] = 0
     parent[0] = 0
     tok[0] = -1
     depth[0] = 0
@@ -145,7 +182,7 @@ def reset(st, lmt):
     lmacc[0] = 0.0
     nw[0] = 0
     wnode[0] = 0
-    lms[0] = start_state(lmt)
+    lms[0] = _start(nk, nv, lp, bow, ex, sfx, dep, dims)
     bnode[0] = 0
     bpb[0] = 0.0
     bpnb[0] = NEG
@@ -176,14 +213,60 @@ def _slot(node, t, nc, stamp, slot, cnode, cpb, cpnb):
     return slot[node], nc
 
 
-@njit(**_j)
-def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prune):
+@njit(inline="always", **_j)
+def _push(x, r, key, top, trow, tkey, nt, beam, recombine):
+    """Offer candidate row ``r`` (exact score ``x``, future-equivalence ``key``) to the frame's best list
+    ``top/trow/tkey[:nt]`` (best first; ties: the earlier row). With ``recombine``, a list holds one candidate
+    per key, the better one. Returns the new length."""
+    if recombine:
+        j = 0
+        while j < nt and tkey[j] != key:
+            j += 1
+        if j < nt:
+            if top[j] > x or (top[j] == x and trow[j] < r):
+                return nt  # an equivalent candidate is better: every continuation of this one loses to its
+            while j + 1 < nt:  # the equivalent candidate gives way
+                top[j] = top[j + 1]
+                trow[j] = trow[j + 1]
+                tkey[j] = tkey[j + 1]
+                j += 1
+            nt -= 1
+    if nt >= beam and (x < top[beam - 1] or (x == top[beam - 1] and r > trow[beam - 1])):
+        return nt
+    j = nt if nt < beam else beam - 1
+    while j > 0 and (top[j - 1] < x or (top[j - 1] == x and trow[j - 1] > r)):
+        top[j] = top[j - 1]
+        trow[j] = trow[j - 1]
+        tkey[j] = tkey[j - 1]
+        j -= 1
+    top[j] = x
+    trow[j] = r
+    tkey[j] = key
+    return nt + 1 if nt < beam else nt
+
+
+@njit(inline="always", **_j)
+def _key(s, wn, c, nwn, V):
+    """Two prefixes with the same LM state, word-trie node and last token have the same futures."""
+    return (s * (nwn + 2) + wn + 1) * (V + 1) + c + 1
+
+
+@njit(_nrt=False, **_j)
+def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prune, recombine):
     """Run the beam over frames ``lp[:n]`` (natural-log posteriors, (>=n, V)). The prefix trie must have
     room for ``n * beam`` more nodes (the caller grows ``st``). ``ws``: candidate workspaces of
-    ``beam * (V + 1)`` rows. Candidates below the best by more than ``-prune`` are dropped."""
+    ``beam * (V + 1)`` rows and the frame's best list. Candidates below the best by more than ``-prune`` are
+    dropped. With ``recombine``, of two candidates with the same LM state, word-trie node and last token only
+    the better is kept (their futures are the same: the other cannot overtake it), as pyctcdecode's history
+    pruning and flashlight's candidate merging do; it frees beam room for different hypotheses."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
-    (cnode, cpar, ctok, cpb, cpnb, cscore, clm, cnw, cst, cwn, ftoks, cbase, cex, top) = ws
+    (cnode, cpar, ctok, cpb, cpnb, cscore, clm, cnw, cst, cwn, ftoks, top, trow, tkey) = ws
+    nk, nv, nlp, bow, ex, sfx, dep, dims = lmt
+    whk, whv, wof, wla = wt
+    begins, off, ln, chars, unk_pen = tt
+    upen = unk_pen[0]
     V = lp.shape[1]
+    nwn = wof.shape[0]
     nb_ = meta[1]
     for i in range(n):
         t = meta[2] + i
@@ -210,7 +293,7 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
             for q in range(nft):
                 c = ftoks[q]
                 add = (pb if c == last else tot) + lp[i, c]
-                child = _hash_find(hk, hv, node * V + c + 1)
+                child = _find(hk, hv, node * V + c + 1)
                 if child >= 0:
                     j, nc = _slot(child, t, nc, stamp, slot, cnode, cpb, cpnb)
                     cpnb[j] = lse(cpnb[j], add)
@@ -221,50 +304,38 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                     cpb[nc] = NEG
                     cpnb[nc] = add
                     nc += 1
-        # Rank by an upper bound first: once the parent's look-ahead estimate is taken back, a new prefix's LM
-        # score can only fall (log-probabilities) and its word count rise by one, so its extension by the LM is
-        # computed only while it can still enter the beam (lazily, best bound first); the beam is the same as
-        # if every candidate were extended.
+        # The frame's best list, without sorting: the prefixes already in the trie first (their scores are
+        # exact), then the new ones, each extended by the LM only when an upper bound on its score can still
+        # enter the list (once the parent's look-ahead estimate is taken back, a new prefix's LM score can only
+        # fall and its word count rise by one). The list is the one scoring every candidate in full gives.
+        nt = 0
         for r in range(nc):
-            cbase[r] = lse(cpb[r], cpnb[r])
-            if cnode[r] >= 0:
-                cscore[r] = cbase[r] + alpha * lmacc[cnode[r]] + beta * nw[cnode[r]]
-                cex[r] = 1
-            else:
+            node = cnode[r]
+            if node >= 0:
+                x = lse(cpb[r], cpnb[r]) + alpha * lmacc[node] + beta * nw[node]
+                cscore[r] = x
+                nt = _push(x, r, _key(lms[node], wnode[node], tok[node], nwn, V), top, trow, tkey, nt, beam,
+                           recombine)
+        for r in range(nc):
+            if cnode[r] < 0:
                 p = cpar[r]
-                up = beta if (beta > 0.0 and tt[0][ctok[r]] and wnode[p] != 0) else 0.0
-                # the parent's look-ahead estimate is all the LM part can gain (every LM score is <= 0)
-                la = wt[3][wnode[p]] if wnode[p] > 0 else 0.0
-                cscore[r] = cbase[r] + alpha * (lmacc[p] - la) + beta * nw[p] + up if alpha >= 0.0 else np.inf
-                cex[r] = 0
-        order = np.argsort(-cscore[:nc], kind="mergesort")
-        nt = 0  # exact scores so far, best first, at most beam of them, in top[]
-        q = 0
-        while q < nc and not (nt >= beam and top[beam - 1] > cscore[order[q]]):
-            r = order[q]
-            if not cex[r]:
-                p = cpar[r]
-                clm[r], cnw[r], cst[r], cwn[r] = extend(lmt, wt, tt, ctok[r], lmacc[p], nw[p], lms[p], wnode[p])
-                cscore[r] = cbase[r] + alpha * clm[r] + beta * cnw[r]
-                cex[r] = 1
-            x = cscore[r]
-            j = nt if nt < beam else beam - 1
-            if nt < beam or x > top[beam - 1]:
-                while j > 0 and top[j - 1] < x:
-                    top[j] = top[j - 1]
-                    j -= 1
-                top[j] = x
-                if nt < beam:
-                    nt += 1
-            q += 1
-        # the candidates evaluated, in candidate order, then best first (ties: the earlier candidate)
-        ev = np.sort(order[:q])
-        order = ev[np.argsort(-cscore[ev], kind="mergesort")]
-        keep = min(beam, q)
-        while keep > 1 and cscore[order[keep - 1]] < cscore[order[0]] + prune:
+                base = cpnb[r]  # a new prefix has no blank-ending mass yet
+                if nt >= beam and alpha >= 0.0:
+                    up = beta if (beta > 0.0 and begins[ctok[r]] and wnode[p] != 0) else 0.0
+                    la = wla[wnode[p]] if wnode[p] > 0 else 0.0
+                    if base + alpha * (lmacc[p] - la) + beta * nw[p] + up < top[beam - 1]:
+                        continue
+                clm[r], cnw[r], cst[r], cwn[r] = _extend(nk, nv, nlp, bow, ex, sfx, dep, dims, whk, whv, wof, wla,
+                                                         begins, off, ln, chars, upen, ctok[r], lmacc[p], nw[p],
+                                                         lms[p], wnode[p])
+                x = base + alpha * clm[r] + beta * cnw[r]
+                cscore[r] = x
+                nt = _push(x, r, _key(cst[r], cwn[r], ctok[r], nwn, V), top, trow, tkey, nt, beam, recombine)
+        keep = nt
+        while keep > 1 and top[keep - 1] < top[0] + prune:
             keep -= 1
-        for r in range(keep):
-            q = order[r]
+        for k in range(keep):
+            q = trow[k]
             node = cnode[q]
             if node < 0:
                 node = meta[0]
@@ -278,9 +349,9 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                 lms[node] = cst[q]
                 wnode[node] = cwn[q]
                 _hash_insert(hk, hv, cpar[q] * V + ctok[q] + 1, node)
-            bnode[r] = node
-            bpb[r] = cpb[q]
-            bpnb[r] = cpnb[q]
+            bnode[k] = node
+            bpb[k] = cpb[q]
+            bpnb[k] = cpnb[q]
         nb_ = keep
     meta[1] = nb_
     meta[2] += n
@@ -291,11 +362,13 @@ def finish(st, lmt, wt, alpha, beta, unk_pen, out_node, out_fused, out_ctc):
     """Close every hypothesis of the beam (last word, ``</s>``); writes them best first by fused score.
     Returns how many were written."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
+    nk, nv, lp, bow, ex, sfx, dep, dims = lmt
     nb_ = meta[1]
     fused = np.empty(nb_, np.float64)
     for r in range(nb_):
         node = bnode[r]
-        lm, n_words = close(lmt, wt, lmacc[node], nw[node], lms[node], wnode[node], unk_pen)
+        lm, n_words = _close(nk, nv, lp, bow, ex, sfx, dep, dims, wt[2], wt[3], lmacc[node], nw[node], lms[node],
+                             wnode[node], unk_pen)
         fused[r] = lse(bpb[r], bpnb[r]) + alpha * lm + beta * n_words
     order = np.argsort(-fused, kind="mergesort")
     m = min(nb_, out_node.shape[0])

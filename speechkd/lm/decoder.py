@@ -10,6 +10,7 @@ does (for comparing with other decoders' outputs).
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,16 @@ class LMBeam:
         V = dec.vocab
         self.V = V
         M = dec.beam * (V + 1)
+        b = dec.beam
         self.ws = (np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M), np.empty(M),
                    np.empty(M), np.empty(M), np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64),
-                   np.empty(V, np.int64), np.empty(M), np.empty(M, np.int8), np.empty(dec.beam))
-        self.st = self._alloc(frames_hint * dec.beam + 1)
-        K.reset(self.st, dec.tables.lmt)
+                   np.empty(V, np.int64), np.empty(b), np.empty(b, np.int64), np.empty(b, np.int64))
+        self.st = self._alloc(frames_hint * dec.beam + 2)
+        K.reset(self.st, dec.tables.lmt, V)
+
+    def restart(self) -> None:
+        """Empty the search for a new utterance (its arrays are kept)."""
+        K.reset(self.st, self.dec.tables.lmt, self.V)
 
     def _alloc(self, C: int) -> tuple:
         """The search state: the prefix trie (parent, token, depth, stamp, slot, LM score, words, LM state, word
@@ -76,7 +82,7 @@ class LMBeam:
         self._room(len(lp))
         d = self.dec
         K.advance(lp, len(lp), self.st, self.ws, d.tables.lmt, d.tables.wt, d.tt, d.alpha, d.beta, d.beam, d.blank,
-                  d.token_min_logp, d.prune)
+                  d.token_min_logp, d.prune, d.recombine)
 
     def best(self) -> list[int]:
         """The best prefix so far (partial result; the last word not yet closed)."""
@@ -99,7 +105,7 @@ class LMDecoder:
 
     def __init__(self, tables: LMTables, tokens: list[str], *, alpha: float = 0.5, beta: float = 1.0,
                  beam: int = 32, blank: int = 0, token_min_logp: float = TOKEN_MIN_LOGP, prune: float = BEAM_PRUNE,
-                 unk_offset: float = UNK_OFFSET):
+                 unk_offset: float = UNK_OFFSET, recombine: bool = True):
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
         self.tables, self.tokens = tables, list(tokens)
@@ -108,6 +114,8 @@ class LMDecoder:
         self.tt = (*token_tables(self.tokens, blank), np.asarray([self.unk_offset * math.log(10.0)]))
         self.alpha, self.beta, self.beam, self.blank = float(alpha), float(beta), int(beam), int(blank)
         self.token_min_logp, self.prune = float(token_min_logp), float(prune)
+        self.recombine = bool(recombine)
+        self._pool = threading.local()
 
     @classmethod
     def load(cls, lm: str | Path, tokens: list[str], **kw) -> "LMDecoder":
@@ -125,7 +133,13 @@ class LMDecoder:
 
     def decode(self, log_probs: np.ndarray, nbest: int = 1) -> list[Hyp]:
         """One utterance's ``(frames, vocab)`` posteriors: the ``nbest`` best hypotheses."""
-        b = LMBeam(self, max(len(log_probs), 1))
+        pool = self._pool.__dict__  # one search state per thread, reused from utterance to utterance
+        b = pool.get((self.beam, self.vocab))
+        if b is None:
+            b = pool[(self.beam, self.vocab)] = LMBeam(self, max(len(log_probs), 1))
+        else:
+            b.restart()
+        b.dec = self  # (the weights may differ: with_weights shares the pool)
         b.accept(log_probs)
         return b.finish(nbest)
 

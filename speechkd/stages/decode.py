@@ -55,6 +55,8 @@ class Config:
                                                         "not extended (the frame's best always is)")
     prune: float = field(BEAM_PRUNE, help="decoder lm: hypotheses this far below the best are dropped (-inf: never)")
     unk_offset: float = field(UNK_OFFSET, help="decoder lm: extra log10 cost of an out-of-vocabulary word")
+    recombine: bool = field(True, help="decoder lm: of hypotheses with the same LM state, partial word and last "
+                                       "token keep the best only (their futures are the same)")
 
     def __post_init__(self):
         require(self.beam >= 1, "beam", f"must be >= 1, got {self.beam}")
@@ -107,14 +109,15 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         from speechkd.lm.decoder import LMDecoder
 
         decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), beam=cfg.beam, blank=tok.blank_id,
-                                 token_min_logp=cfg.token_min_logp, prune=cfg.prune, unk_offset=cfg.unk_offset)
+                                 token_min_logp=cfg.token_min_logp, prune=cfg.prune, unk_offset=cfg.unk_offset,
+                                 recombine=cfg.recombine)
         if cfg.tune_split not in have:
             raise FileNotFoundError(f"decode.tune_split: {fdir} has no split {cfg.tune_split!r}")
         _, refs, lps = post(cfg.tune_split)
         a, b, grid = tune(decoder, lps, refs, tok, cfg.alphas, cfg.betas, threads)
         decoder = decoder.with_weights(a, b)
         out["lm"] = {"stage": cfg.lm, "alpha": a, "beta": b, "beam": cfg.beam, "token_min_logp": cfg.token_min_logp,
-                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "tuned_on": cfg.tune_split, "grid": grid,
+                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "recombine": cfg.recombine, "tuned_on": cfg.tune_split, "grid": grid,
                      "splits": {}}
         log.info("decode: LM weights alpha=%g beta=%g picked on %s", a, b, cfg.tune_split)
     elif cfg.decoder == "beam":

@@ -53,6 +53,8 @@ class Config:
                                                         "extended")
     prune: float = field(BEAM_PRUNE, help="with lm: hypotheses this far below the best are dropped (-inf: never)")
     unk_offset: float = field(UNK_OFFSET, help="with lm: extra log10 cost of an out-of-vocabulary word")
+    recombine: bool = field(False, help="with lm: keep only the best of hypotheses with the same LM state, partial "
+                                        "word and last token (off: an N-best keeps the alternatives of older words)")
 
     def __post_init__(self):
         require(len(self.teachers) >= 1, "teachers", "name at least one teacher stage")
@@ -117,7 +119,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             alpha, beta = float(d["alpha"]), float(d["beta"])
         lm_decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), alpha=alpha, beta=beta, beam=cfg.beam,
                                     blank=tok.blank_id, token_min_logp=cfg.token_min_logp, prune=cfg.prune,
-                                    unk_offset=cfg.unk_offset)
+                                    unk_offset=cfg.unk_offset, recombine=cfg.recombine)
         lm_info = {"stage": cfg.lm, "alpha": alpha, "beta": beta}
         log.info("teacher_cache: N-best from the beam fused with %s (alpha=%g, beta=%g)", cfg.lm, alpha, beta)
     V = models[0].cfg.vocab_size

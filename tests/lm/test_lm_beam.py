@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from speechkd.kernels import lmbeam as K
 from speechkd.lm import BOS, EOS, UNK, estimate, write_arpa
 from speechkd.lm.decoder import LMDecoder
 from speechkd.lm.tables import LMTables
@@ -102,7 +103,7 @@ def test_the_lm_beam_is_exact_when_nothing_is_pruned(seed):
     unk_offset = -float(rng.uniform(0, 3))  # an extra cost per out-of-vocabulary word (log10, as pyctcdecode's)
     want = sorted(_brute(lp.astype(np.float64), lm, alpha, beta, unk_offset).items(), key=lambda kv: -kv[1])
     dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=alpha, beta=beta, beam=4 ** T, token_min_logp=-np.inf,
-                    prune=-np.inf, unk_offset=unk_offset)
+                    prune=-np.inf, unk_offset=unk_offset, recombine=False)
     got = dec.decode(lp, nbest=8)
     assert [tuple(h.tokens) for h in got] == [k for k, _ in want[:8]]
     assert [h.fused for h in got] == pytest.approx([v for _, v in want[:8]], abs=1e-4)
@@ -142,8 +143,9 @@ def test_streaming_chunks_end_where_the_offline_search_ends():
 
 
 # -- the narrow beam against a plain Python one --------------------------------------------------------------
-def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen):
-    """The fused prefix beam search written plainly (dicts of prefixes, every candidate scored in full)."""
+def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None):
+    """The fused prefix beam search written plainly (dicts of prefixes, every candidate scored in full).
+    ``same_future(prefix)``: a key; of the candidates sharing one, only the best is kept (recombination)."""
     vocab = {w for (w,) in lm.probs[0]} - {BOS, EOS, UNK}
     prefixes = {w[:i] for w in vocab for i in range(1, len(w) + 1)}
 
@@ -184,15 +186,20 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen):
                 b1, n1 = new.get(ext, (-np.inf, -np.inf))
                 new[ext] = (b1, np.logaddexp(n1, add))
         ranked = sorted(new.items(), key=lambda kv: -fused(kv[0], *kv[1]))
+        if same_future is not None:
+            seen: set = set()
+            ranked = [kv for kv in ranked if not (same_future(kv[0]) in seen or seen.add(same_future(kv[0])))]
         hyps = dict(ranked[:beam])
     return sorted(((p, fused(p, *s, final=True)) for p, s in hyps.items()), key=lambda x: -x[1])
 
 
+@pytest.mark.parametrize("recombine", [False, True])
 @pytest.mark.parametrize("beam", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("seed", range(4))
-def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed):
-    """The kernel extends a candidate's LM state only while it can still enter the beam (an upper bound ranks
-    them first); the beam it keeps is the one a search that scores every candidate in full keeps."""
+def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine):
+    """The kernel extends a candidate's LM state only while an upper bound on its score can still enter the
+    beam; the beam it keeps is the one a search that scores every candidate in full keeps. With recombination,
+    that search keeps only the best of the candidates with the same LM state, partial word and last token."""
     rng = np.random.default_rng(seed)
     tokens = ["<blk>", "|", "a", "b", "c"]
     words = ["a", "ab", "ba", "cab", "b", "abc"]
@@ -201,9 +208,15 @@ def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed):
     lp[:, 0] += 1.0
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
     alpha, beta = (0.8, 1.2) if seed % 2 else (0.5, 6.0)  # a large word bonus tests the bound's +beta
-    want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam, -1.5 * LN10)
-    got = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam, token_min_logp=-np.inf,
-                    prune=-np.inf, unk_offset=-1.5).decode(lp, nbest=beam)
+    dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam, token_min_logp=-np.inf,
+                    prune=-np.inf, unk_offset=-1.5, recombine=recombine)
+
+    def same_future(prefix):
+        return (*K.prefix_state(dec.tables.lmt, dec.tables.wt, dec.tt, np.asarray(prefix, np.int64)), prefix[-1:])
+
+    want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam, -1.5 * LN10,
+                           same_future if recombine else None)
+    got = dec.decode(lp, nbest=beam)
     assert [tuple(h.tokens) for h in got] == [p for p, _ in want]
     assert [h.fused for h in got] == pytest.approx([s for _, s in want], abs=1e-6)
 

@@ -76,6 +76,7 @@ def test_the_cli_uses_the_shipped_lm_unless_told(shipped_lm, tmp_path):
 @pytest.mark.parametrize("content,match", [
     ('{"alpha": "x"}', "alpha must be a number"),
     ('{"beam": 2.5}', "beam must be a number"),
+    ('{"recombine": 1}', "recombine must be true or false"),
     ('[1, 2]', "not a JSON object"),
     ('{not json', "not a JSON object"),
 ])
