@@ -214,10 +214,15 @@ def _slot(node, t, nc, stamp, slot, cnode, cpb, cpnb):
 
 
 @njit(inline="always", **_j)
-def _push(x, r, key, top, trow, tkey, nt, beam, recombine):
+def _push(x, r, key, top, trow, tkey, nt, beam, recombine, prune):
     """Offer candidate row ``r`` (exact score ``x``, future-equivalence ``key``) to the frame's best list
     ``top/trow/tkey[:nt]`` (best first; ties: the earlier row). With ``recombine``, a list holds one candidate
-    per key, the better one. Returns the new length."""
+    per key, the better one. A candidate more than ``-prune`` below the best so far is refused at once (the
+    best only rises: it would be pruned at the end of the frame). Returns the new length."""
+    if nt > 0 and x < top[0] + prune:
+        return nt
+    if nt >= beam and (x < top[beam - 1] or (x == top[beam - 1] and r > trow[beam - 1])):
+        return nt
     if recombine:
         j = 0
         while j < nt and tkey[j] != key:
@@ -231,8 +236,6 @@ def _push(x, r, key, top, trow, tkey, nt, beam, recombine):
                 tkey[j] = tkey[j + 1]
                 j += 1
             nt -= 1
-    if nt >= beam and (x < top[beam - 1] or (x == top[beam - 1] and r > trow[beam - 1])):
-        return nt
     j = nt if nt < beam else beam - 1
     while j > 0 and (top[j - 1] < x or (top[j - 1] == x and trow[j - 1] > r)):
         top[j] = top[j - 1]
@@ -306,8 +309,9 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                     nc += 1
         # The frame's best list, without sorting: the prefixes already in the trie first (their scores are
         # exact), then the new ones, each extended by the LM only when an upper bound on its score can still
-        # enter the list (once the parent's look-ahead estimate is taken back, a new prefix's LM score can only
-        # fall and its word count rise by one). The list is the one scoring every candidate in full gives.
+        # enter the list (a word that ends may score up to 0 in place of the parent's look-ahead, and add a
+        # word; a word that goes on keeps at most the parent's look-ahead). The list is the one scoring every
+        # candidate in full gives.
         nt = 0
         for r in range(nc):
             node = cnode[r]
@@ -315,22 +319,26 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                 x = lse(cpb[r], cpnb[r]) + alpha * lmacc[node] + beta * nw[node]
                 cscore[r] = x
                 nt = _push(x, r, _key(lms[node], wnode[node], tok[node], nwn, V), top, trow, tkey, nt, beam,
-                           recombine)
+                           recombine, prune)
         for r in range(nc):
             if cnode[r] < 0:
                 p = cpar[r]
                 base = cpnb[r]  # a new prefix has no blank-ending mass yet
-                if nt >= beam and alpha >= 0.0:
-                    up = beta if (beta > 0.0 and begins[ctok[r]] and wnode[p] != 0) else 0.0
+                if nt > 0 and alpha >= 0.0:  # the bound cannot enter a full list, or is pruned already
                     la = wla[wnode[p]] if wnode[p] > 0 else 0.0
-                    if base + alpha * (lmacc[p] - la) + beta * nw[p] + up < top[beam - 1]:
+                    if begins[ctok[r]] and wnode[p] != 0:  # a word ends: its score may beat the look-ahead
+                        bound = base + alpha * (lmacc[p] - la) + beta * (nw[p] + 1 if beta > 0.0 else nw[p])
+                    else:  # the word goes on: the look-ahead only falls, or <unk> (at most unk_pen) is charged
+                        bound = base + alpha * (lmacc[p] - la + max(la, upen)) + beta * nw[p]
+                    if bound < top[0] + prune or (nt >= beam and bound < top[beam - 1]):
                         continue
                 clm[r], cnw[r], cst[r], cwn[r] = _extend(nk, nv, nlp, bow, ex, sfx, dep, dims, whk, whv, wof, wla,
                                                          begins, off, ln, chars, upen, ctok[r], lmacc[p], nw[p],
                                                          lms[p], wnode[p])
                 x = base + alpha * clm[r] + beta * cnw[r]
                 cscore[r] = x
-                nt = _push(x, r, _key(cst[r], cwn[r], ctok[r], nwn, V), top, trow, tkey, nt, beam, recombine)
+                nt = _push(x, r, _key(cst[r], cwn[r], ctok[r], nwn, V), top, trow, tkey, nt, beam, recombine,
+                           prune)
         keep = nt
         while keep > 1 and top[keep - 1] < top[0] + prune:
             keep -= 1

@@ -143,9 +143,10 @@ def test_streaming_chunks_end_where_the_offline_search_ends():
 
 
 # -- the narrow beam against a plain Python one --------------------------------------------------------------
-def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None):
+def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None, prune=-np.inf):
     """The fused prefix beam search written plainly (dicts of prefixes, every candidate scored in full).
-    ``same_future(prefix)``: a key; of the candidates sharing one, only the best is kept (recombination)."""
+    ``same_future(prefix)``: a key; of the candidates sharing one, only the best is kept (recombination).
+    Hypotheses more than ``-prune`` below the frame's best are dropped."""
     vocab = {w for (w,) in lm.probs[0]} - {BOS, EOS, UNK}
     prefixes = {w[:i] for w in vocab for i in range(1, len(w) + 1)}
 
@@ -189,17 +190,22 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None
         if same_future is not None:
             seen: set = set()
             ranked = [kv for kv in ranked if not (same_future(kv[0]) in seen or seen.add(same_future(kv[0])))]
-        hyps = dict(ranked[:beam])
+        ranked = ranked[:beam]
+        best = fused(ranked[0][0], *ranked[0][1])
+        hyps = dict(ranked[:1] + [kv for kv in ranked[1:] if fused(kv[0], *kv[1]) >= best + prune])
     return sorted(((p, fused(p, *s, final=True)) for p, s in hyps.items()), key=lambda x: -x[1])
 
 
-@pytest.mark.parametrize("recombine", [False, True])
+@pytest.mark.parametrize("recombine,prune,unk_offset", [(False, -np.inf, -1.5), (True, -np.inf, -1.5),
+                                                         (True, -3.0, -1.5), (True, -np.inf, 2.0)])
 @pytest.mark.parametrize("beam", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("seed", range(4))
-def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine):
+def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine, prune, unk_offset):
     """The kernel extends a candidate's LM state only while an upper bound on its score can still enter the
     beam; the beam it keeps is the one a search that scores every candidate in full keeps. With recombination,
-    that search keeps only the best of the candidates with the same LM state, partial word and last token."""
+    that search keeps only the best of the candidates with the same LM state, partial word and last token.
+    Also with pruning, and with a bonus for out-of-vocabulary words (the bound of a word that goes on then
+    rests on the <unk> charge, not on the look-ahead)."""
     rng = np.random.default_rng(seed)
     tokens = ["<blk>", "|", "a", "b", "c"]
     words = ["a", "ab", "ba", "cab", "b", "abc"]
@@ -209,13 +215,13 @@ def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine):
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
     alpha, beta = (0.8, 1.2) if seed % 2 else (0.5, 6.0)  # a large word bonus tests the bound's +beta
     dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam, token_min_logp=-np.inf,
-                    prune=-np.inf, unk_offset=-1.5, recombine=recombine)
+                    prune=prune, unk_offset=unk_offset, recombine=recombine)
 
     def same_future(prefix):
         return (*K.prefix_state(dec.tables.lmt, dec.tables.wt, dec.tt, np.asarray(prefix, np.int64)), prefix[-1:])
 
-    want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam, -1.5 * LN10,
-                           same_future if recombine else None)
+    want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam, unk_offset * LN10,
+                           same_future if recombine else None, prune)
     got = dec.decode(lp, nbest=beam)
     assert [tuple(h.tokens) for h in got] == [p for p, _ in want]
     assert [h.fused for h in got] == pytest.approx([s for _, s in want], abs=1e-6)
