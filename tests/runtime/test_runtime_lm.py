@@ -27,7 +27,7 @@ def shipped_lm(tmp_path_factory):
     rng = np.random.default_rng(0)
     sents = [[WORDS[int(i)] for i in rng.integers(0, len(WORDS), int(rng.integers(1, 6)))] for _ in range(300)]
     write_arpa(estimate(sents, 3), d / "onnx" / "lm.arpa")
-    (d / "onnx" / "lm.json").write_text(json.dumps({"alpha": 0.8, "beta": 1.5, "beam": 6}))
+    (d / "onnx" / "lm.json").write_text(json.dumps({"alpha": 0.8, "beta": 1.5, "beam": 6, "recombine": False}))
     wav = d / "speech.wav"
     sf.write(str(wav), _speech(3.0), 16000)
     return d / "onnx" / "model.onnx", wav
@@ -47,7 +47,8 @@ def _stream(model, wav, chunk, **kw):
 def test_the_streaming_lm_beam_ends_where_the_offline_search_ends(shipped_lm, chunk):
     model, wav = shipped_lm
     rec, res, partials = _stream(model, wav, chunk, lm=True)
-    assert rec.lm_decoder is not None and (rec.lm_decoder.alpha, rec.lm_decoder.beta, rec.lm_decoder.beam) == (0.8, 1.5, 6)
+    d = rec.lm_decoder
+    assert d is not None and (d.alpha, d.beta, d.beam, d.recombine) == (0.8, 1.5, 6, False)  # lm.json's settings
     offline = rec.lm_decoder.decode(np.concatenate(rec.log_probs))[0]
     assert res.tokens == offline.tokens and res.is_final
     assert res.text == detokenize([rec.symbols[k] for k in offline.tokens])
