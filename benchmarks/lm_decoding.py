@@ -40,6 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP  # noqa: E402  (no numba, no torch)
+
 
 MATCHED = "speechkd_at_pyctcdecode_pruning"
 
@@ -54,6 +56,10 @@ def main() -> None:
     ap.add_argument("--utts", type=int, default=0, help="first N utterances (0 = all)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes; medians are reported")
     ap.add_argument("--no-recombine", action="store_true", help="keep hypotheses with the same future apart")
+    ap.add_argument("--alpha", type=float, help="LM weight of every decoder (default: the decode stage's)")
+    ap.add_argument("--beta", type=float, help="word bonus of every decoder (default: the decode stage's)")
+    ap.add_argument("--token-min-logp", type=float, default=TOKEN_MIN_LOGP, help="our token threshold")
+    ap.add_argument("--prune", type=float, default=BEAM_PRUNE, help="our beam pruning")
     ap.add_argument("--quick", action="store_true", help="pipelines/quick (built if missing), few utterances")
     a = ap.parse_args()
     import os
@@ -93,8 +99,9 @@ def main() -> None:
     summ = exp / f"decode_{a.model}" / "summary.json"
     w = json.loads(summ.read_text()).get("lm") if summ.exists() else None
     alpha, beta = (float(w["alpha"]), float(w["beta"])) if w else (0.5, 1.0)
+    alpha, beta = a.alpha if a.alpha is not None else alpha, a.beta if a.beta is not None else beta
     ours = LMDecoder.load(arpa, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id,
-                          recombine=not a.no_recombine)
+                          token_min_logp=a.token_min_logp, prune=a.prune, recombine=not a.no_recombine)
 
     # -- the peers --------------------------------------------------------------------------------------------
     symbols = tok.tokens()
@@ -152,7 +159,8 @@ def main() -> None:
     scores = {k: [fused(h, lp) for h, lp in zip(hs, lps)] for k, hs in hyps.items()}
     frames = sum(len(lp) for lp in lps)
     res = {"exp": str(exp), "model": a.model, "split": a.split, "utterances": len(lps), "frames": frames,
-           "beam": a.beam, "alpha": alpha, "beta": beta, "recombine": ours.recombine, "threads": 1,
+           "beam": a.beam, "alpha": alpha, "beta": beta, "recombine": ours.recombine,
+           "token_min_logp": ours.token_min_logp, "prune": ours.prune, "threads": 1,
            "repeats": a.repeats, "decoders": {}}
     in_vocab = set(ours.tables.words)
 
