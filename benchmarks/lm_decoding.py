@@ -182,6 +182,12 @@ def main() -> None:
             clean = lambda i: all(w in in_vocab for w in hyps[k][i].split())  # noqa: E731
             row["utterances_peer_in_vocabulary"] = sum(map(clean, range(len(lps))))
             row["speechkd_fused_at_least_as_high_peer_in_vocabulary"] = share("speechkd", k, clean)
+            lost = [i for i in range(len(lps)) if scores["speechkd"][i] < scores[k][i] - 1e-6]
+            if lost:  # where the peer's 1-best scores higher: how many spell an unknown word, and both WERs
+                row["peer_higher_utterances"] = len(lost)
+                row["peer_higher_with_unknown_word"] = sum(not clean(i) for i in lost)
+                row["peer_higher_wer"] = {m: round(score([refs[i] for i in lost], [hyps[m][i] for i in lost])["wer"], 2)
+                                          for m in ("speechkd", k)}
         res["decoders"][k] = row
         res[f"wer_{k}"], res[f"cer_{k}"], res[f"ms_per_utt_{k}"] = row["wer"], row["cer"], row["ms_per_utt"]
     for k in peers:
