@@ -229,7 +229,7 @@ def _push(x, r, key, top, trow, tkey, nt, beam, recombine, prune):
             j += 1
         if j < nt:
             if top[j] > x or (top[j] == x and trow[j] < r):
-                return nt  # an equivalent candidate is better: every continuation of this one loses to its
+                return nt  # an equivalent candidate is better (the same futures): this one is dropped
             while j + 1 < nt:  # the equivalent candidate gives way
                 top[j] = top[j + 1]
                 trow[j] = trow[j + 1]
@@ -260,10 +260,10 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
     room for ``n * beam`` more nodes (the caller grows ``st``). ``ws``: candidate workspaces of
     ``beam * (V + 1)`` rows and the frame's best list. Candidates below the best by more than ``-prune`` are
     dropped. With ``recombine``, of two candidates with the same LM state, word-trie node and last token only
-    the better is kept (their futures are the same: the other cannot overtake it), as pyctcdecode's history
+    the better is kept (their futures are the same: the other almost never overtakes it), as pyctcdecode's history
     pruning and flashlight's candidate merging do; it frees beam room for different hypotheses."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
-    (cnode, cpar, ctok, cpb, cpnb, cscore, clm, cnw, cst, cwn, ftoks, top, trow, tkey) = ws
+    (cnode, cpar, ctok, cpb, cpnb, clm, cnw, cst, cwn, ftoks, top, trow, tkey) = ws
     nk, nv, nlp, bow, ex, sfx, dep, dims = lmt
     whk, whv, wof, wla = wt
     begins, off, ln, chars, unk_pen = tt
@@ -317,7 +317,6 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
             node = cnode[r]
             if node >= 0:
                 x = lse(cpb[r], cpnb[r]) + alpha * lmacc[node] + beta * nw[node]
-                cscore[r] = x
                 nt = _push(x, r, _key(lms[node], wnode[node], tok[node], nwn, V), top, trow, tkey, nt, beam,
                            recombine, prune)
         for r in range(nc):
@@ -336,7 +335,6 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                                                          begins, off, ln, chars, upen, ctok[r], lmacc[p], nw[p],
                                                          lms[p], wnode[p])
                 x = base + alpha * clm[r] + beta * cnw[r]
-                cscore[r] = x
                 nt = _push(x, r, _key(cst[r], cwn[r], ctok[r], nwn, V), top, trow, tkey, nt, beam, recombine,
                            prune)
         keep = nt

@@ -39,7 +39,7 @@ class LMBeam:
         M = dec.beam * (V + 1)
         b = dec.beam
         self.ws = (np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M), np.empty(M),
-                   np.empty(M), np.empty(M), np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64),
+                   np.empty(M), np.empty(M, np.int64), np.empty(M, np.int64), np.empty(M, np.int64),
                    np.empty(V, np.int64), np.empty(b), np.empty(b, np.int64), np.empty(b, np.int64))
         self.st = self._alloc(frames_hint * dec.beam + 2)
         K.reset(self.st, dec.tables.lmt, V)
@@ -133,10 +133,9 @@ class LMDecoder:
 
     def decode(self, log_probs: np.ndarray, nbest: int = 1) -> list[Hyp]:
         """One utterance's ``(frames, vocab)`` posteriors: the ``nbest`` best hypotheses."""
-        pool = self._pool.__dict__  # one search state per thread, reused from utterance to utterance
-        b = pool.get((self.beam, self.vocab))
+        b = getattr(self._pool, "beam", None)  # one search state per thread, reused from utterance to utterance
         if b is None:
-            b = pool[(self.beam, self.vocab)] = LMBeam(self, max(len(log_probs), 1))
+            b = self._pool.beam = LMBeam(self, max(len(log_probs), 1))
         else:
             b.restart()
         b.dec = self  # (the weights may differ: with_weights shares the pool)

@@ -117,8 +117,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         a, b, grid = tune(decoder, lps, refs, tok, cfg.alphas, cfg.betas, threads)
         decoder = decoder.with_weights(a, b)
         out["lm"] = {"stage": cfg.lm, "alpha": a, "beta": b, "beam": cfg.beam, "token_min_logp": cfg.token_min_logp,
-                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "recombine": cfg.recombine, "tuned_on": cfg.tune_split, "grid": grid,
-                     "splits": {}}
+                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "recombine": cfg.recombine,
+                     "tuned_on": cfg.tune_split, "grid": grid, "splits": {}}
         log.info("decode: LM weights alpha=%g beta=%g picked on %s", a, b, cfg.tune_split)
     elif cfg.decoder == "beam":
         out["beam"] = {"beam": cfg.beam, "splits": {}}
