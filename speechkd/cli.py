@@ -55,16 +55,9 @@ def _cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _cmd_import(a: argparse.Namespace) -> int:
-    from speechkd.data.checks import BadInputLog
-    from speechkd.data.importers import IMPORTERS, rejected_path
+    from speechkd.data.importers import import_to_manifest
 
-    bad = BadInputLog(a.bad_input, rejected_path(a.out))
-    utts = IMPORTERS[a.kind](a.source, a.out, policy=a.bad_input, bad=bad)
-    line = f"wrote {len(utts)} utterances ({sum(u.duration for u in utts) / 3600:.3f} h) to {a.out}"
-    if bad.rejected:
-        reasons = ", ".join(f"{k}: {v}" for k, v in bad.counts().items())
-        line += f"; rejected {len(bad.rejected)} ({reasons}), listed in {bad.out_file}"
-    print(line)
+    print(import_to_manifest(a.kind, a.source, a.out, policy=a.bad_input, untranscribed=a.untranscribed))
     return 0
 
 
@@ -167,7 +160,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
     if a.rtf and not Path(a.rtf).is_file():
         raise FileNotFoundError(f"{a.rtf}: --rtf names no file (a streaming benchmark's JSON)")
     rtf = a.rtf or (exp / "benchmarks" / "streaming.json" if (exp / "benchmarks" / "streaming.json").exists() else None)
-    rep = build(exp, teacher=a.teacher, baseline=a.baseline, seed=a.seed, compare=a.compare, rtf=rtf)
+    rep = build(exp, teacher=a.teacher, baseline=a.baseline, seed=a.seed, compare=a.compare, rtf=rtf, pairs=a.pair)
     post = None
     student = best_student(rep, "test")
     models = {m: exp / m / "model.safetensors" for m in (a.teacher, student or "")}
@@ -307,8 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
     i = csub.add_parser("import", help="import a corpus into a JSONL manifest")
-    i.add_argument("kind", choices=["librispeech", "kaldi", "nemo", "commonvoice"])
-    i.add_argument("source", help="LibriSpeech folder, Kaldi data dir, NeMo manifest or Common Voice TSV")
+    i.add_argument("kind", choices=["librispeech", "kaldi", "nemo", "commonvoice", "audio"],
+                   help="audio: a folder tree of audio files, written as untranscribed rows")
+    i.add_argument("source", help="LibriSpeech folder, Kaldi data dir, NeMo manifest, Common Voice TSV or a "
+                                  "folder of audio files")
+    i.add_argument("--untranscribed", action="store_true",
+                   help="nemo: write every row without text (rows without text are otherwise rejected)")
     i.add_argument("--out", required=True, help="output manifest (.jsonl)")
     i.add_argument("--bad-input", choices=["skip", "fail"], default="skip", help="policy for bad entries")
     i.set_defaults(func=_cmd_import)
@@ -362,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=1234, help="bootstrap seed")
     r.add_argument("--rtf", help="a streaming benchmark's JSON (default EXP_DIR/benchmarks/streaming.json if present)")
     r.add_argument("--no-posteriors", action="store_true", help="skip the posteriors plot (runs two models)")
+    r.add_argument("--pair", action="append", metavar="A,B", type=lambda x: tuple(x.split(",")),
+                   help="also compare model B against model A, paired (repeatable; as the report stage's pairs)")
     r.set_defaults(func=_cmd_report)
 
     t = sub.add_parser("transcribe", help="stream audio files (or - for raw 16-bit PCM on stdin) through an exported model")

@@ -3,6 +3,8 @@
 :class:`FeatureDataset` reads a featurize-stage manifest. Given the model's frame ``stack`` (a
 training set), it leaves out utterances too short for CTC at that output rate with that
 tokenizer, and lists them in :attr:`FeatureDataset.too_short`; decoding keeps every utterance.
+A row without a transcript is refused unless the dataset is opened ``untranscribed`` (audio for
+distillation: no targets; the teacher cache labels it).
 """
 
 from __future__ import annotations
@@ -31,20 +33,23 @@ class Batch:
     target_lens: torch.Tensor  # (batch,)
     texts: list[str]
     seconds: float = 0.0  # audio in the batch (manifest durations)
+    transcribed: bool = True  # False: untranscribed audio (no targets; the teacher cache labels it)
 
     def to(self, device) -> "Batch":
         return Batch(self.ids, self.feats.to(device), self.feat_lens.to(device), self.targets.to(device),
-                     self.target_lens.to(device), self.texts, self.seconds)
+                     self.target_lens.to(device), self.texts, self.seconds, self.transcribed)
 
 
 class FeatureDataset:
     """Utterances of a featurize-stage manifest with their token ids."""
 
     def __init__(self, manifest: str | Path, tokenizer, *, limit: int = 0, stack: int | None = None,
-                 dim: int | None = None):
-        """``dim``: the feature dimension the model takes (a shard of another is an error naming it)."""
+                 dim: int | None = None, untranscribed: bool = False):
+        """``dim``: the feature dimension the model takes (a shard of another is an error naming it).
+        ``untranscribed``: every row is used as audio only (no token targets, empty text)."""
         manifest = Path(manifest)
         self.dim = dim
+        self.untranscribed = untranscribed
         utts = read_manifest(manifest)
         if limit:
             utts = utts[:limit]
@@ -57,11 +62,19 @@ class FeatureDataset:
             if "feats" not in u.extra:
                 raise DataError(f"{manifest}:{lineno}: utterance {u.id!r} has no 'feats' (run the featurize stage)")
             ref = FeatureRef.from_json(u.extra["feats"], f"{manifest}:{lineno}")
-            try:
-                toks = tokenizer.encode(u.text)
-            except ValueError as e:
-                raise DataError(f"{manifest}:{lineno}: utterance {u.id!r}: {e}") from None
-            if stack:
+            if untranscribed:
+                toks, text = [], ""
+            elif u.text is None:
+                raise DataError(f"{manifest}:{lineno}: utterance {u.id!r} has no transcript (an untranscribed "
+                                "split): it cannot be scored or trained on with CTC; a distill stage takes it as "
+                                "data.untranscribed")
+            else:
+                text = u.text
+                try:
+                    toks = tokenizer.encode(text)
+                except ValueError as e:
+                    raise DataError(f"{manifest}:{lineno}: utterance {u.id!r}: {e}") from None
+            if stack and not untranscribed:
                 need, have = ctc_min_frames(toks), ref.frames // stack
                 if have < need:
                     self.too_short.append({"id": u.id, "reason": "too_short_for_ctc",
@@ -71,7 +84,7 @@ class FeatureDataset:
             self.ids.append(u.id)
             self.refs.append(ref)
             self.tokens.append(toks)
-            self.texts.append(u.text)
+            self.texts.append(text)
             self.durations.append(u.duration)
             self.speakers.append(u.speaker)
         if not self.ids:
@@ -91,6 +104,7 @@ class FeatureDataset:
     def batch(self, indices: list[int]) -> Batch:
         b = collate([self[i] for i in indices])
         b.seconds = float(sum(self.durations[i] for i in indices))
+        b.transcribed = not self.untranscribed
         return b
 
 
@@ -106,3 +120,47 @@ def collate(items: list[tuple[str, np.ndarray, list[int], str]]) -> Batch:
         targets=torch.tensor([x for t in targets for x in t], dtype=torch.long),
         target_lens=torch.tensor([len(t) for t in targets]), texts=[t for _, _, _, t in items],
     )
+
+
+class MixedDataset:
+    """A transcribed training set and untranscribed audio (one or more untranscribed
+    :class:`FeatureDataset`), indexed as one: ``0 .. n_transcribed - 1`` are the transcribed utterances,
+    the rest untranscribed. A batch must hold one kind (:class:`~speechkd.data.sampler.MixedSampler`
+    makes such batches; ``ratio`` is the untranscribed share of the steps)."""
+
+    def __init__(self, transcribed: FeatureDataset, untranscribed: list[FeatureDataset], ratio: float):
+        self.parts = [transcribed, *untranscribed]
+        self.transcribed, self.ratio = transcribed, ratio
+        self.n_transcribed = len(transcribed)
+        self.too_short = transcribed.too_short
+        self._where = [(p, i) for p in self.parts for i in range(len(p))]
+        self.ids = [uid for p in self.parts for uid in p.ids]
+        self.durations = [d for p in self.parts for d in p.durations]
+
+    @property
+    def dim(self):
+        return self.transcribed.dim
+
+    @dim.setter
+    def dim(self, value):
+        for p in self.parts:
+            p.dim = value
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [n for p in self.parts for n in p.lengths]
+
+    def batch(self, indices: list[int]) -> Batch:
+        part = self._where[indices[0]][0]
+        if any(self._where[i][0] is not part for i in indices):
+            raise DataError("a batch mixes transcribed and untranscribed utterances (use MixedSampler)")
+        return part.batch([self._where[i][1] for i in indices])
+
+    def make_sampler(self, max_frames: int, *, seed: int, rank: int = 0, world_size: int = 1):
+        from speechkd.data.sampler import MixedSampler
+
+        return MixedSampler(self.lengths, self.n_transcribed, self.ratio, max_frames, seed=seed, rank=rank,
+                            world_size=world_size)

@@ -115,11 +115,13 @@ def _shard_job(args: tuple) -> dict[str, Any]:
 
 
 def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions, bad: BadInputLog,
-                    workers: int) -> tuple[list[Utterance], list[Utterance], float]:
+                    workers: int, *, untranscribed: bool = False) -> tuple[list[Utterance], list[Utterance], float]:
     """Featurize the manifest ``manifest`` into ``out/shards/<split>/`` (shards whose index exists are
     kept: a rerun resumes). Bad input goes to ``bad`` (which raises under ``fail``, after the finished
     shards are on disk). Returns ``(input rows, featurized rows, seconds of audio featurized now)``;
-    the featurized rows' audio paths are relative to ``out``."""
+    the featurized rows' audio paths are relative to ``out``. In an ``untranscribed`` split no row
+    carries text (a row with text is refused: the corpus stage strips it); elsewhere a row without text
+    is bad input (``no_transcript``)."""
     utts = read_manifest(manifest, check_unique=False)
     seen: set[str] = set()
     good: list[Utterance] = []
@@ -129,7 +131,14 @@ def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions
             bad.reject(u.id, path, "duplicate_id", f"id repeated in {manifest}")
             continue
         seen.add(u.id)
-        problem = text_problem(u.text)
+        if untranscribed:
+            problem = ("has_transcript", f"row has 'text' in {split!r}, which the corpus stage declares "
+                                         "untranscribed") if u.text is not None else None
+        elif u.text is None:
+            problem = ("no_transcript", f"row has no 'text', and the corpus stage does not declare {split!r} "
+                                        "untranscribed")
+        else:
+            problem = text_problem(u.text)
         if problem:
             bad.reject(u.id, path, *problem)
             continue

@@ -5,7 +5,11 @@ Supported layouts:
 * LibriSpeech: ``<root>/**/<spk>/<chapter>/<spk>-<chapter>.trans.txt`` next to ``<id>.flac``;
 * Kaldi data dir: ``wav.scp`` (plain paths only), ``text``, ``utt2spk``, optional ``segments``;
 * NeMo JSONL manifest (``audio_filepath``, ``duration``, ``text``);
-* Common Voice TSV (``client_id``, ``path``, ``sentence``; audio under ``clips/``).
+* Common Voice TSV (``client_id``, ``path``, ``sentence``; audio under ``clips/``);
+* a folder tree of audio files (``audio``: every format libsndfile reads), untranscribed.
+
+A split whose rows carry no transcript is *untranscribed* (audio that only distillation uses): the
+``audio`` importer writes such rows, and the NeMo importer with ``untranscribed=True`` drops any text.
 
 Transcripts are normalised with :func:`speechkd.text.normalize_text`; the original is kept as
 ``raw_text`` when it differs. Durations come from the audio header (seconds). Text inputs must be
@@ -24,9 +28,10 @@ from typing import Callable
 
 from speechkd.data.audio import audio_info
 from speechkd.data.checks import BadInputLog
-from speechkd.data.manifest import (ManifestError, Utterance, iter_manifest, relative_to_manifest, text_lines,
-                                    write_manifest)
+from speechkd.data.manifest import (ManifestError, Utterance, derive_id, iter_manifest, relative_to_manifest,
+                                    text_lines, write_manifest)
 from speechkd.text.normalize import normalize_text, unspellable
+from speechkd.utils import progress
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +40,9 @@ class ImportError_(ValueError):
     """A corpus folder or file that does not have the expected layout (names the file:line)."""
 
 
-def _make(uid: str, audio: Path, raw_text: str, speaker: str, bad: BadInputLog, *, out_dir: Path | None,
+def _make(uid: str, audio: Path, raw_text: str | None, speaker: str, bad: BadInputLog, *, out_dir: Path | None,
           offset: float | None = None, duration: float | None = None) -> Utterance | None:
+    """One row; ``raw_text=None`` makes an untranscribed row."""
     if not audio.exists():
         bad.reject(uid, str(audio), "missing", "audio file does not exist")
         return None
@@ -47,6 +53,10 @@ def _make(uid: str, audio: Path, raw_text: str, speaker: str, bad: BadInputLog, 
             bad.reject(uid, str(audio), "unreadable", f"cannot read audio header: {e}")
             return None
         duration = frames / sr if sr else 0.0
+    path = relative_to_manifest(audio, out_dir) if out_dir else str(audio.resolve())
+    if raw_text is None:
+        return Utterance(id=uid, audio_filepath=path, duration=round(duration, 4), text=None, speaker=speaker,
+                         offset=offset)
     foreign = unspellable(raw_text)
     if foreign:
         bad.reject(uid, str(audio), "unspellable_text", f"transcript has {len(foreign)} letter(s) with no spelling in "
@@ -54,7 +64,6 @@ def _make(uid: str, audio: Path, raw_text: str, speaker: str, bad: BadInputLog, 
         return None
     text = normalize_text(raw_text)
     extra = {"raw_text": raw_text} if raw_text != text else {}
-    path = relative_to_manifest(audio, out_dir) if out_dir else str(audio.resolve())
     return Utterance(id=uid, audio_filepath=path, duration=round(duration, 4), text=text, speaker=speaker,
                      offset=offset, extra=extra)
 
@@ -202,17 +211,23 @@ def import_kaldi(data_dir: str | Path, out_manifest: str | Path | None = None, *
 
 
 def import_nemo(manifest: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip",
-        bad: BadInputLog | None = None) -> list[Utterance]:
-    """Import a NeMo JSONL manifest (paths resolved against its folder; text normalised)."""
+        bad: BadInputLog | None = None, untranscribed: bool = False) -> list[Utterance]:
+    """Import a NeMo JSONL manifest (paths resolved against its folder; text normalised). With
+    ``untranscribed`` every row is written without text (any text it had is dropped: the split is
+    declared untranscribed); otherwise a row without text is rejected (``no_transcript``)."""
     src = Path(manifest)
     bad = _bad(policy, out_manifest, bad)
     utts: list[Utterance] = []
     for u in iter_manifest(src):
         audio = u.resolve_audio(src.parent)
-        nu = _make(u.id, audio, u.text, u.speaker, bad, out_dir=_out_dir(out_manifest), offset=u.offset,
-                   duration=u.duration)
+        if u.text is None and not untranscribed:
+            bad.reject(u.id, str(audio), "no_transcript", "row has no 'text'; declare the split untranscribed "
+                                                          "(corpus.untranscribed) if none of it is transcribed")
+            continue
+        nu = _make(u.id, audio, None if untranscribed else u.text, u.speaker, bad, out_dir=_out_dir(out_manifest),
+                   offset=u.offset, duration=u.duration)
         if nu:
-            nu.extra.update(u.extra)
+            nu.extra.update({k: v for k, v in u.extra.items() if not (untranscribed and k == "raw_text")})
             utts.append(nu)
     return _finish(utts, out_manifest, bad, f"nemo {src}")
 
@@ -243,11 +258,70 @@ def import_commonvoice(tsv: str | Path, out_manifest: str | Path | None = None, 
     return _finish(utts, out_manifest, bad, f"commonvoice {tsv}")
 
 
+def audio_extensions() -> set[str]:
+    """File extensions of the formats this libsndfile reads (``.wav``, ``.flac``, ``.ogg``, ...)."""
+    import soundfile as sf
+
+    names = {f.lower() for f in sf.available_formats()} - {"raw"}  # headerless: nothing to read it by
+    aliases = {"aiff": ["aif", "aiff", "aifc"], "ogg": ["ogg", "oga", "opus"], "nist": ["sph", "nist"],
+               "mpeg": ["mp3"], "wavex": ["wav"], "rf64": ["wav", "rf64"],
+               "mat4": ["mat"], "mat5": ["mat"]}
+    out: set[str] = set()
+    for n in names:
+        out.update(f".{e}" for e in aliases.get(n, [n]))
+    return out
+
+
+def import_audio(root: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip",
+                 bad: BadInputLog | None = None) -> list[Utterance]:
+    """Import a folder tree of audio files as untranscribed rows: every file with an extension libsndfile
+    reads (:func:`audio_extensions`); the id is the path under ``root`` without its extension, the speaker
+    the folder holding the file (``unknown`` at the top). Unreadable files are bad input."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImportError_(f"{root}: not a folder (the audio importer takes a folder tree of audio files)")
+    exts = audio_extensions()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    if not files:
+        raise ImportError_(f"{root}: no audio files ({', '.join(sorted(exts))}) under this folder")
+    bad = _bad(policy, out_manifest, bad)
+    utts: list[Utterance] = []
+    for f in progress(files, desc=f"audio {root.name}", unit="file"):
+        rel = f.relative_to(root)
+        uid = derive_id(str(rel))
+        speaker = rel.parent.name if len(rel.parts) > 1 else "unknown"
+        u = _make(uid, f, None, speaker, bad, out_dir=_out_dir(out_manifest))
+        if u:
+            utts.append(u)
+    return _finish(utts, out_manifest, bad, f"audio {root}")
+
+
+def import_to_manifest(kind: str, source: str | Path, out: str | Path, *, policy: str = "skip",
+                       untranscribed: bool = False) -> str:
+    """Run one importer into the manifest ``out`` (rejections listed beside it); returns a one-line summary.
+    ``untranscribed`` (nemo only) writes every row without text."""
+    if untranscribed and kind != "nemo":
+        raise ValueError("--untranscribed is for nemo manifests (" + ("audio is always untranscribed)" if kind == "audio"
+                                                                       else "declare the split untranscribed in the "
+                                                                            "corpus stage)"))
+    bad = BadInputLog(policy, rejected_path(out))
+    utts = IMPORTERS[kind](source, out, policy=policy, bad=bad, **({"untranscribed": True} if untranscribed else {}))
+    line = f"wrote {len(utts)} utterances ({sum(u.duration for u in utts) / 3600:.3f} h) to {out}"
+    if bad.rejected:
+        reasons = ", ".join(f"{k}: {v}" for k, v in bad.counts().items())
+        line += f"; rejected {len(bad.rejected)} ({reasons}), listed in {bad.out_file}"
+    return line
+
+
 IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {
     "librispeech": import_librispeech,
     "kaldi": import_kaldi,
     "nemo": import_nemo,
     "commonvoice": import_commonvoice,
+    "audio": import_audio,
 }
+# importers whose splits are untranscribed whatever the recipe says
+UNTRANSCRIBED_KINDS = ("audio",)
 
-__all__ = ["IMPORTERS", "rejected_path", "import_librispeech", "import_kaldi", "import_nemo", "import_commonvoice", "ManifestError"]
+__all__ = ["IMPORTERS", "UNTRANSCRIBED_KINDS", "rejected_path", "import_librispeech", "import_kaldi", "import_nemo",
+           "import_commonvoice", "import_audio", "ManifestError"]

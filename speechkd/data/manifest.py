@@ -1,7 +1,10 @@
 """JSONL manifests, NeMo-compatible.
 
 One JSON object per line with ``audio_filepath``, ``duration`` (seconds) and ``text``, plus
-``id`` and ``speaker``. Optional ``offset`` (seconds) makes the row a *segment*: ``duration``
+``id`` and ``speaker``. A row without ``text`` is *untranscribed* (:attr:`Utterance.text` is ``None``):
+audio that only distillation can use (the teacher labels it); a split of such rows is declared
+untranscribed by the corpus stage, and scoring or CTC training on it is refused. Optional ``offset``
+(seconds) makes the row a *segment*: ``duration``
 seconds from ``offset`` of a longer file (Kaldi ``segments``, NeMo offsets), ``offset: 0`` included.
 A row without ``offset`` is the whole file. Any other keys are kept in :attr:`Utterance.extra` and written back,
 so a manifest round-trips unchanged. Relative ``audio_filepath`` values resolve against the
@@ -28,19 +31,22 @@ class ManifestError(ValueError):
 
 @dataclass
 class Utterance:
-    """One manifest row. ``duration`` and ``offset`` are in seconds; ``offset=None`` is the whole file."""
+    """One manifest row. ``duration`` and ``offset`` are in seconds; ``offset=None`` is the whole file;
+    ``text=None`` is an untranscribed row."""
 
     id: str
     audio_filepath: str
     duration: float
-    text: str
+    text: str | None
     speaker: str = "unknown"
     offset: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": self.id, "audio_filepath": self.audio_filepath,
-                             "duration": self.duration, "text": self.text, "speaker": self.speaker}
+        d: dict[str, Any] = {"id": self.id, "audio_filepath": self.audio_filepath, "duration": self.duration}
+        if self.text is not None:
+            d["text"] = self.text
+        d["speaker"] = self.speaker
         if self.offset is not None:
             d["offset"] = self.offset
         d.update(self.extra)
@@ -70,7 +76,7 @@ def derive_id(audio_filepath: str, base: Path | None = None) -> str:
 def _parse_line(obj: Any, where: str, base: Path | None = None) -> Utterance:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for key in ("audio_filepath", "duration", "text"):
+    for key in ("audio_filepath", "duration"):
         if key not in obj:
             raise ManifestError(f"{where}: missing required field {key!r}")
     path = obj["audio_filepath"]
@@ -79,9 +85,10 @@ def _parse_line(obj: Any, where: str, base: Path | None = None) -> Utterance:
     dur = obj["duration"]
     if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur < 0:
         raise ManifestError(f"{where}: field 'duration' must be a finite number >= 0 (seconds), got {dur!r}")
-    text = obj["text"]
-    if not isinstance(text, str):
-        raise ManifestError(f"{where}: field 'text' must be a string, got {text!r}")
+    text = obj.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ManifestError(f"{where}: field 'text' must be a string (or absent: an untranscribed row), got "
+                            f"{type(text).__name__}")
     off = obj.get("offset")
     if off is not None and (isinstance(off, bool) or not isinstance(off, (int, float)) or not math.isfinite(off)
                             or off < 0):
@@ -231,7 +238,9 @@ def validate_manifest(path: str | Path, *, check_audio: bool = True) -> list[str
             problems.append(f"{path}: entry {lineno}: duplicate id {u.id!r} (first at entry {seen[u.id]})")
         else:
             seen[u.id] = lineno
-        if not normalize_text(u.text):
+        if u.text is None:
+            pass  # an untranscribed row: audio for distillation only
+        elif not normalize_text(u.text):
             problems.append(f"{where}: empty transcript (nothing left after normalisation)")
         if u.duration <= 0:
             problems.append(f"{where}: duration {u.duration:g} s; must be > 0")

@@ -67,3 +67,94 @@ class BucketingSampler:
 
     def load_state_dict(self, d: dict) -> None:
         self.epoch, self.position = int(d["epoch"]), int(d["position"])
+
+
+class MixedSampler:
+    """Batches of transcribed and untranscribed utterances, interleaved at a ratio.
+
+    An epoch is one pass over the transcribed batches (a :class:`BucketingSampler` over
+    ``lengths[:n_transcribed]``) with ``round(n * ratio / (1 - ratio))`` untranscribed batches placed among
+    them at seeded positions, so ``ratio`` is the share of steps (and, batches being frame-bounded, about
+    the share of frames) that untranscribed audio takes. A batch holds one kind only. The untranscribed
+    batches run on through their own reshuffled passes across epochs, so every untranscribed utterance is
+    seen before any is seen twice. Like :class:`BucketingSampler` its order is a pure function of
+    ``(seed, epoch)`` and its state (epoch, position) makes resume exact; indices of untranscribed
+    utterances are offset by ``n_transcribed``.
+    """
+
+    def __init__(self, lengths: list[int], n_transcribed: int, ratio: float, max_frames: int, *, seed: int,
+                 rank: int = 0, world_size: int = 1, max_batch: int = 256):
+        if not 0.0 <= ratio < 1.0:
+            raise DataError(f"untranscribed ratio must be in [0, 1), got {ratio}")
+        if not 0 < n_transcribed <= len(lengths):
+            raise DataError(f"need transcribed utterances (got {n_transcribed} of {len(lengths)})")
+        self.n, self.ratio, self.seed = n_transcribed, ratio, seed
+        kw = dict(seed=seed, rank=rank, world_size=world_size, max_batch=max_batch)
+        self.labeled = BucketingSampler(lengths[:n_transcribed], max_frames, **kw)
+        self.unlabeled = (BucketingSampler(lengths[n_transcribed:], max_frames, **{**kw, "seed": seed + 7919})
+                          if n_transcribed < len(lengths) and ratio > 0 else None)
+        self._lens: dict[int, int] = {}
+        self._ks: dict[int, int] = {}
+        self.epoch = 0
+        self.position = 0
+
+    def _pass_len(self, p: int) -> int:
+        """Batches in pass ``p`` over the untranscribed audio (bucketing differs between passes)."""
+        if p not in self._lens:
+            self._lens[p] = len(self.unlabeled.batches(p))
+        return self._lens[p]
+
+    def _per_epoch(self, e: int) -> int:
+        """Untranscribed batches in epoch ``e``."""
+        if e not in self._ks:
+            self._ks[e] = self.untranscribed_per_epoch(len(self.labeled.batches(e)))
+        return self._ks[e]
+
+    def untranscribed_per_epoch(self, n_labeled: int) -> int:
+        return 0 if self.unlabeled is None else int(round(n_labeled * self.ratio / (1.0 - self.ratio)))
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        lab = self.labeled.batches(epoch)
+        k = self.untranscribed_per_epoch(len(lab))
+        if not k:
+            return lab
+        unl: list[list[int]] = []
+        # the untranscribed stream continues across epochs: skip what the earlier epochs took
+        start = sum(self._per_epoch(e) for e in range(epoch))
+        j, p = 0, 0
+        while len(unl) < k:
+            n = self._pass_len(p)
+            if n == 0:
+                return lab
+            if j + n > start:
+                for q, b in enumerate(self.unlabeled.batches(p)):
+                    if start <= j + q < start + k:
+                        unl.append([i + self.n for i in b])
+            j, p = j + n, p + 1
+        rng = np.random.default_rng([self.seed, epoch, 2])
+        is_unl = np.zeros(len(lab) + k, bool)
+        is_unl[rng.choice(len(lab) + k, size=k, replace=False)] = True
+        out, a, b = [], iter(lab), iter(unl)
+        for flag in is_unl:
+            out.append(next(b) if flag else next(a))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def __iter__(self):
+        bs = self.batches(self.epoch)
+        while self.position < len(bs):
+            b = bs[self.position]
+            self.position += 1
+            yield b
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch, self.position = int(d["epoch"]), int(d["position"])

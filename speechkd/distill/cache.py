@@ -9,7 +9,9 @@ A shard ``cache-NNNNN.npz`` (written atomically) holds the concatenated arrays o
 utterances; ``cache-NNNNN.json`` (written after it) is its index: per utterance the frame offset
 and count, and the N-best. A split's manifest (``<split>.jsonl``) is the featurize manifest with a
 ``cache`` reference added. ``meta.json`` records what must match at training time: vocabulary,
-tokenizer, frame rate (stack), k and N, and the teachers.
+tokenizer, frame rate (stack), k and N, and the teachers. Every utterance's index entry (and its
+``cache`` reference) also holds ``confidence``: the 1-best's share of the N-best's probability mass under
+the search's scores (:func:`confidence`), which filters pseudo-labels of untranscribed audio.
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ from speechkd.utils import atomic_write_bytes, atomic_write_text
 
 class CacheError(ValueError):
     """A cache that does not match the manifest, the tokenizer or the model, or a damaged shard."""
+
+
+def confidence(nbest: list) -> float:
+    """The posterior of the 1-best among an N-best ``[(tokens, log score), ...]``: ``softmax(scores)[0]``
+    (with the LM-fused beam, the fused scores). 0 for an empty list."""
+    if not nbest:
+        return 0.0
+    sc = np.asarray([s for _, s in nbest], dtype=np.float64)
+    if not np.isfinite(sc[0]):
+        return 0.0
+    with np.errstate(over="ignore"):
+        return float(1.0 / np.exp(np.nan_to_num(sc - sc[0], nan=-np.inf)).sum())
 
 
 # -- building --------------------------------------------------------------------------------------
@@ -103,7 +117,8 @@ def write_shard(path: Path, entries: list[dict[str, Any]], *, min_prob: float = 
             nb_score.append(sc)
         n = int(p.shape[0])
         index["utts"].append({"id": e["id"], "offset": off, "frames": n, "nbest_offset": nb_off,
-                              "nbest": len(e["nbest"]), "beyond_k": round(float(e.get("beyond_k", 0.0)), 4)})
+                              "nbest": len(e["nbest"]), "beyond_k": round(float(e.get("beyond_k", 0.0)), 4),
+                              "confidence": round(confidence(e["nbest"]), 6)})
         off += n
         nb_off += len(e["nbest"])
     index["frames"] = off
@@ -189,6 +204,11 @@ class TeacherCache:
             if have != want:
                 raise CacheError(f"{self.folder}: utterance {u.id!r} has {have} cached frames, the features give "
                                  f"{want} at stack {stack}")
+
+    def confidence(self, uid: str) -> float:
+        """The utterance's pseudo-label confidence (:func:`confidence` of its cached N-best)."""
+        ref = self._index[uid][1]
+        return float(ref["confidence"]) if "confidence" in ref else confidence(self.get(uid).nbest)
 
     def __contains__(self, uid: str) -> bool:
         return uid in self._index

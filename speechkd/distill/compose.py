@@ -6,7 +6,13 @@
 
 ``L_seq`` is CTC on the teacher's 1-best (``seq: 1best``), on its N-best weighted by normalised
 scores (``seq: nbest``), or cross-entropy to forward-backward occupancies constrained to the 1-best
-(``seq: occupancy``). The teacher's posteriors are delayed by ``delay`` frames before matching.
+(``seq: occupancy``). On a batch of untranscribed audio (no reference) the loss is::
+
+    L_u = alpha * tau^2 * KL(teacher || student) + pseudo_weight * L_pseudo
+
+where ``L_pseudo`` is CTC on the teacher's pseudo-labels (``pseudo: 1best`` or ``nbest``, weighted by
+normalised scores) of the utterances whose confidence (the 1-best's posterior among the cached N-best) is
+at least ``pseudo_threshold``; the others add nothing to it (it is a mean over the batch). The teacher's posteriors are delayed by ``delay`` frames before matching.
 :class:`KDObjective` is what the trainer calls; a hint projection is one of its ``heads``, trained
 beside the student and never part of the student's weights.
 """
@@ -42,6 +48,12 @@ class KDConfig:
     online: bool = field(False, help="run the teacher online (dense KD) instead of reading the cache")
     teacher: str = field("teacher", help="teacher stage (read only with online: true)")
     hint_weight: float = field(0.0, help="weight of the hint loss on the last hidden layer (online only)")
+    pseudo: Literal["none", "1best", "nbest"] = field("none", help="untranscribed audio: CTC on the teacher's "
+                                                                  "pseudo-labels (its cached 1-best or N-best)")
+    pseudo_weight: float = field(0.5, help="untranscribed audio: weight of the pseudo-label CTC term")
+    pseudo_threshold: float = field(0.0, help="untranscribed audio: pseudo-labels of utterances whose confidence "
+                                              "(1-best posterior among the N-best) is below this are not used")
+    pseudo_nbest: int = field(4, help="hypotheses used by pseudo: nbest")
 
     def __post_init__(self):
         require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
@@ -51,6 +63,12 @@ class KDConfig:
         require(0.0 <= self.seq_weight <= 1.0, "seq_weight", f"must be in [0, 1], got {self.seq_weight}")
         require(self.nbest >= 1, "nbest", f"must be >= 1, got {self.nbest}")
         require(self.hint_weight >= 0, "hint_weight", f"must be >= 0, got {self.hint_weight}")
+        require(self.pseudo_weight >= 0, "pseudo_weight", f"must be >= 0, got {self.pseudo_weight}")
+        require(0.0 <= self.pseudo_threshold <= 1.0, "pseudo_threshold",
+                f"must be in [0, 1] (a posterior), got {self.pseudo_threshold}")
+        require(self.pseudo_nbest >= 1, "pseudo_nbest", f"must be >= 1, got {self.pseudo_nbest}")
+        require(not (self.online and self.pseudo != "none"), "pseudo",
+                "pseudo-labels come from the teacher cache's N-best; online: true has none")
         require(not (self.online and self.seq != "none"), "seq",
                 f"{self.seq!r} needs the teacher cache's N-best; online: true has none (set seq: none or online: false)")
         require(not (self.online and self.window), "window",
@@ -86,6 +104,8 @@ class KDObjective(Objective):
             self.heads = torch.nn.ModuleDict({"hint_proj": torch.nn.Linear(s_dim, t_dim)})
 
     def __call__(self, batch, fwd: Forward) -> torch.Tensor:
+        if not getattr(batch, "transcribed", True):
+            return self.untranscribed(batch, fwd)
         kd, lp, ol = self.kd, fwd.log_probs, fwd.lengths
         frames = lp.shape[1]
         frame = hint = None
@@ -118,4 +138,27 @@ class KDObjective(Objective):
         loss = (1 - kd.alpha) * rest + kd.alpha * (frame if frame is not None else 0.0)
         if hint is not None:
             loss = loss + kd.hint_weight * hint
+        return loss
+
+    def untranscribed(self, batch, fwd: Forward) -> torch.Tensor:
+        """``L_u`` (module docstring) on a batch of untranscribed audio: no reference, no CTC on it."""
+        kd, lp, ol = self.kd, fwd.log_probs, fwd.lengths
+        frames = lp.shape[1]
+        loss = lp.new_zeros(())
+        if kd.online:
+            with torch.no_grad():
+                tlp, tol = self.teacher(batch.feats, batch.feat_lens)
+            tlp = delay_log_probs(tlp, self.delay, tol, self.blank)
+            if kd.alpha > 0:
+                loss = loss + kd.alpha * L.frame_kd_dense(lp, tlp[:, :frames], ol, kd.temperature)
+            return loss
+        probs, ids, nbest = self.cache.batch(batch.ids, frames, lp.device)
+        if kd.alpha > 0:
+            probs, ids = delay_topk(probs, ids, ol, self.delay, self.blank)
+            loss = loss + kd.alpha * L.frame_kd(lp, probs, ids, ol, kd.temperature)
+        if kd.pseudo != "none" and kd.pseudo_weight > 0:
+            kept = [nb if self.cache.confidence(u) >= kd.pseudo_threshold else []
+                    for u, nb in zip(batch.ids, nbest)]
+            n = 1 if kd.pseudo == "1best" else kd.pseudo_nbest
+            loss = loss + kd.pseudo_weight * L.nbest_ctc(lp, ol, kept, n, self.blank)
         return loss

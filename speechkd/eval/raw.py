@@ -128,6 +128,10 @@ def evaluate_manifest(transcribe: Callable, manifest: str | Path, *, limit: int 
     could not be used)."""
     manifest = Path(manifest)
     rows = list(iter_manifest(manifest))[: limit or None]
+    for lineno, u in enumerate(rows, 1):
+        if u.text is None:
+            raise ValueError(f"{manifest}: entry {lineno} ({u.id}) has no transcript: an untranscribed manifest "
+                             "cannot be scored (transcribe it instead)")
     ids, refs, hyps, failed = [], [], [], []
     for u in progress(rows, desc=desc or f"eval {manifest.name}", unit="utt"):
         path = u.resolve_audio(manifest.parent)

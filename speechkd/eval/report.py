@@ -29,9 +29,10 @@ LENGTH_BINS = ((1, 3), (4, 7), (8, 12), (13, 10**6))
 
 def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baseline", seed: int = 1234,
           compare: str | Path | None = None, stages: set[str] | None = None,
-          rtf: str | Path | None = None) -> dict[str, Any]:
+          rtf: str | Path | None = None, pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict (what ``report.json`` holds), from the stage folders of ``exp`` named in
-    ``stages`` (``None``: all) and the streaming benchmark ``rtf`` (see :func:`speechkd.eval.collect.collect`)."""
+    ``stages`` (``None``: all) and the streaming benchmark ``rtf`` (see :func:`speechkd.eval.collect.collect`).
+    ``pairs``: more paired comparisons ``(a, b)`` of two models (and of their LM rows), on every split both have."""
     from speechkd.eval.scoring import _aligned_line
 
     e = collect(exp, stages, rtf)
@@ -87,6 +88,15 @@ def build(exp: str | Path, *, teacher: str = "teacher", baseline: str = "baselin
             ref = (f"{baseline} [{info['kind']}]", split)
             if info["source"] not in (teacher, baseline) and not info.get("bidirectional") and ref in e.systems:
                 _add_paired(rep, e.systems[ref], s, speaker, seed)
+    for pair in pairs or ():  # the comparisons a recipe asks for besides those against the baseline
+        if len(pair) != 2 or not all(pair):
+            raise ValueError(f"pair {','.join(pair)!r}: give two model names, A,B (B is compared against A)")
+        a, b = pair
+        for (name, split), s in sorted(e.systems.items()):
+            if name.startswith(b) and name[len(b):] in ("", *(f" [{k}]" for k in SEARCHES)):
+                other = (a + name[len(b):], split)
+                if other in e.systems:
+                    _add_paired(rep, e.systems[other], s, speaker, seed)
     # breakdowns, error lists and worst utterances
     for split in splits:
         bd: dict[str, Any] = {}

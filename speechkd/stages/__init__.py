@@ -36,12 +36,25 @@ def planned_splits(stage, lookup) -> list[str] | None:
     ``stage`` has ``type`` and ``cfg``; ``lookup(name)`` gives an earlier stage of the recipe."""
     if stage.type == "corpus":
         if stage.cfg.kind == "synth":
-            from speechkd.data.synth.build import SPLITS
+            from speechkd.data.synth.build import SPLITS, UNTRANSCRIBED
 
-            return list(SPLITS)
+            return list(SPLITS) + [UNTRANSCRIBED]
         return list(stage.cfg.splits)
     if stage.type == "featurize":
         return list(stage.cfg.splits) or planned_splits(lookup(stage.cfg.corpus), lookup)
+    return None
+
+
+def planned_untranscribed(stage, lookup) -> list[str] | None:
+    """The untranscribed splits a corpus or featurize stage will declare (``None``: unknown until it runs)."""
+    if stage.type == "corpus":
+        if stage.cfg.kind == "synth":
+            from speechkd.data.synth.build import UNTRANSCRIBED
+
+            return [UNTRANSCRIBED]
+        return stage.cfg.untranscribed_splits()
+    if stage.type == "featurize":
+        return planned_untranscribed(lookup(stage.cfg.corpus), lookup)
     return None
 
 

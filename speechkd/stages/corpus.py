@@ -1,7 +1,11 @@
 """Stage ``corpus``: build the embedded ``synth-en`` corpus, or import a user corpus.
 
 Writes one manifest per split (``<split>.jsonl``) into the stage folder and ``corpus.json``,
-which declares the splits (the only files later stages read as data). Rejected entries and
+which declares the splits and, under ``untranscribed``, those without transcripts (the only files
+later stages read as data). An untranscribed split's rows carry no ``text``: the ``audio`` importer's
+splits, the splits the recipe lists in ``untranscribed`` (any text an importer found is dropped), and
+the embedded corpus's ``untranscribed`` split (``untranscribed_hours``), whose sentences are known only
+as SHA-256 digests (``untranscribed.text-sha256``), so the lm stage can leave them out of its text. Rejected entries and
 synthesis failures are listed under ``rejected/``. Relative paths in the config (the spec, the
 import sources) resolve against the recipe's folder first; the spec then against the toolkit's
 own ``data_manifests/``, import sources against the working directory.
@@ -23,11 +27,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
-    kind: Literal["synth", "librispeech", "kaldi", "nemo", "commonvoice"] = field(
-        "synth", help="synth (the embedded corpus) or an importer")
+    kind: Literal["synth", "librispeech", "kaldi", "nemo", "commonvoice", "audio"] = field(
+        "synth", help="synth (the embedded corpus) or an importer (audio: a folder tree of untranscribed audio)")
     spec: str = field("data_manifests/synth-en.yaml", help="synth: corpus spec (relative: to the recipe's folder, "
                                                            "then the toolkit's)")
     hours: float | None = field(None, help="synth: planned hours (overrides the spec)")
+    untranscribed_hours: float | None = field(None, help="synth: planned hours of the untranscribed split (overrides "
+                                                         "the spec; 0 = none)")
     seed: int | None = field(None, help="synth: corpus seed (default: the spec's seed)")
     num_workers: int = field(0, help="synth: parallel jobs (0 = one per CPU core)")
     splits: dict[str, str] = field(default_factory=dict,
@@ -35,25 +41,40 @@ class Config:
     kinds: dict[str, str] = field(default_factory=dict,
                                   help="importers: split name -> importer kind for that split (default: kind), "
                                        "e.g. {dev: nemo} beside kind: librispeech")
+    untranscribed: list[str] = field(default_factory=list,
+                                     help="importers: splits without transcripts (any text is dropped); audio "
+                                          "splits always are")
     bad_input: Literal["skip", "fail"] = field("skip", help="importers: policy for missing or unreadable audio")
 
     def __post_init__(self):
         require(self.hours is None or self.hours > 0, "hours", f"must be > 0, got {self.hours}")
+        require(self.untranscribed_hours is None or self.untranscribed_hours >= 0, "untranscribed_hours",
+                f"must be >= 0, got {self.untranscribed_hours}")
         require(self.num_workers >= 0, "num_workers", f"must be >= 0 (0 = one per core), got {self.num_workers}")
         for name in self.splits:
             check_name(name, f"splits.{name}", "split name")
         if self.kind == "synth":
             require(not self.splits, "splits", "is for importers; the synth corpus makes its own splits")
             require(not self.kinds, "kinds", "is for importers")
+            require(not self.untranscribed, "untranscribed", "is for importers; the synth corpus's untranscribed "
+                                                             "split is set by untranscribed_hours")
         else:
             require(bool(self.splits), "splits", f"give at least one 'split: source' for kind {self.kind!r}")
-        importers = ("librispeech", "kaldi", "nemo", "commonvoice")
+        importers = ("librispeech", "kaldi", "nemo", "commonvoice", "audio")
         for name, k in self.kinds.items():
             require(name in self.splits, "kinds", f"names split {name!r}, which splits does not list")
             require(k in importers, f"kinds.{name}", f"must be one of {', '.join(importers)}, got {k!r}")
+        for i, name in enumerate(self.untranscribed):
+            require(name in self.splits, f"untranscribed[{i}]", f"names split {name!r}, which splits does not list")
 
     def kind_of(self, split: str) -> str:
         return self.kinds.get(split, self.kind)
+
+    def untranscribed_splits(self) -> list[str]:
+        """Importers: the splits written without transcripts."""
+        from speechkd.data.importers import UNTRANSCRIBED_KINDS
+
+        return [s for s in self.splits if s in self.untranscribed or self.kind_of(s) in UNTRANSCRIBED_KINDS]
 
 
 def resolve_spec(spec: str, base: Path | None) -> Path:
@@ -101,8 +122,9 @@ def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str:
 
         spec = resolve_spec(cfg.spec, base)
         h.update(read_small_file(spec, "corpus spec"))
-        load_spec(spec, hours=cfg.hours, seed=cfg.seed)  # a spec that cannot be used is refused now, not after
-        return h.hexdigest()                             # the runner has cleared the finished corpus
+        # a spec that cannot be used is refused now, not after the runner has cleared the finished corpus
+        load_spec(spec, hours=cfg.hours, seed=cfg.seed, untranscribed_hours=cfg.untranscribed_hours)
+        return h.hexdigest()
     for split, src in sorted(cfg.splits.items()):
         root = resolve_source(src, base)
         if not root.exists():
@@ -123,18 +145,29 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if cfg.kind == "synth":
         from speechkd.data.synth import build_corpus, load_spec
 
-        spec = load_spec(resolve_spec(cfg.spec, ctx.recipe_dir), hours=cfg.hours, seed=cfg.seed)
+        spec = load_spec(resolve_spec(cfg.spec, ctx.recipe_dir), hours=cfg.hours, seed=cfg.seed,
+                         untranscribed_hours=cfg.untranscribed_hours)
         return build_corpus(spec, ctx.out_dir, num_workers=cfg.num_workers or None)
 
     from speechkd.data.checks import BadInputLog
     from speechkd.data.importers import IMPORTERS, rejected_path
 
-    summary: dict[str, Any] = {"kind": cfg.kind, "splits": {}, "rejected": {}}
+    from speechkd.data.manifest import write_manifest
+
+    untranscribed = cfg.untranscribed_splits()
+    summary: dict[str, Any] = {"kind": cfg.kind, "splits": {}, "untranscribed": untranscribed, "rejected": {}}
     for split, src in cfg.splits.items():
         out_manifest = ctx.out_dir / f"{split}.jsonl"
         bad = BadInputLog(cfg.bad_input, rejected_path(out_manifest))
         kind = cfg.kind_of(split)
-        utts = IMPORTERS[kind](resolve_source(src, ctx.recipe_dir), out_manifest, policy=cfg.bad_input, bad=bad)
+        extra = {"untranscribed": True} if kind == "nemo" and split in untranscribed else {}
+        utts = IMPORTERS[kind](resolve_source(src, ctx.recipe_dir), out_manifest, policy=cfg.bad_input, bad=bad,
+                               **extra)
+        if split in untranscribed and any(u.text is not None for u in utts):
+            for u in utts:  # declared untranscribed: whatever text the source had is not kept
+                u.text = None
+                u.extra.pop("raw_text", None)
+            write_manifest(utts, out_manifest)
         summary["splits"][split] = {"kind": kind, "utterances": len(utts),
                                     "hours": round(sum(u.duration for u in utts) / 3600, 4),
                                     "speakers": len({u.speaker for u in utts})}

@@ -27,7 +27,7 @@ from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
 from speechkd.models.bundle import load_bundle
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.stages import MODEL_STAGES
-from speechkd.stages.featurize import declared_splits, fbank_options
+from speechkd.stages.featurize import declared_splits, fbank_options, untranscribed_splits
 from speechkd.utils import atomic_write_text, pick_device
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,13 @@ def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
 def check(cfg: Config, lookup) -> None:
     from speechkd.stages import check_splits
 
+    from speechkd.stages import planned_untranscribed
+
     check_splits(cfg.splits, lookup(cfg.featurize), lookup)
+    unt = planned_untranscribed(lookup(cfg.featurize), lookup) or []
+    for i, s in enumerate(cfg.splits):
+        if s in unt:
+            raise ValueError(f"splits[{i}]: {s!r} is untranscribed: it has no transcripts to score against")
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
@@ -92,8 +98,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     out: dict[str, Any] = {"model": f"{cfg.model}/{cfg.checkpoint}", "parameters": count_parameters(model),
                            "bidirectional": model.cfg.bidirectional, "splits": {}}
     have = declared_splits(fdir)
-    splits = cfg.splits or [s for s in have if s != cfg.train_split]
+    unt = untranscribed_splits(fdir)
+    splits = cfg.splits or [s for s in have if s != cfg.train_split and s not in unt]
     for split in splits:
+        if split in unt:
+            raise ValueError(f"decode.splits: {split!r} is untranscribed ({fdir / 'summary.json'}): it has no "
+                             "transcripts to score against")
         if split not in have or not (fdir / f"{split}.jsonl").exists():  # a featurize rerun may differ
             raise FileNotFoundError(f"decode.splits: {fdir} has no split {split!r} (it has {', '.join(have)})")
     posteriors = {}

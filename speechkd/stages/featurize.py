@@ -4,7 +4,8 @@ Reads the ``<split>.jsonl`` of every split the corpus stage declares (its ``corp
 ``shards/<split>/feats-NNNNN.npy`` (with a ``.json`` index written after it), ``<split>.jsonl``
 manifests whose rows carry a ``feats`` reference, ``cmvn.json`` (from the train split),
 ``features.json`` (the fbank options, which the training stages put into every model bundle),
-``rejected/<split>.jsonl`` and ``summary.json`` (which declares the featurized splits). Shards are
+``rejected/<split>.jsonl`` and ``summary.json`` (which declares the featurized splits and, under
+``untranscribed``, those the corpus stage declares without transcripts; CMVN never comes from one). Shards are
 the unit of resume: a rerun keeps every shard whose index exists.
 
 The work is done by :mod:`speechkd.data.featurize`; this module is the stage's I/O. The "too short
@@ -66,6 +67,18 @@ def declared_splits(stage_dir: Path) -> list[str]:
     raise FileNotFoundError(f"{stage_dir}: neither corpus.json nor summary.json declares its splits")
 
 
+def untranscribed_splits(stage_dir: Path) -> list[str]:
+    """The splits a corpus stage (``corpus.json``) or featurize stage (``summary.json``) declares untranscribed."""
+    for name in ("corpus.json", "summary.json"):
+        p = stage_dir / name
+        if p.exists():
+            try:
+                return list(json.loads(p.read_text()).get("untranscribed", []))
+            except (json.JSONDecodeError, AttributeError, TypeError) as e:
+                raise ValueError(f"{p}: cannot read the untranscribed splits ({type(e).__name__})") from None
+    return []
+
+
 def fbank_options(feat_dir: Path) -> FbankOptions:
     """The fbank options a featurize stage used (its ``features.json``): what a model trained on its
     features records in its bundle. A missing or broken file is an error, never a default."""
@@ -89,11 +102,15 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     splits = cfg.splits or declared
     if not splits:
         raise FileNotFoundError(f"{src_dir}: the corpus stage declares no splits to featurize")
+    untranscribed = [s for s in untranscribed_splits(src_dir) if s in splits]
+    if cfg.cmvn_split in untranscribed:
+        raise ValueError(f"featurize.cmvn_split: {cfg.cmvn_split!r} is untranscribed; CMVN comes from the "
+                         "transcribed training split, the audio every model is trained and tested on")
     out = ctx.out_dir
     rej_dir = out / "rejected"
     bad = BadInputLog(cfg.bad_input)
     workers = cfg.num_workers or os.cpu_count() or 1
-    summary: dict[str, Any] = {"splits": {}}
+    summary: dict[str, Any] = {"splits": {}, "untranscribed": untranscribed}
     t_start = time.time()
     audio_seconds = 0.0
 
@@ -102,7 +119,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         bad.out_file = rej_dir / f"{split}.jsonl"
         if bad.out_file.exists():
             bad.out_file.unlink()  # rebuilt from the shard indexes, so a resumed run lists each once
-        utts, rows, seconds = featurize_split(manifest, split, out, cfg, bad, workers)
+        utts, rows, seconds = featurize_split(manifest, split, out, cfg, bad, workers,
+                                              untranscribed=split in untranscribed)
         audio_seconds += seconds
         write_manifest(rows, out / f"{split}.jsonl")
         summary["splits"][split] = {"input": len(utts), "kept": len(rows),

@@ -82,7 +82,7 @@ def lm_text(cfg: Config, ctx, corpus_kind: str) -> list[str]:
         spec = load_spec(resolve_spec(cfg.spec, ctx.recipe_dir))
         return load_sentences(Path(spec.fortunes_dir), spec.fortune_files, Path(spec.wordnet_dir),
                               min_words=spec.min_words, max_words=spec.max_words)
-    return [u.text for u in read_manifest(ctx.stage_dir(cfg.corpus) / "train.jsonl")]
+    return [u.text for u in read_manifest(ctx.stage_dir(cfg.corpus) / "train.jsonl") if u.text is not None]
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
@@ -96,9 +96,20 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     splits = declared_splits(cdir)
     meta = json.loads((cdir / "corpus.json").read_text())
     kind = meta.get("kind", "synth") if isinstance(meta, dict) else "synth"
-    held = {normalize_text(u.text) for s in cfg.holdout if s in splits for u in read_manifest(cdir / f"{s}.jsonl")}
+    held = {normalize_text(u.text) for s in cfg.holdout if s in splits for u in read_manifest(cdir / f"{s}.jsonl")
+            if u.text is not None}
+    digests: set[str] = set()
+    for s in (meta.get("untranscribed", []) if isinstance(meta, dict) else []):
+        f = cdir / f"{s}.text-sha256"
+        if f.exists():
+            digests.update(line.strip() for line in f.read_text().splitlines() if line.strip())
     raw = lm_text(cfg, ctx, kind)
-    kept = [t for t in raw if t and t not in held]
+    if digests:
+        from speechkd.data.synth.build import text_digest
+
+        kept = [t for t in raw if t and t not in held and text_digest(t) not in digests]
+    else:
+        kept = [t for t in raw if t and t not in held]
     if not kept:
         raise ValueError(f"lm: no LM text is left after removing the {len(held)} held-out sentences")
     lm = estimate([t.split() for t in kept], cfg.order)
@@ -112,7 +123,10 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                            "heldout_sentences_removed": len(raw) - len(kept), "eval": {}}
     for s in cfg.eval_splits:
         if s in splits:
-            out["eval"][s] = lm.perplexity([normalize_text(u.text).split() for u in read_manifest(cdir / f"{s}.jsonl")])
+            rows = [u for u in read_manifest(cdir / f"{s}.jsonl") if u.text is not None]
+            if not rows:
+                continue
+            out["eval"][s] = lm.perplexity([normalize_text(u.text).split() for u in rows])
             log.info("lm %s: perplexity %.1f, OOV rate %.2f%%", s, out["eval"][s]["perplexity"],
                      100 * out["eval"][s]["oov_rate"])
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")

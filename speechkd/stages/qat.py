@@ -4,7 +4,8 @@ Starts from the ``init`` stage's ``model.safetensors`` (a KD student, or any uni
 and fine-tunes it with fake-quantized int8 weights (:mod:`speechkd.quant.fake`: per channel,
 straight-through gradient, the grid ONNX Runtime's dynamic quantization uses) under the same teacher
 cache and KD loss: by default the init student's own loss and delay, read from its model bundle
-(``kd_from_init: false`` takes this stage's ``kd`` block instead). Dev scores every epoch are
+(``kd_from_init: false`` takes this stage's ``kd`` block instead); untranscribed audio only where this
+stage's ``data`` block names it (as the init student's did). Dev scores every epoch are
 those of the fake-quantized model.
 
 Writes what a distill stage writes; ``model.safetensors`` and ``best.safetensors`` hold the *baked*
@@ -88,9 +89,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         raise ValueError(f"{ipath}: a bidirectional model cannot stream; quantize a unidirectional student")
     if cfg.kd_from_init:
         try:
-            cfg = replace(cfg, kd=init_kd(init))
+            kd = init_kd(init)
         except ValueError as e:
             raise ValueError(f"{ipath}: {e}") from None
+        if not cfg.data.untranscribed and kd.pseudo != "none":
+            kd = replace(kd, pseudo="none")  # pseudo-labels only with the untranscribed audio this stage names
+        cfg = replace(cfg, kd=kd)
         log.info("QAT of %s with its KD loss (alpha %g, seq %s) and delay %d frames", cfg.init, cfg.kd.alpha,
                  cfg.kd.seq, cfg.kd.delay)
     cfg = copy.copy(cfg)

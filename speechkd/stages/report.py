@@ -33,8 +33,14 @@ class Config:
                               "exp/<recipe>/benchmarks/streaming.json) whose real-time factors go into the report; "
                               "its content is fingerprinted ('' = no RTF column)")
 
+    pairs: list[list[str]] = field(default_factory=list, help="more paired comparisons [a, b] (b against a, with their "
+                                                             "LM rows) besides every student against the baseline")
+
     def __post_init__(self):
         require(len(set(self.after)) == len(self.after), "after", "names a stage twice")
+        for i, p in enumerate(self.pairs):
+            require(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x for x in p),
+                    f"pairs[{i}]", f"must be [model_a, model_b], got {p!r}")
 
 
 # the report reads the stages in ``after`` and every stage they read (decode stages and the models they decode,
@@ -63,7 +69,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     exp = ctx.exp_dir
     # the stages the runner lets it read (None when called without a runner: every folder)
-    rep = build(exp, teacher=cfg.teacher, baseline=cfg.baseline, seed=ctx.seed, stages=ctx.reads, rtf=cfg.rtf or None)
+    rep = build(exp, teacher=cfg.teacher, baseline=cfg.baseline, seed=ctx.seed, stages=ctx.reads, rtf=cfg.rtf or None,
+                pairs=[(a, b) for a, b in cfg.pairs])
     student = cfg.student or best_student(rep, cfg.split)
     post = None
     if student:

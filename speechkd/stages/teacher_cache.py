@@ -1,7 +1,9 @@
-"""Stage ``teacher_cache``: run the teacher(s) once over train and dev and store, per utterance,
+"""Stage ``teacher_cache``: run the teacher(s) once over train and dev (and any untranscribed split named in
+``splits``: the teacher labels audio that has no transcript) and store, per utterance,
 top-k posteriors (float16, k = 8 by default) and the N-best of a prefix beam search, or, when ``lm`` names
 an lm stage, of the beam fused with its word LM (weights ``alpha``/``beta``, or the ones a decode stage
-picked on dev when ``weights_from`` names it), scored by the fused score.
+picked on dev when ``weights_from`` names it), scored by the fused score, with the 1-best's confidence
+(its posterior among the N-best): the pseudo-labels of untranscribed audio.
 
 Several teachers are averaged in the probability domain (multi-teacher KD). Shards are the unit
 of resume: a rerun keeps every shard that loads and matches its index, and rebuilds truncated or
@@ -16,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch.distributed as dist
 
 from speechkd.config import check_name, field, require
@@ -26,6 +29,7 @@ from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
 from speechkd.models.bundle import load_bundle
 from speechkd.models.io import check_vocabulary
 from speechkd.stages import MODEL_STAGES
+from speechkd.stages.featurize import untranscribed_splits
 from speechkd.utils import atomic_write_text, pick_device, progress
 
 log = logging.getLogger(__name__)
@@ -123,13 +127,14 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         lm_info = {"stage": cfg.lm, "alpha": alpha, "beta": beta}
         log.info("teacher_cache: N-best from the beam fused with %s (alpha=%g, beta=%g)", cfg.lm, alpha, beta)
     V = models[0].cfg.vocab_size
-    summary: dict[str, Any] = {"splits": {}, "lm": lm_info}
+    untranscribed = untranscribed_splits(fdir)
+    summary: dict[str, Any] = {"splits": {}, "lm": lm_info, "untranscribed": [s for s in cfg.splits if s in untranscribed]}
     total_bytes = dense_bytes = 0
     for split in cfg.splits:
         manifest = fdir / f"{split}.jsonl"
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest}: split {split!r} was not featurized")
-        ds = FeatureDataset(manifest, tok)
+        ds = FeatureDataset(manifest, tok, untranscribed=split in untranscribed)
         shard_dir = out / "shards" / split
         shard_dir.mkdir(parents=True, exist_ok=True)
         chunks = [list(range(i, min(i + cfg.shard_size, len(ds)))) for i in range(0, len(ds), cfg.shard_size)]
@@ -159,18 +164,24 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                 total_bytes += (shard_dir / f"cache-{si:05d}.npz").stat().st_size
                 total_bytes += (shard_dir / f"cache-{si:05d}.json").stat().st_size
             beyond = 0.0
+            conf = []
             for u in read_manifest(manifest):
                 si, e = index[u.id]
                 frames += e["frames"]
                 beyond += float(e.get("beyond_k", 0.0))
+                conf.append(float(e.get("confidence", 0.0)))
                 u.extra["cache"] = {"shard": f"shards/{split}/cache-{si:05d}.npz", "offset": e["offset"],
-                                    "frames": e["frames"], "nbest_offset": e["nbest_offset"], "nbest": e["nbest"]}
+                                    "frames": e["frames"], "nbest_offset": e["nbest_offset"], "nbest": e["nbest"],
+                                    "confidence": e.get("confidence", 0.0)}
                 rows.append(u)
             write_manifest(rows, out / f"{split}.jsonl")
             dense_bytes += frames * V * 4
             # the teacher's mass outside the stored top k, per frame on average (what k leaves out)
             summary["splits"][split] = {"utterances": len(rows), "frames": frames,
-                                        "mass_beyond_k_per_frame": round(beyond / max(frames, 1), 5)}
+                                        "mass_beyond_k_per_frame": round(beyond / max(frames, 1), 5),
+                                        "confidence_mean": round(sum(conf) / max(len(conf), 1), 4),
+                                        "confidence_quartiles": [round(float(q), 4) for q in
+                                                                 np.percentile(conf, [25, 50, 75])] if conf else []}
     if rank == 0:
         meta = {"vocab_size": V, "tokenizer": tokenizer_fingerprint(tok), "stack": models[0].cfg.stack,
                 "k": cfg.k, "nbest": cfg.nbest, "teachers": cfg.teachers, "splits": cfg.splits, "lm": lm_info}

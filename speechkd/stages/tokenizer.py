@@ -42,13 +42,16 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if cfg.train_split not in splits:
         raise FileNotFoundError(f"{src}: no split {cfg.train_split!r} to train the tokenizer on; "
                                 f"featurized splits: {', '.join(splits) or 'none'}")
-    texts = [u.text for u in read_manifest(src / f"{cfg.train_split}.jsonl")]
+    texts = [u.text for u in read_manifest(src / f"{cfg.train_split}.jsonl") if u.text is not None]
+    if not texts:
+        raise ValueError(f"{src / (cfg.train_split + '.jsonl')}: split {cfg.train_split!r} has no transcripts "
+                         "(untranscribed audio cannot train a tokenizer); name a transcribed train_split")
     tok = train_tokenizer(cfg.kind, texts, vocab_size=cfg.vocab_size, model_type=cfg.model_type)
     tok.save(ctx.out_dir)
     stats: dict[str, Any] = {"kind": tok.kind, "vocab_size": tok.vocab_size, "splits": {}}
     for split in splits:
-        utts = read_manifest(src / f"{split}.jsonl")
-        if not utts:
+        utts = [u for u in read_manifest(src / f"{split}.jsonl") if u.text is not None]
+        if not utts:  # also an untranscribed split: the tokenizer sees transcribed train text only
             continue
         lens = [len(tok.encode(u.text)) for u in utts]
         ratio = min(u.extra["feats"]["frames"] / max(n, 1) for u, n in zip(utts, lens))

@@ -206,8 +206,10 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.unit, device_ids=ids)
-        self.sampler = BucketingSampler(train_ds.lengths, cfg.max_frames, seed=seed, rank=self.rank,
-                                        world_size=self.world)
+        make = getattr(train_ds, "make_sampler", None)  # a MixedDataset interleaves untranscribed batches
+        self.sampler = (make(cfg.max_frames, seed=seed, rank=self.rank, world_size=self.world) if make else
+                        BucketingSampler(train_ds.lengths, cfg.max_frames, seed=seed, rank=self.rank,
+                                         world_size=self.world))
         self.steps_per_epoch = len(self.sampler.batches(0))
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(cfg.max_steps, total) if cfg.max_steps else total

@@ -174,7 +174,7 @@ def test_too_short_for_ctc_depends_on_tokenizer_and_stack(tmp_path):
 # -- manifests: one-line errors naming file:line ---------------------------------------------------
 @pytest.mark.parametrize("content,match", [
     (b'{"audio_filepath": "a.wav", "duration": 1, "text": "x"}\n{"duration": 1\n', r":2: invalid JSON"),
-    (b'{"audio_filepath": "a.wav", "duration": 1}\n', r":1: missing required field 'text'"),
+    (b'{"audio_filepath": "a.wav", "duration": 1, "text": ["x"]}\n', r":1: field 'text' must be a string"),
     (b'{"audio_filepath": "a.wav", "duration": -1, "text": "x"}\n', r":1: field 'duration' must be a finite"),
     (b'{"audio_filepath": "a.wav", "duration": "NaN", "text": "x"}\n', r":1: field 'duration' must be a finite"),
     (b'{"audio_filepath": "a.wav", "duration": 1, "text": "x", "offset": -2}\n', r":1: field 'offset'"),

@@ -16,7 +16,7 @@ RECIPE = """
 name: kd
 seed: 3
 stages:
-  corpus: {hours: 0.01}
+  corpus: {hours: 0.01, untranscribed_hours: 0.006}
   featurize: {num_workers: 1}
   tokenizer: {kind: char}
   teacher:
@@ -29,7 +29,7 @@ stages:
     model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
     epochs: 1
     max_frames: 3000
-  teacher_cache: {shard_size: 6, k: 4, nbest: 3, beam: 4}
+  teacher_cache: {shard_size: 6, k: 4, nbest: 3, beam: 4, splits: [train, dev, untranscribed]}
   student:
     type: distill
     model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
@@ -61,6 +61,15 @@ stages:
     epochs: 1
     max_frames: 3000
     kd: {alpha: 0.0, delay: 0, seq: 1best}
+  s_unt:
+    type: distill
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 2
+    max_frames: 3000
+    max_steps_from: baseline
+    kd: {alpha: 0.5, delay: 1, pseudo: nbest, pseudo_nbest: 2, pseudo_threshold: 0.0}
+    data: {untranscribed: [untranscribed], ratio: 0.5}
+  d_unt: {type: decode, model: s_unt}
   d_online: {type: decode, model: s_online, splits: [dev]}
   d_hint: {type: decode, model: s_hint, splits: [dev]}
   d_occ: {type: decode, model: s_occ, splits: [dev]}
@@ -138,6 +147,29 @@ def test_pipeline_with_cache_and_student(kd_exp):
     # the delay used is the estimate plus the look-ahead budget
     assert st["delay_frames"] == st["delay_estimated_frames"] + 1
     assert st["delay_ms"] == 30 * st["delay_frames"]
+
+
+@pytest.mark.slow
+@pytest.mark.tts
+def test_untranscribed_audio_through_featurize_cache_and_a_student(kd_exp):
+    """Issue 23: untranscribed rows are featurized, cached with a confidence, and a student learns from them at
+    the baseline's step count; nothing of them reaches CMVN, the tokenizer or a decode stage."""
+    _, d, _ = kd_exp
+    corpus = json.loads((d / "corpus" / "corpus.json").read_text())
+    assert corpus["untranscribed"] == ["untranscribed"] and corpus["splits"]["untranscribed"]["utterances"] > 0
+    feat = json.loads((d / "featurize" / "summary.json").read_text())
+    assert feat["untranscribed"] == ["untranscribed"] and feat["splits"]["untranscribed"]["kept"] > 0
+    assert feat["cmvn_frames"] == feat["splits"]["train"]["frames"]  # CMVN from the transcribed train split only
+    cache = json.loads((d / "teacher_cache" / "outputs.json").read_text())
+    assert cache["untranscribed"] == ["untranscribed"]
+    rows = [json.loads(x) for x in (d / "teacher_cache" / "untranscribed.jsonl").read_text().splitlines()]
+    assert rows and all("text" not in r and 0.0 < r["cache"]["confidence"] <= 1.0 for r in rows)
+    st = json.loads((d / "s_unt" / "outputs.json").read_text())
+    base = json.loads((d / "baseline" / "outputs.json").read_text())
+    assert st["steps"] == base["steps"] == st["max_steps_from"]["steps"]
+    assert st["untranscribed"]["utterances"] == len(rows) and st["untranscribed"]["pseudo_label_share"] == 1.0
+    # a decode stage's default splits leave the untranscribed one out (it has nothing to score against)
+    assert set(json.loads((d / "d_unt" / "summary.json").read_text())["splits"]) == {"dev", "test", "test_unseen_voice"}
 
 
 @pytest.mark.slow
@@ -257,6 +289,14 @@ KILL_STUDENT = """
     epochs: 6
     max_frames: 1200
     checkpoint_every: 1
+  s_kill_unt:
+    type: distill
+    model: {bidirectional: false, layers: 1, hidden: 24, stack: 3}
+    epochs: 4
+    max_frames: 1200
+    checkpoint_every: 1
+    kd: {alpha: 0.5, delay: 1, pseudo: 1best, pseudo_threshold: 0.2}
+    data: {untranscribed: [untranscribed], ratio: 0.4}
 """
 
 
@@ -282,7 +322,7 @@ def test_distill_stage_killed_with_sigkill_resumes_to_identical_weights(kd_exp, 
         runs[name] = [sys.executable, "-m", "speechkd.cli", "run", str(rec), "--exp-root", str(tmp_path / name)]
     r = subprocess.run(runs["a"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage, at in (("s_kill", 6), ("s_kill_hint", 3), ("q_kill", 4)):
+    for stage, at in (("s_kill", 6), ("s_kill_hint", 3), ("q_kill", 4), ("s_kill_unt", 5)):
         ckdir = tmp_path / "b" / "kd" / stage / "checkpoints"
         proc = subprocess.Popen(runs["b"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -299,7 +339,7 @@ def test_distill_stage_killed_with_sigkill_resumes_to_identical_weights(kd_exp, 
         assert not (tmp_path / "b" / "kd" / stage / ".done").exists()
     r = subprocess.run(runs["b"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-3000:]
-    for stage in ("s_kill", "s_kill_hint", "q_kill"):
+    for stage in ("s_kill", "s_kill_hint", "q_kill", "s_kill_unt"):
         ta = read_tensors(tmp_path / "a" / "kd" / stage / "model.safetensors")[1]
         tb = read_tensors(tmp_path / "b" / "kd" / stage / "model.safetensors")[1]
         assert ta.keys() == tb.keys()

@@ -178,24 +178,26 @@ def reads_of(recipe):
 def test_fingerprints_follow_the_graph():
     """Section 3: a stage's fingerprint covers only the stages it reads."""
     _, base = load_recipe(QUICK)
-    _, changed = load_recipe(QUICK, ["decode_student_frame_qat.splits=[dev]"])
+    _, changed = load_recipe(QUICK, ["decode_student_qat.splits=[dev]"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
-    assert differ == ["decode_student_frame_qat", "export", "latency", "report"]  # export ships its LM weights
+    assert differ == ["decode_student_qat", "export", "latency", "report"]  # export ships its LM weights
     # the teacher cache takes the LM weights the teacher's decode stage tuned: a change there reaches the students
     _, changed = load_recipe(QUICK, ["decode_teacher.alphas=[0.5]"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
     assert differ[:3] == ["decode_teacher", "teacher_cache", "student_frame"]
     _, changed = load_recipe(QUICK, ["baseline.epochs=3"])
     differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
-    # the baseline, its decode, the students whose delay estimate runs it, the QAT student fine-tuned from one
-    # of them, and what exports and measures them; not the teacher, its cache or student_seq
-    assert differ == ["baseline", "decode_baseline", "student_frame", "student_both", "student_frame_qat",
-                      "decode_student_frame", "decode_student_both", "decode_student_frame_qat", "export", "latency",
-                      "report"]
-    assert reads_of(QUICK)["student_frame_qat"] == ["student_frame", "featurize", "tokenizer", "teacher_cache"]
+    # the baseline, its decode, the students whose delay estimate runs it or whose step count is its (selftrain),
+    # the QAT student fine-tuned from one of them, and what exports and measures them; not the teacher or its cache
+    assert differ == ["baseline", "decode_baseline", "student_frame", "student_unt_frame", "student_unt_seq",
+                      "selftrain", "student_qat", "decode_student_frame", "decode_student_unt_frame",
+                      "decode_student_unt_seq", "decode_selftrain", "decode_student_qat", "export", "latency", "report"]
+    assert reads_of(QUICK)["student_qat"] == ["student_unt_seq", "featurize", "tokenizer", "teacher_cache"]
     reads = {p.name: p.reads for p in base}
-    assert reads["student_seq"] == ["featurize", "tokenizer", "teacher_cache"]
+    assert reads["selftrain"] == ["featurize", "tokenizer", "teacher_cache", "baseline"]  # max_steps_from
     assert reads["student_frame"] == ["featurize", "tokenizer", "teacher_cache", "baseline"]
+    _, changed = load_recipe(QUICK, ["selftrain.max_steps_from=''", "selftrain.max_steps=5"])
+    assert {p.name: p.reads for p in changed}["selftrain"] == ["featurize", "tokenizer", "teacher_cache"]
 
 
 # -- issue 21: shared defaults, and what the report may read ------------------------------------------
@@ -226,20 +228,25 @@ def test_bad_defaults_are_refused(tmp_path, defaults, match):
         load_recipe(_recipe(tmp_path, defaults + BASE3))
 
 
-def test_the_default_recipes_resolve_to_the_same_student_configs_as_written_out():
-    """The default recipe's students differ only in kd: the defaults block gives each the shared schedule."""
-    _, planned = load_recipe(REPO / "pipelines" / "default")
+@pytest.mark.parametrize("recipe,students", [
+    ("default", ("student_frame", "student_unt_frame", "student_unt_seq", "selftrain")),
+    ("seqkd", ("student_frame", "student_seq", "student_both")),
+])
+def test_the_default_recipes_resolve_to_the_same_student_configs_as_written_out(recipe, students):
+    """The recipes' students differ only in kd and data: the defaults block gives each the shared schedule."""
+    _, planned = load_recipe(REPO / "pipelines" / recipe)
     st = {p.name: p.cfg for p in planned}
-    for s in ("student_frame", "student_seq", "student_both"):
+    for s in students:
         assert (st[s].epochs, st[s].model, st[s].optim, st[s].specaug, st[s].max_frames, st[s].average_last) == \
             (st["baseline"].epochs, st["baseline"].model, st["baseline"].optim, False, 10000, 1)
+        assert bool(st[s].data.untranscribed) == (s != "student_frame" and recipe == "default")
 
 
 def test_the_report_reads_the_stages_it_follows_and_what_they_read(tmp_path):
     _, planned = load_recipe(QUICK)
     rep = {p.name: p for p in planned}["report"]
-    assert {"decode_teacher", "teacher", "featurize", "corpus", "export", "latency", "student_frame_qat",
-            "student_frame"} <= set(rep.reads)
+    assert {"decode_teacher", "teacher", "featurize", "corpus", "export", "latency", "student_qat",
+            "student_unt_seq", "selftrain", "student_frame"} <= set(rep.reads)
     text = BASE3 + "  d: {type: decode, model: t}\n  report: {after: [d]}\n"
     _, planned = load_recipe(_recipe(tmp_path, text))
     assert set({p.name: p for p in planned}["report"].reads) == {"d", "t", "featurize", "tokenizer", "corpus"}

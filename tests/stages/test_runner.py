@@ -173,7 +173,8 @@ def test_quick_recipe_ends_with_lm_rows_and_a_decode_change_reruns_only_what_rea
     # the quick recipe ends with fp32 and int8 models for every student, the QAT student among them
     ex = tmp_path / "quick" / "export"
     summary = json.loads((ex / "summary.json").read_text())["models"]
-    assert set(summary) == {"baseline", "student_frame", "student_seq", "student_both", "student_frame_qat"}
+    assert set(summary) == {"baseline", "student_frame", "student_unt_frame", "student_unt_seq", "selftrain",
+                            "student_qat"}
     for m, v in summary.items():
         assert (ex / m / "model.onnx").exists() and (ex / m / "model.int8.onnx").exists()
         assert v["int8"]["quantized"]["DynamicQuantizeLSTM"] == 2 and not v["int8"]["float_weight_nodes"]
@@ -182,7 +183,7 @@ def test_quick_recipe_ends_with_lm_rows_and_a_decode_change_reruns_only_what_rea
     assert (ex / "student_frame" / "sherpa" / "model.int8.onnx").exists()
     # it ends with a report whose tables hold the wer-summary numbers and whose plots are all drawn
     rep = json.loads((tmp_path / "quick" / "report" / "report.json").read_text())
-    for name in ("teacher", "baseline", "student_frame", "student_seq", "student_both", "student_frame_qat"):
+    for name in MODELS:
         for split in ("dev", "test", "test_unseen_voice"):
             want = json.loads((tmp_path / "quick" / f"decode_{name}" / f"wer-summary-{split}.json").read_text())
             got = rep["models"][name]["splits"][split]
@@ -202,22 +203,54 @@ def test_quick_recipe_ends_with_lm_rows_and_a_decode_change_reruns_only_what_rea
     for key in ("wer_vs_bytes", "wer_vs_rtf", "learning_curves", "posteriors", "wer_per_voice"):
         m = re.search(rf'id="plot-{key}"[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
         assert m and len(m.group(1)) > 1000, key
-    qat = json.loads((tmp_path / "quick" / "student_frame_qat" / "outputs.json").read_text())
-    assert qat["init"] == "student_frame" and qat["kd"]["alpha"] == 0.9
-    assert qat["delay_frames"] == json.loads((tmp_path / "quick" / "student_frame" / "outputs.json").read_text())["delay_frames"]
+    qat = json.loads((tmp_path / "quick" / "student_qat" / "outputs.json").read_text())
+    assert qat["init"] == "student_unt_seq" and qat["kd"]["alpha"] == 0.9 and qat["kd"]["pseudo"] == "nbest"
+    assert qat["delay_frames"] == json.loads((tmp_path / "quick" / "student_unt_seq" / "outputs.json").read_text())["delay_frames"]
+    _untranscribed_text_reaches_no_file(tmp_path / "quick", rep)
     _a_model_copied_alone_decodes_exports_and_evaluates_the_same(tmp_path / "quick", tmp_path / "alone")
     _lm_rows_weights_and_eval_lm_agree(tmp_path / "quick", rep, tmp_path / "evlm")
-    again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_student_seq.splits=[dev]"])
+    again = run_recipe(quick, exp_root=tmp_path, overrides=["decode_selftrain.splits=[dev]"])
     # the report follows every decode; export ships the LM weights a decode stage tuned, and latency reads export
-    assert [n for n, s in again if s == "ran"] == ["decode_student_seq", "export", "latency", "report"]
-    assert json.loads((tmp_path / "quick" / "decode_student_seq" / "summary.json").read_text())["splits"].keys() == {"dev"}
+    assert [n for n, s in again if s == "ran"] == ["decode_selftrain", "export", "latency", "report"]
+    assert json.loads((tmp_path / "quick" / "decode_selftrain" / "summary.json").read_text())["splits"].keys() == {"dev"}
+
+
+MODELS = ("teacher", "baseline", "student_frame", "student_unt_frame", "student_unt_seq", "selftrain", "student_qat")
+
+
+def _untranscribed_text_reaches_no_file(exp: Path, rep: dict):
+    """Issue 23: the untranscribed split is audio only. Its sentences (known here by re-planning the corpus) are in
+    no file of the experiment: manifests, shards, caches, the LM text, logs, reports; the students trained on it
+    report it, at the baseline's step count; and the report compares what it adds, paired."""
+    from speechkd.data.synth import load_spec, plan_corpus
+    from speechkd.data.synth.text import load_sentences
+    from speechkd.stages.runner import load_recipe
+
+    corpus = {p.name: p for p in load_recipe(REPO / "pipelines" / "quick")[1]}["corpus"].cfg
+    spec = load_spec(REPO / corpus.spec, hours=corpus.hours, untranscribed_hours=corpus.untranscribed_hours)
+    sents = load_sentences(Path(spec.fortunes_dir), spec.fortune_files, Path(spec.wordnet_dir),
+                           min_words=spec.min_words, max_words=spec.max_words)
+    hidden = [p.render.text.encode() for p in plan_corpus(spec, sents) if p.split == "untranscribed"]
+    assert len(hidden) >= 20 and all(len(t) > 10 for t in hidden)
+    files = [f for f in exp.rglob("*") if f.is_file() and f.suffix != ".flac"]
+    assert any(f.name == "untranscribed.jsonl" for f in files) and any(f.name == "text.txt" for f in files)
+    for f in files:
+        data = f.read_bytes()
+        assert not any(t in data for t in hidden), f
+    base = json.loads((exp / "baseline" / "outputs.json").read_text())["steps"]
+    for m in ("student_unt_frame", "student_unt_seq", "selftrain"):
+        out = json.loads((exp / m / "outputs.json").read_text())
+        assert out["steps"] == base and out["untranscribed"]["utterances"] >= 20, m
+    pairs = {(p["a"], p["b"]) for p in rep["paired"]}
+    assert {("student_frame", "student_unt_frame"), ("student_unt_frame", "student_unt_seq"),
+            ("selftrain", "student_unt_seq"), ("student_unt_frame [lm]", "student_unt_seq [lm]")} <= pairs
 
 
 def _lm_rows_weights_and_eval_lm_agree(exp: Path, rep: dict, out: Path):
     """Issue 22: LM rows for every model in the report (the decode stage's -lm figures) with paired comparisons
     against greedy; the teacher cache used the teacher's tuned weights; the export ships each model's; and
     ``speechkd eval --lm`` with the same LM and weights gives the decode stage's figures."""
-    for name in ("teacher", "baseline", "student_frame", "student_seq", "student_both", "student_frame_qat"):
+    for name in MODELS:
         summ = json.loads((exp / f"decode_{name}" / "summary.json").read_text())
         assert summ["lm"]["stage"] == "lm" and len(summ["lm"]["grid"]) == 12
         for split in ("dev", "test"):
@@ -234,14 +267,14 @@ def _lm_rows_weights_and_eval_lm_agree(exp: Path, rep: dict, out: Path):
     t = json.loads((exp / "decode_teacher" / "summary.json").read_text())["lm"]
     assert json.loads((exp / "teacher_cache" / "meta.json").read_text())["lm"] == \
         {"stage": "lm", "alpha": t["alpha"], "beta": t["beta"]}
-    lm = json.loads((exp / "decode_student_frame_qat" / "summary.json").read_text())["lm"]
+    lm = json.loads((exp / "decode_student_qat" / "summary.json").read_text())["lm"]
     r = subprocess.run([sys.executable, "-m", "speechkd.cli", "eval", "--model",
-                        str(exp / "student_frame_qat" / "model.safetensors"), "--lm", str(exp / "lm"), "--alpha",
+                        str(exp / "student_qat" / "model.safetensors"), "--lm", str(exp / "lm"), "--alpha",
                         str(lm["alpha"]), "--beta", str(lm["beta"]), "--beam", str(lm["beam"]), "--out", str(out),
                         str(exp / "corpus" / "test.jsonl")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads((out / "wer-summary-test.json").read_text())
-    want = json.loads((exp / "decode_student_frame_qat" / "wer-summary-test-lm.json").read_text())
+    want = json.loads((exp / "decode_student_qat" / "wer-summary-test-lm.json").read_text())
     assert [got[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")] == \
         [want[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")]
 
@@ -253,7 +286,7 @@ def _a_model_copied_alone_decodes_exports_and_evaluates_the_same(exp: Path, alon
     import onnx
 
     alone.mkdir()
-    src = exp / "student_frame_qat" / "model.safetensors"
+    src = exp / "student_qat" / "model.safetensors"
     (alone / "model.safetensors").write_bytes(src.read_bytes())
     assert sorted(p.name for p in alone.iterdir()) == ["model.safetensors"]
     cli = [sys.executable, "-m", "speechkd.cli"]
@@ -261,17 +294,17 @@ def _a_model_copied_alone_decodes_exports_and_evaluates_the_same(exp: Path, alon
                         str(exp / "featurize" / "test.jsonl")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads((alone / "dec" / "wer-summary-test.json").read_text())
-    want = json.loads((exp / "decode_student_frame_qat" / "wer-summary-test.json").read_text())
+    want = json.loads((exp / "decode_student_qat" / "wer-summary-test.json").read_text())
     assert [got[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")] == \
         [want[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances")]
     r = subprocess.run([*cli, "export", "--model", str(alone / "model.safetensors"), "--out", str(alone / "onnx")],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    mine, theirs = onnx.load(str(alone / "onnx" / "model.onnx")), onnx.load(str(exp / "export" / "student_frame_qat"
+    mine, theirs = onnx.load(str(alone / "onnx" / "model.onnx")), onnx.load(str(exp / "export" / "student_qat"
                                                                                   / "model.onnx"))
     assert {p.key: p.value for p in mine.metadata_props} == {p.key: p.value for p in theirs.metadata_props}
     assert mine.graph.SerializeToString() == theirs.graph.SerializeToString()
-    assert (alone / "onnx" / "tokens.txt").read_text() == (exp / "export" / "student_frame_qat" / "tokens.txt").read_text()
+    assert (alone / "onnx" / "tokens.txt").read_text() == (exp / "export" / "student_qat" / "tokens.txt").read_text()
     for model, out in ((alone / "model.safetensors", alone / "ev"), (src, alone / "ev_src")):
         r = subprocess.run([*cli, "eval", "--model", str(model), "--out", str(out), str(exp / "corpus" / "test.jsonl")],
                            cwd=REPO, capture_output=True, text=True)

@@ -10,7 +10,11 @@ Splits:
 
 * ``train``, ``dev``, ``test`` use the *seen* voice models; dev and test speakers are
   (variant, pitch bin, rate bin) combinations never used in train, on sentences never used in train;
-* ``test_unseen_voice`` uses only the voice models reserved as *unseen* (out-of-domain).
+* ``test_unseen_voice`` uses only the voice models reserved as *unseen* (out-of-domain);
+* ``untranscribed`` (``untranscribed_hours``, planned after the others, so adding it changes no other
+  split) uses the train speakers of the seen voice models, on sentences no other split uses. Its
+  manifest has no ``text``: the sentences are kept only as SHA-256 digests of their normalised text
+  (``untranscribed.text-sha256``), which the lm stage uses to leave them out of its text.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from speechkd.utils import progress as progress_bar
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test", "test_unseen_voice")
+UNTRANSCRIBED = "untranscribed"  # the split without transcripts (untranscribed_hours of audio)
 # the source tree (data_manifests/ sits beside the package there); the embedded corpus's spec is versioned in it,
 # not installed with the package, so an installed speechkd names its spec explicitly
 TOOLKIT_ROOT = Path(__file__).resolve().parents[3]
@@ -64,6 +69,7 @@ class CorpusSpec:
     version: int = field(1, help="spec version; bump when the plan changes")
     seed: int = field(1234, help="seed for every random choice in the plan")
     hours: float = field(4.0, help="planned hours of audio (estimated from text length)")
+    untranscribed_hours: float = field(0.0, help="planned hours of the untranscribed split (on top of hours)")
     sample_rate: int = field(16000, help="output sample rate (Hz)")
     fortunes_dir: str = field("/usr/share/games/fortunes", help="Debian 'fortunes' folder")
     fortune_files: list[str] = field(default_factory=list, help="fortune files used as text")
@@ -97,6 +103,8 @@ def load_spec(path: str | Path = DEFAULT_SPEC, **overrides: Any) -> CorpusSpec:
     spec = from_dict(CorpusSpec, data, where=str(path))
     if spec.hours <= 0:
         raise ConfigError(f"{path}: hours (from the spec or --hours) must be > 0, got {spec.hours}")
+    if spec.untranscribed_hours < 0:
+        raise ConfigError(f"{path}: untranscribed_hours must be >= 0, got {spec.untranscribed_hours}")
     unknown = set(spec.split_fractions) - set(SPLITS)
     if unknown:
         raise ValueError(f"{path}: unknown split(s) {sorted(unknown)}; expected {SPLITS}")
@@ -149,16 +157,20 @@ def plan_corpus(spec: CorpusSpec, sentences: list[str]) -> list[PlannedUtt]:
     for v in unseen:
         speakers[(v.name, "test_unseen_voice")] = _speakers(v, spec)
 
+    for v in seen:
+        speakers[(v.name, UNTRANSCRIBED)] = speakers[(v.name, "train")]
+
     total = spec.hours * 3600.0
     cursor = 0
     plan: list[PlannedUtt] = []
-    for split in SPLITS:
-        frac = spec.split_fractions.get(split, 0.0)
+    budgets = [(split, spec.split_fractions.get(split, 0.0) * total) for split in SPLITS]
+    budgets.append((UNTRANSCRIBED, spec.untranscribed_hours * 3600.0))
+    for split, seconds in budgets:
         pool = unseen if split == "test_unseen_voice" else seen
-        if frac <= 0 or not pool:
+        if seconds <= 0 or not pool:
             continue
         for v in pool:
-            budget = _budgets(pool, total * frac, spec.engine_shares)[v.name]
+            budget = _budgets(pool, seconds, spec.engine_shares)[v.name]
             spk = speakers[(v.name, split)]
             spk_order = [spk[i] for i in rng.permutation(len(spk))]
             spc = spec.seconds_per_char.get(v.engine, 0.07)
@@ -182,6 +194,15 @@ def plan_corpus(spec: CorpusSpec, sentences: list[str]) -> list[PlannedUtt]:
                 plan.append(PlannedUtt(split, v.name, spk_id, f"audio/{split}/{v.name}/{uid}.flac", r))
                 used += len(text) * spc / rate
     return plan
+
+
+def text_digest(text: str) -> str:
+    """SHA-256 of a normalised sentence: how an untranscribed split's sentences are known without their text."""
+    import hashlib
+
+    from speechkd.text.normalize import normalize_text
+
+    return hashlib.sha256(normalize_text(text).encode()).hexdigest()
 
 
 def audio_ok(path: Path) -> bool:
@@ -286,12 +307,20 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, *, num_workers: int | No
             continue
         sr, frames = audio_info(path)
         by_split[p.split].append(Utterance(
-            id=p.render.uid, audio_filepath=p.path, duration=round(frames / sr, 4), text=p.render.text,
+            id=p.render.uid, audio_filepath=p.path, duration=round(frames / sr, 4),
+            text=None if p.split == UNTRANSCRIBED else p.render.text,
             speaker=p.speaker, extra={"engine": p.render.engine, "voice_model": p.voice_model}))
     summary: dict[str, Any] = {"name": spec.name, "version": spec.version, "seed": spec.seed,
                                "planned_hours": spec.hours, "splits": {}, "failures": len(failures),
-                               "planned_utterances": len(plan)}
-    for split in SPLITS:
+                               "planned_utterances": len(plan),
+                               "untranscribed": [UNTRANSCRIBED] if by_split.get(UNTRANSCRIBED) else []}
+    digests = sorted({text_digest(p.render.text) for p in plan if p.split == UNTRANSCRIBED})
+    hashes = out_dir / f"{UNTRANSCRIBED}.text-sha256"
+    if digests:
+        atomic_write_text(hashes, "".join(d + "\n" for d in digests))
+    elif hashes.exists():
+        hashes.unlink()
+    for split in SPLITS + (UNTRANSCRIBED,):
         utts = sorted(by_split.get(split, []), key=lambda u: u.id)
         if not utts:
             continue

@@ -55,7 +55,7 @@ def _run(args: list[str], what: str, *, stdin: str | None = None, timeout: float
 
 def _check_text(r: UttRender) -> None:
     if not _SAFE_TEXT.match(r.text):
-        raise SynthError(f"{r.uid}: text has characters outside [a-z' ]: {r.text!r}")
+        raise SynthError(f"{r.uid}: text has characters outside [a-z' ]")
 
 
 def render_espeak(r: UttRender, out_wav: Path) -> None:
