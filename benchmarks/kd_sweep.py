@@ -1,8 +1,9 @@
 """The KD settings sweep behind the default recipe's students (README.md, "How the KD settings were
 chosen").
 
-Each point is ``student_frame`` of ``pipelines/default`` with some ``kd`` keys changed, trained from
-the default run's teacher cache and decoded on dev and test. Settings are picked on dev; test is
+Each point is a student of ``pipelines/default`` (``--base``, default ``student_frame``) with some ``kd``
+keys changed (and ``data.`` keys: the untranscribed audio's ratio), trained from the default run's teacher
+cache and decoded on dev and test. Settings are picked on dev; test is
 printed beside it. The recipe is first run up to its ``teacher_cache`` stage (skipped when
 ``make demo`` has run; otherwise that is the teacher, ~15 minutes); the points are added as extra
 stages ``sweep_<point>`` of the same experiment, so a rerun skips the points already trained. About
@@ -11,6 +12,7 @@ stages ``sweep_<point>`` of the same experiment, so a rerun skips the points alr
 
     python benchmarks/kd_sweep.py                       # the default grid
     python benchmarks/kd_sweep.py --point a9_d3=alpha:0.9,extra_delay:2
+    python benchmarks/kd_sweep.py --base student_unt_seq --point w6=pseudo_weight:0.6 --point r3=data.ratio:0.3
     python benchmarks/kd_sweep.py --quick
 """
 
@@ -42,12 +44,23 @@ RECIPE_STUDENTS = {"student_frame": "a9_est+2 (student_frame)"}
 
 
 def parse_point(text: str) -> tuple[str, dict]:
+    """``NAME=key:value,...``: kd keys, or ``data.<key>`` for the data block."""
     name, _, body = text.partition("=")
     kd = {}
     for item in filter(None, body.split(",")):
         k, _, v = item.partition(":")
         kd[k] = yaml.safe_load(v)
     return name, kd
+
+
+def point_stage(base: dict, changes: dict, threads: int) -> dict:
+    """The base student's stage with a point's kd and data changes."""
+    kd = {k: v for k, v in changes.items() if not k.startswith("data.")}
+    data = {k[5:]: v for k, v in changes.items() if k.startswith("data.")}
+    st = dict(base, kd={"delay": None, **base.get("kd", {}), **kd}, threads=threads)
+    if data or "data" in base:
+        st["data"] = {**base.get("data", {}), **data}
+    return st
 
 
 def stage_name(point: str) -> str:
@@ -58,7 +71,8 @@ def result_row(exp: Path, train_stage: str, decode_stage: str) -> dict:
     """What a sweep point (or a recipe student) got: its kd config, delay, dev and test WER/CER."""
     splits = json.loads((exp / decode_stage / "summary.json").read_text())["splits"]
     trained = json.loads((exp / train_stage / "outputs.json").read_text())
-    row = {"kd": trained.get("kd"), "delay_frames": trained.get("delay_frames")}
+    row = {"kd": trained.get("kd"), "delay_frames": trained.get("delay_frames"),
+           "untranscribed": trained.get("untranscribed"), "steps": trained.get("steps")}
     for split in ("dev", "test"):
         row.update({f"{split}_wer": splits[split]["wer"], f"{split}_cer": splits[split]["cer"]})
     return row
@@ -67,7 +81,9 @@ def result_row(exp: Path, train_stage: str, decode_stage: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default=str(REPO / "pipelines" / "default" / "recipe.yaml"))
-    ap.add_argument("--point", action="append", help="NAME=key:value,... (repeatable; default: the grid)")
+    ap.add_argument("--point", action="append", help="NAME=key:value,... (repeatable; default: the grid); kd keys, "
+                                                     "or data.<key>")
+    ap.add_argument("--base", default="student_frame", help="the recipe's student the points change")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per point")
     ap.add_argument("--jobs", type=int, default=2, help="points trained side by side")
     ap.add_argument("--exp-root", help="as speechkd run --exp-root")
@@ -78,12 +94,11 @@ def main() -> None:
         a.point = a.point or ["a9_est+1=alpha:0.9,extra_delay:1"]
 
     recipe = yaml.safe_load(Path(a.recipe).read_text())
-    base = recipe["stages"]["student_frame"]
+    base = recipe["stages"][a.base]
     points = dict(parse_point(p) for p in a.point) if a.point else GRID
     stages = {}
     for name, kd in points.items():
-        st = dict(base, kd={"delay": None, **base.get("kd", {}), **kd}, threads=a.threads)
-        stages[stage_name(name)] = st
+        stages[stage_name(name)] = point_stage(base, kd, a.threads)
         stages["decode_" + stage_name(name)] = {"type": "decode", "model": stage_name(name), "splits": ["dev", "test"]}
     # the sweep is the default recipe plus extra stages: earlier stages keep their fingerprints
     recipe["stages"] = {**recipe["stages"], **stages}
@@ -105,8 +120,9 @@ def main() -> None:
 
     rows = {}
     d = exp_root / recipe["name"]
-    for stage, label in RECIPE_STUDENTS.items():
-        if not a.point and (d / f"decode_{stage}" / ".done").exists():
+    recipe_students = RECIPE_STUDENTS if a.base == "student_frame" else {a.base: f"{a.base} (recipe)"}
+    for stage, label in recipe_students.items():
+        if (not a.point or a.base != "student_frame") and (d / f"decode_{stage}" / ".done").exists():
             rows[label] = result_row(d, stage, f"decode_{stage}")
     for name in points:
         rows[name] = result_row(d, stage_name(name), "decode_" + stage_name(name))

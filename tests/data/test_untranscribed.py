@@ -185,3 +185,61 @@ def test_distill_config_refuses_untranscribed_data_it_cannot_learn_from():
         from_dict(Config, {"data": {"untranscribed": ["train"]}})
     cfg = from_dict(Config, {"kd": {"alpha": 0.0, "pseudo": "1best"}, "data": {"untranscribed": ["u"], "ratio": 0.3}})
     assert cfg.data.ratio == 0.3
+
+
+def test_eval_refuses_an_untranscribed_manifest_before_transcribing_anything(tmp_path):
+    from speechkd.eval.raw import evaluate_manifest
+
+    _wav(tmp_path / "a.wav")
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio_filepath": "a.wav", "duration": 0.5, "text": "hi", "id": "a"}\n'
+                 '{"audio_filepath": "a.wav", "duration": 0.5, "id": "b"}\n')
+    calls = []
+    with pytest.raises(ValueError, match=r"m.jsonl: entry 2 \(b\) has no transcript"):
+        evaluate_manifest(lambda p, *a: calls.append(p) or "x", m)
+    assert not calls
+
+
+def test_the_corpus_stage_declares_untranscribed_splits_and_drops_their_text(tmp_path):
+    from types import SimpleNamespace
+
+    from speechkd.config import ConfigError, from_dict
+    from speechkd.stages.corpus import Config, run
+
+    for n in ("a", "b", "c"):
+        _wav(tmp_path / "src" / f"{n}.wav")
+    (tmp_path / "train.jsonl").write_text('{"audio_filepath": "src/a.wav", "duration": 0.5, "text": "one"}\n')
+    (tmp_path / "extra.jsonl").write_text('{"audio_filepath": "src/b.wav", "duration": 0.5, "text": "Kept Secret"}\n'
+                                          '{"audio_filepath": "src/c.wav", "duration": 0.5}\n')
+    cfg = from_dict(Config, {"kind": "nemo", "splits": {"train": str(tmp_path / "train.jsonl"),
+                                                        "extra": str(tmp_path / "extra.jsonl"),
+                                                        "calls": str(tmp_path / "src")},
+                             "kinds": {"calls": "audio"}, "untranscribed": ["extra"]})
+    out = tmp_path / "corpus"
+    out.mkdir()
+    summary = run(cfg, SimpleNamespace(out_dir=out, recipe_dir=None))
+    assert summary["untranscribed"] == ["extra", "calls"]
+    assert json.loads((out / "corpus.json").read_text())["untranscribed"] == ["extra", "calls"]
+    assert summary["splits"]["extra"]["utterances"] == 2 and summary["splits"]["calls"]["utterances"] == 3
+    assert "ecret" not in (out / "extra.jsonl").read_text() and '"text"' not in (out / "calls.jsonl").read_text()
+    assert [u.text for u in read_manifest(out / "train.jsonl")] == ["one"]
+    with pytest.raises(ConfigError, match=r"untranscribed\[0\]: names split 'nope'"):
+        from_dict(Config, {"kind": "nemo", "splits": {"train": "x"}, "untranscribed": ["nope"]})
+
+
+def test_featurize_keeps_untranscribed_rows_only_in_a_split_declared_untranscribed(tmp_path):
+    from speechkd.data.checks import BadInputLog
+    from speechkd.data.featurize import FeaturizeOptions, featurize_split
+
+    for n in ("a", "b"):
+        _wav(tmp_path / f"{n}.wav")
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio_filepath": "a.wav", "duration": 0.5, "id": "a"}\n'
+                 '{"audio_filepath": "b.wav", "duration": 0.5, "text": "hello", "id": "b"}\n')
+    got = {}
+    for unt in (False, True):
+        bad = BadInputLog("skip")
+        _, rows, _ = featurize_split(m, f"s{int(unt)}", tmp_path / "out", FeaturizeOptions(), bad, 1, untranscribed=unt)
+        got[unt] = ([r.id for r in rows], [(r.id, r.reason) for r in bad.rejected])
+    assert got[False] == (["b"], [("a", "no_transcript")])
+    assert got[True] == (["a"], [("b", "has_transcript")])
