@@ -94,8 +94,8 @@ def check(cfg: Config, lookup) -> None:
     if unt is not None:
         for i, s in enumerate(cfg.data.untranscribed):
             if s not in unt:
-                raise ValueError(f"data.untranscribed[{i}]: split {s!r} is transcribed (the corpus stage declares "
-                                 f"{', '.join(unt) or 'no'} untranscribed split(s)); train on it as train_split")
+                raise ValueError(f"data.untranscribed[{i}]: split {s!r} is transcribed (untranscribed splits: "
+                                 f"{', '.join(unt) or 'none'}); train on it as train_split")
         if cfg.train_split in unt:
             raise ValueError(f"train_split: {cfg.train_split!r} is untranscribed; CTC needs transcripts "
                              "(name it in data.untranscribed)")
