@@ -13,7 +13,39 @@ import numpy as np
 from speechkd.data.dataset import DataError
 
 
-class BucketingSampler:
+class _EpochSampler:
+    """What both samplers share: ``batches(epoch)`` (a pure function of the seed and the epoch), the current
+    epoch and the batches of it already consumed (``position``), which make resume exact."""
+
+    seed: int
+    epoch: int = 0
+    position: int = 0
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def __iter__(self):
+        bs = self.batches(self.epoch)
+        while self.position < len(bs):
+            b = bs[self.position]
+            self.position += 1
+            yield b
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch, self.position = int(d["epoch"]), int(d["position"])
+
+
+class BucketingSampler(_EpochSampler):
     """Length-bucketed batches of at most ``max_frames`` padded frames, reshuffled every epoch."""
 
     def __init__(self, lengths: list[int], max_frames: int, *, seed: int, shuffle: bool = True, rank: int = 0,
@@ -48,28 +80,9 @@ class BucketingSampler:
         n = len(out) // self.world_size * self.world_size if self.world_size > 1 else len(out)
         return out[self.rank : n : self.world_size]
 
-    def __len__(self) -> int:
-        return len(self.batches(self.epoch))
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def __iter__(self):
-        bs = self.batches(self.epoch)
-        while self.position < len(bs):
-            b = bs[self.position]
-            self.position += 1
-            yield b
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.epoch, self.position = int(d["epoch"]), int(d["position"])
 
 
-class MixedSampler:
+class MixedSampler(_EpochSampler):
     """Batches of transcribed and untranscribed utterances, interleaved at a ratio.
 
     An epoch is one pass over the transcribed batches (a :class:`BucketingSampler` over
@@ -138,23 +151,3 @@ class MixedSampler:
         for flag in is_unl:
             out.append(next(b) if flag else next(a))
         return out
-
-    def __len__(self) -> int:
-        return len(self.batches(self.epoch))
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def __iter__(self):
-        bs = self.batches(self.epoch)
-        while self.position < len(bs):
-            b = bs[self.position]
-            self.position += 1
-            yield b
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.epoch, self.position = int(d["epoch"]), int(d["position"])

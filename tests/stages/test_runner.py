@@ -111,7 +111,8 @@ def test_cli_quick_recipe_twice(tmp_path):
     assert [l.split()[-1] for l in second.stdout.splitlines()] == ["skipped"] * 3
     print(f"second run (no-op) took {elapsed:.1f}s")
     summary = json.loads((tmp_path / "quick" / "corpus" / "corpus.json").read_text())
-    assert set(summary["splits"]) == {"train", "dev", "test", "test_unseen_voice"}
+    assert set(summary["splits"]) == {"train", "dev", "test", "test_unseen_voice", "untranscribed"}
+    assert summary["untranscribed"] == ["untranscribed"]
     assert len(read_manifest(tmp_path / "quick" / "featurize" / "train.jsonl")) == summary["splits"]["train"]["utterances"]
 
 
