@@ -81,7 +81,6 @@ class BucketingSampler(_EpochSampler):
         return out[self.rank : n : self.world_size]
 
 
-
 class MixedSampler(_EpochSampler):
     """Batches of transcribed and untranscribed utterances, interleaved at a ratio.
 

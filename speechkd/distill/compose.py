@@ -12,7 +12,8 @@ scores (``seq: nbest``), or cross-entropy to forward-backward occupancies constr
 
 where ``L_pseudo`` is CTC on the teacher's pseudo-labels (``pseudo: 1best`` or ``nbest``, weighted by
 normalised scores) of the utterances whose confidence (the 1-best's posterior among the cached N-best) is
-at least ``pseudo_threshold``; the others add nothing to it (it is a mean over the batch). The teacher's posteriors are delayed by ``delay`` frames before matching.
+at least ``pseudo_threshold``; the others add nothing to it (it is a mean over the batch). The teacher's
+posteriors are delayed by ``delay`` frames before matching.
 :class:`KDObjective` is what the trainer calls; a hint projection is one of its ``heads``, trained
 beside the student and never part of the student's weights.
 """

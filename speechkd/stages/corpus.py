@@ -5,8 +5,8 @@ which declares the splits and, under ``untranscribed``, those without transcript
 later stages read as data). An untranscribed split's rows carry no ``text``: the ``audio`` importer's
 splits, the splits the recipe lists in ``untranscribed`` (any text an importer found is dropped), and
 the embedded corpus's ``untranscribed`` split (``untranscribed_hours``), whose sentences are known only
-as SHA-256 digests (``untranscribed.text-sha256``), so the lm stage can leave them out of its text. Rejected entries and
-synthesis failures are listed under ``rejected/``. Relative paths in the config (the spec, the
+as SHA-256 digests (``untranscribed.text-sha256``), so the lm stage can leave them out of its text.
+Rejected entries and synthesis failures are listed under ``rejected/``. Relative paths in the config (the spec, the
 import sources) resolve against the recipe's folder first; the spec then against the toolkit's
 own ``data_manifests/``, import sources against the working directory.
 """
