@@ -22,6 +22,14 @@ another (a stage's ``upstream(cfg)``: it must name an *earlier* stage of a fitti
 
 A stage's fingerprint covers its type, config and the seed, the content of files it reads outside
 the experiment (``fingerprint_inputs``), and the fingerprints of the stages it reads.
+
+A recipe may build on another (``extends: ../default``, a recipe file or folder, relative to its own
+folder): it gets the base's stages, in their order, with its own after them; a stage it names that the
+base has replaces the base's config whole, in place; its ``defaults`` merge over the base's; ``name``,
+``seed`` and ``exp_dir`` are the base's unless it sets them. Sharing the base's name means sharing its
+experiment folder, so the base's finished stages are reused (their fingerprints are unchanged) and only
+the new stages run. Relative paths in a stage's config are resolved from the folder of the file that
+wrote the stage.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from speechkd.config import ConfigError, apply_overrides, check_name, from_dict,
 from speechkd.stages import STAGE_TYPES, get_stage
 from speechkd.utils import stable_hash
 
-RECIPE_KEYS = {"name", "seed", "exp_dir", "description", "defaults", "stages"}
+RECIPE_KEYS = {"name", "seed", "exp_dir", "description", "defaults", "stages", "extends"}
 
 
 @dataclass
@@ -44,6 +52,7 @@ class PlannedStage:
     cfg: Any
     fingerprint: str
     reads: list[str] = field(default_factory=list)
+    recipe_dir: Path | None = None  # the folder of the recipe file that wrote this stage
 
 
 def recipe_file(path: str | Path) -> Path:
@@ -80,14 +89,44 @@ def _ancestors(names: list[str], by_name: dict[str, "PlannedStage"]) -> list[str
     return out
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[PlannedStage]]:
-    """Parse and check a whole recipe (every stage config and every stage reference) without running anything."""
-    rf = recipe_file(path)
-    data = load_yaml(rf)
+def _stages_of(rf: Path, data: dict) -> dict:
     raw_stages = data.get("stages")
     if raw_stages is not None and not isinstance(raw_stages, dict):
         raise ConfigError(f"{rf}: 'stages' must be a mapping of stage name -> config (got a "
                           f"{type(raw_stages).__name__}); write 'corpus: {{...}}', not '- corpus: {{...}}'")
+    return raw_stages or {}
+
+
+def _read_recipe(rf: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The recipe's YAML with its ``extends`` chain resolved, and the folder that wrote each stage."""
+    if rf.resolve() in chain:
+        raise ConfigError(f"{chain[0]}: 'extends' goes round in a circle through {rf}")
+    data = load_yaml(rf)
+    own = _stages_of(rf, data)
+    where = {str(n): rf.parent for n in own}
+    base_ref = data.pop("extends", None)
+    if base_ref is None:
+        return data, where
+    if not isinstance(base_ref, str) or not base_ref:
+        raise ConfigError(f"{rf}: 'extends' must name a recipe file or folder, got {base_ref!r}")
+    base_path = recipe_file(base_ref if Path(base_ref).is_absolute() else rf.parent / base_ref)
+    if not base_path.is_file():
+        raise ConfigError(f"{rf}: extends {base_ref!r}: no recipe at {base_path}")
+    base, base_where = _read_recipe(base_path, chain + (rf.resolve(),))
+    base.setdefault("name", base_path.resolve().parent.name)
+    merged = {k: v for k, v in base.items() if k not in ("stages", "defaults", "description")}
+    merged.update({k: v for k, v in data.items() if k not in ("stages", "defaults")})
+    b, o = base.get("defaults") or {}, data.get("defaults") or {}
+    merged["defaults"] = _merge(b, o) if isinstance(b, dict) and isinstance(o, dict) else o or b  # checked later
+    merged["stages"] = {**_stages_of(base_path, base), **own}
+    return merged, {**base_where, **where}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[PlannedStage]]:
+    """Parse and check a whole recipe (every stage config and every stage reference) without running anything."""
+    rf = recipe_file(path)
+    data, stage_dirs = _read_recipe(rf)
+    raw_stages = _stages_of(rf, data)
     stage_names = set((raw_stages or {}).keys())
     fixed = []
     for ov in overrides or []:  # allow the short form `corpus.hours=0.1`
@@ -146,12 +185,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
             except (ValueError, KeyError) as e:
                 raise ConfigError(f"{where}: {e}") from None
         try:
-            extra = mod.fingerprint_inputs(cfg, rf.parent) if hasattr(mod, "fingerprint_inputs") else None
+            extra = (mod.fingerprint_inputs(cfg, stage_dirs.get(sname, rf.parent))
+                     if hasattr(mod, "fingerprint_inputs") else None)
         except (ConfigError, ValueError) as e:  # a missing or unusable input is refused here, before any
             raise ConfigError(f"{rf}: stages.{sname}: {e}") from None  # stage folder is touched
         fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "inputs": extra,
                           "upstream": {r: by_name[r].fingerprint for r in reads}})
-        st = PlannedStage(sname, stype, cfg, fp, reads)
+        st = PlannedStage(sname, stype, cfg, fp, reads, stage_dirs.get(sname, rf.parent))
         planned.append(st)
         by_name[sname] = st
     data["seed"] = seed

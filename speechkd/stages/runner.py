@@ -217,7 +217,7 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
                       out / "config.yaml")
         _barrier()
         ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"],
-                           recipe_dir=rf.parent, reads=set(st.reads), stage_type=st.type, fingerprint=st.fingerprint)
+                           recipe_dir=st.recipe_dir or rf.parent, reads=set(st.reads), stage_type=st.type, fingerprint=st.fingerprint)
         seed_everything(meta["seed"])
         torch.set_num_threads(threads)
         mod = get_stage(st.type)

@@ -229,7 +229,8 @@ def test_bad_defaults_are_refused(tmp_path, defaults, match):
 
 
 @pytest.mark.parametrize("recipe,students", [
-    ("default", ("student_frame", "student_unt_frame", "student_unt_seq", "selftrain")),
+    ("default", ("student_frame", "student_unt_frame")),
+    ("untranscribed", ("student_frame", "student_unt_frame", "student_unt_seq", "selftrain")),
     ("seqkd", ("student_frame", "student_seq", "student_both")),
 ])
 def test_the_default_recipes_resolve_to_the_same_student_configs_as_written_out(recipe, students):
@@ -239,7 +240,7 @@ def test_the_default_recipes_resolve_to_the_same_student_configs_as_written_out(
     for s in students:
         assert (st[s].epochs, st[s].model, st[s].optim, st[s].specaug, st[s].max_frames, st[s].average_last) == \
             (st["baseline"].epochs, st["baseline"].model, st["baseline"].optim, False, 10000, 1)
-        assert bool(st[s].data.untranscribed) == (s != "student_frame" and recipe == "default")
+        assert bool(st[s].data.untranscribed) == (s != "student_frame" and recipe != "seqkd")
 
 
 def test_the_report_reads_the_stages_it_follows_and_what_they_read(tmp_path):
@@ -262,3 +263,47 @@ def test_a_report_rtf_file_is_fingerprinted_and_must_exist(tmp_path):
     bench.write_text('{"student": "t", "student_torch_rtf": 0.02}')
     fp2 = {p.name: p.fingerprint for p in load_recipe(_recipe(tmp_path, text))[1]}["report"]
     assert fp1 != fp2
+
+
+# -- a recipe that extends another ------------------------------------------------------------------------
+
+def test_the_untranscribed_recipe_reuses_every_stage_of_the_default_run():
+    """pipelines/untranscribed shares exp/default: the default's stages keep their fingerprints (so a finished
+    `make demo` is reused) and only its own stages are new, after them."""
+    meta_d, default = load_recipe(REPO / "pipelines" / "default")
+    meta_u, unt = load_recipe(REPO / "pipelines" / "untranscribed")
+    assert (meta_u["name"], meta_u["seed"]) == (meta_d["name"], meta_d["seed"])
+    assert [(p.name, p.fingerprint) for p in unt[:len(default)]] == [(p.name, p.fingerprint) for p in default]
+    assert [p.name for p in unt[len(default):]] == ["student_unt_seq", "selftrain", "decode_student_unt_seq",
+                                                    "decode_selftrain", "report_untranscribed"]
+    assert unt[0].recipe_dir.resolve() == (REPO / "pipelines" / "default").resolve()
+
+
+def test_extends_merges_defaults_replaces_named_stages_and_resolves_paths_from_their_file(tmp_path):
+    base = tmp_path / "base" / "recipe.yaml"
+    base.parent.mkdir()
+    base.write_text("name: shared\nseed: 7\ndefaults:\n  train: {epochs: 3, max_frames: 500}\n" + BASE3 +
+                    "  d: {type: decode, model: t}\n")
+    ext = _recipe(tmp_path, "extends: ../base\ndefaults:\n  train: {epochs: 4}\nstages:\n"
+                            "  d: {type: decode, model: t, splits: [dev]}\n  t2: {type: train}\n")
+    meta, planned = load_recipe(ext)
+    assert (meta["name"], meta["seed"]) == ("shared", 7)
+    assert [p.name for p in planned] == ["corpus", "featurize", "tokenizer", "t", "d", "t2"]  # d stays in place
+    st = {p.name: p for p in planned}
+    assert (st["t"].cfg.epochs, st["t"].cfg.max_frames, st["t2"].cfg.epochs) == (4, 500, 4)
+    assert st["d"].cfg.splits == ["dev"]
+    assert st["corpus"].recipe_dir.resolve() == base.parent and st["t2"].recipe_dir == ext.parent
+    _, plain = load_recipe(base)
+    assert st["corpus"].fingerprint == plain[0].fingerprint and st["t"].fingerprint != plain[3].fingerprint
+    meta, _ = load_recipe(_recipe(tmp_path, "extends: ../base\nname: mine\nstages: {}\n"))
+    assert meta["name"] == "mine"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("extends: ../nowhere\nstages: {}\n", r"extends '../nowhere': no recipe at"),
+    ("extends: [a]\nstages: {}\n", r"'extends' must name a recipe file or folder"),
+    ("extends: .\nstages: {}\n", r"'extends' goes round in a circle"),
+])
+def test_bad_extends_are_refused(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(_recipe(tmp_path, text))
