@@ -2,7 +2,8 @@
 chosen").
 
 Each point is a student of ``pipelines/default`` (``--base``, default ``student_frame``) with some ``kd``
-keys changed (and ``data.`` keys: the untranscribed audio's ratio), trained from the default run's teacher
+keys changed (and ``data.`` keys: the untranscribed audio's ratio; and the schedule: ``epochs``,
+``max_steps``, ``max_steps_from``), trained from the default run's teacher
 cache and decoded on dev and test. Settings are picked on dev; test is
 printed beside it. The recipe is first run up to its ``teacher_cache`` stage (skipped when
 ``make demo`` has run; otherwise that is the teacher, ~15 minutes); the points are added as extra
@@ -12,7 +13,8 @@ stages ``sweep_<point>`` of the same experiment, so a rerun skips the points alr
 
     python benchmarks/kd_sweep.py                       # the default grid
     python benchmarks/kd_sweep.py --point a9_d3=alpha:0.9,extra_delay:2
-    python benchmarks/kd_sweep.py --base student_unt_seq --point w6=pseudo_weight:0.6 --point r3=data.ratio:0.3
+    python benchmarks/kd_sweep.py --recipe pipelines/untranscribed --base student_unt_seq --point w6=pseudo_weight:0.6
+    python benchmarks/kd_sweep.py --base student_unt_frame --point x2=max_steps_from:'',max_steps:2820
     python benchmarks/kd_sweep.py --quick
 """
 
@@ -43,8 +45,12 @@ GRID = {
 RECIPE_STUDENTS = {"student_frame": "a9_est+2 (student_frame)"}
 
 
+# keys of the stage itself rather than of its kd block: the schedule
+STAGE_KEYS = {"epochs", "max_steps", "max_steps_from"}
+
+
 def parse_point(text: str) -> tuple[str, dict]:
-    """``NAME=key:value,...``: kd keys, or ``data.<key>`` for the data block."""
+    """``NAME=key:value,...``: kd keys, ``data.<key>`` for the data block, or a schedule key (``STAGE_KEYS``)."""
     name, _, body = text.partition("=")
     kd = {}
     for item in filter(None, body.split(",")):
@@ -54,10 +60,11 @@ def parse_point(text: str) -> tuple[str, dict]:
 
 
 def point_stage(base: dict, changes: dict, threads: int) -> dict:
-    """The base student's stage with a point's kd and data changes."""
-    kd = {k: v for k, v in changes.items() if not k.startswith("data.")}
+    """The base student's stage with a point's kd, data and schedule changes."""
+    kd = {k: v for k, v in changes.items() if not k.startswith("data.") and k not in STAGE_KEYS}
     data = {k[5:]: v for k, v in changes.items() if k.startswith("data.")}
-    st = dict(base, kd={"delay": None, **base.get("kd", {}), **kd}, threads=threads)
+    schedule = {k: v for k, v in changes.items() if k in STAGE_KEYS}
+    st = dict(base, kd={"delay": None, **base.get("kd", {}), **kd}, threads=threads, **schedule)
     if data or "data" in base:
         st["data"] = {**base.get("data", {}), **data}
     return st
@@ -93,20 +100,27 @@ def main() -> None:
         a.recipe = str(REPO / "pipelines" / "quick" / "recipe.yaml")
         a.point = a.point or ["a9_est+1=alpha:0.9,extra_delay:1"]
 
-    recipe = yaml.safe_load(Path(a.recipe).read_text())
+    from speechkd.stages.plan import read_recipe, recipe_file
+
+    rf = recipe_file(a.recipe).resolve()
+    recipe, _ = read_recipe(rf)  # with its extends chain: the base student may come from the recipe's base
+    if a.base not in recipe["stages"]:
+        sys.exit(f"--base {a.base!r}: no such stage in {rf} (students: "
+                 f"{', '.join(n for n, c in recipe['stages'].items() if (c or {}).get('type') == 'distill')})")
     base = recipe["stages"][a.base]
     points = dict(parse_point(p) for p in a.point) if a.point else GRID
     stages = {}
     for name, kd in points.items():
         stages[stage_name(name)] = point_stage(base, kd, a.threads)
         stages["decode_" + stage_name(name)] = {"type": "decode", "model": stage_name(name), "splits": ["dev", "test"]}
-    # the sweep is the default recipe plus extra stages: earlier stages keep their fingerprints
-    recipe["stages"] = {**recipe["stages"], **stages}
+    # the sweep extends the recipe with extra stages: the recipe's stages keep their fingerprints
+    recipe.setdefault("name", rf.parent.name)
     exp_root = Path(a.exp_root) if a.exp_root else REPO / "exp"
     out = exp_root / recipe["name"] / "kd_sweep"
     out.mkdir(parents=True, exist_ok=True)
     rf = out / "recipe.yaml"
-    rf.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    rf.write_text(yaml.safe_dump({"extends": str(recipe_file(a.recipe).resolve()), "name": recipe["name"],
+                                  "stages": stages}, sort_keys=False))
 
     cmd = [sys.executable, "-m", "speechkd.cli", "run", str(rf), "--exp-root", str(exp_root)]
     subprocess.run(cmd + ["--to", base.get("cache", "teacher_cache")], cwd=REPO, check=True)

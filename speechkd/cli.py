@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from speechkd.data.commands import add_commands as add_data_commands
 from speechkd.lm.files import add_cli_args, cli_choice, ship_lm
 
 log = logging.getLogger("speechkd.cli")
@@ -43,33 +44,6 @@ def _cmd_run(a: argparse.Namespace) -> int:
     for name, status in results:
         print(f"{name:>16}: {status}")
     return 0
-
-
-def _cmd_synth(a: argparse.Namespace) -> int:
-    from speechkd.data.synth import build_corpus, load_spec
-
-    spec = load_spec(a.spec, hours=a.hours, seed=a.seed) if a.spec else load_spec(hours=a.hours, seed=a.seed)
-    summary = build_corpus(spec, a.out, num_workers=a.workers, progress=not a.no_progress)
-    print(json.dumps(summary, indent=1))
-    return 0
-
-
-def _cmd_import(a: argparse.Namespace) -> int:
-    from speechkd.data.importers import import_to_manifest
-
-    print(import_to_manifest(a.kind, a.source, a.out, policy=a.bad_input, untranscribed=a.untranscribed))
-    return 0
-
-
-def _cmd_validate(a: argparse.Namespace) -> int:
-    from speechkd.data.manifest import validate_manifest
-
-    problems = validate_manifest(a.manifest, check_audio=not a.no_audio)
-    for p in problems:
-        print(p)
-    if not problems:
-        print(f"{a.manifest}: ok")
-    return 1 if problems else 0
 
 
 def _cmd_decode(a: argparse.Namespace) -> int:
@@ -289,33 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exp-root", help="write exp/<recipe> under this folder instead of ./exp")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("corpus", help="build or import corpora")
-    csub = c.add_subparsers(dest="corpus_cmd", required=True)
-    s = csub.add_parser("synth", help="build the embedded synth-en corpus (resumable)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--hours", type=float, help="planned hours (default: the spec's)")
-    s.add_argument("--seed", type=int, help="seed (default: the spec's)")
-    s.add_argument("--spec", help="corpus spec YAML (default: data_manifests/synth-en.yaml)")
-    s.add_argument("--workers", type=_bounded(int, 1, 256, "--workers"), help="parallel jobs (default: CPU cores)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.set_defaults(func=_cmd_synth)
-    i = csub.add_parser("import", help="import a corpus into a JSONL manifest")
-    i.add_argument("kind", choices=["librispeech", "kaldi", "nemo", "commonvoice", "audio"],
-                   help="audio: a folder tree of audio files, written as untranscribed rows")
-    i.add_argument("source", help="LibriSpeech folder, Kaldi data dir, NeMo manifest, Common Voice TSV or a "
-                                  "folder of audio files")
-    i.add_argument("--untranscribed", action="store_true",
-                   help="nemo: write every row without text (rows without text are otherwise rejected)")
-    i.add_argument("--out", required=True, help="output manifest (.jsonl)")
-    i.add_argument("--bad-input", choices=["skip", "fail"], default="skip", help="policy for bad entries")
-    i.set_defaults(func=_cmd_import)
-
-    m = sub.add_parser("manifest", help="manifest tools")
-    msub = m.add_subparsers(dest="manifest_cmd", required=True)
-    v = msub.add_parser("validate", help="check a manifest; prints file:line problems")
-    v.add_argument("manifest")
-    v.add_argument("--no-audio", action="store_true", help="do not check that audio files exist")
-    v.set_defaults(func=_cmd_validate)
+    add_data_commands(sub, _bounded(int, 1, 256, "--workers"))
 
     d = sub.add_parser("decode", help="batched greedy CTC decoding (or with --lm the LM-fused beam) + WER/CER "
                                       "reports of featurized manifests")

@@ -6,10 +6,11 @@ Supported layouts:
 * Kaldi data dir: ``wav.scp`` (plain paths only), ``text``, ``utt2spk``, optional ``segments``;
 * NeMo JSONL manifest (``audio_filepath``, ``duration``, ``text``);
 * Common Voice TSV (``client_id``, ``path``, ``sentence``; audio under ``clips/``);
-* a folder tree of audio files (``audio``: every format libsndfile reads), untranscribed.
+* a folder tree of audio files (``audio``: every format libsndfile reads), untranscribed;
+* lhotse cuts, or recordings + supervisions (:mod:`speechkd.data.lhotse_io`).
 
 A split whose rows carry no transcript is *untranscribed* (audio that only distillation uses): the
-``audio`` importer writes such rows, and the NeMo importer with ``untranscribed=True`` drops any text.
+``audio`` importer writes such rows, and the NeMo and lhotse importers with ``untranscribed=True`` drop any text.
 
 Transcripts are normalised with :func:`speechkd.text.normalize_text`; the original is kept as
 ``raw_text`` when it differs. Durations come from the audio header (seconds). Text inputs must be
@@ -296,14 +297,22 @@ def import_audio(root: str | Path, out_manifest: str | Path | None = None, *, po
     return _finish(utts, out_manifest, bad, f"audio {root}")
 
 
+def import_lhotse(source: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip",
+                  bad: BadInputLog | None = None, untranscribed: bool = False) -> list[Utterance]:
+    """Import lhotse cuts, or recordings with their supervisions (:mod:`speechkd.data.lhotse_io`)."""
+    from speechkd.data.lhotse_io import import_lhotse as _import
+
+    return _import(source, out_manifest, policy=policy, bad=bad, untranscribed=untranscribed)
+
+
 def import_to_manifest(kind: str, source: str | Path, out: str | Path, *, policy: str = "skip",
                        untranscribed: bool = False) -> str:
     """Run one importer into the manifest ``out`` (rejections listed beside it); returns a one-line summary.
-    ``untranscribed`` (nemo only) writes every row without text."""
-    if untranscribed and kind != "nemo":
-        raise ValueError("--untranscribed is for nemo manifests (" + ("audio is always untranscribed)" if kind == "audio"
-                                                                       else "declare the split untranscribed in the "
-                                                                            "corpus stage)"))
+    ``untranscribed`` (nemo and lhotse) writes every row without text."""
+    if untranscribed and kind not in DECLARED_UNTRANSCRIBED:
+        raise ValueError("--untranscribed is for nemo and lhotse manifests (" + (
+            "audio is always untranscribed)" if kind == "audio" else "declare the split untranscribed in the "
+                                                                     "corpus stage)"))
     bad = BadInputLog(policy, rejected_path(out))
     utts = IMPORTERS[kind](source, out, policy=policy, bad=bad, **({"untranscribed": True} if untranscribed else {}))
     line = f"wrote {len(utts)} utterances ({sum(u.duration for u in utts) / 3600:.3f} h) to {out}"
@@ -319,9 +328,12 @@ IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {
     "nemo": import_nemo,
     "commonvoice": import_commonvoice,
     "audio": import_audio,
+    "lhotse": import_lhotse,
 }
 # importers whose splits are untranscribed whatever the recipe says
 UNTRANSCRIBED_KINDS = ("audio",)
+# importers that drop the text of a split declared untranscribed (and otherwise reject rows without text)
+DECLARED_UNTRANSCRIBED = ("nemo", "lhotse")
 
-__all__ = ["IMPORTERS", "UNTRANSCRIBED_KINDS", "rejected_path", "import_librispeech", "import_kaldi", "import_nemo",
-           "import_commonvoice", "import_audio", "ManifestError"]
+__all__ = ["IMPORTERS", "UNTRANSCRIBED_KINDS", "DECLARED_UNTRANSCRIBED", "rejected_path", "import_librispeech",
+           "import_kaldi", "import_nemo", "import_commonvoice", "import_audio", "import_lhotse", "ManifestError"]

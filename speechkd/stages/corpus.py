@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
-    kind: Literal["synth", "librispeech", "kaldi", "nemo", "commonvoice", "audio"] = field(
-        "synth", help="synth (the embedded corpus) or an importer (audio: a folder tree of untranscribed audio)")
+    kind: Literal["synth", "librispeech", "kaldi", "nemo", "commonvoice", "audio", "lhotse"] = field(
+        "synth", help="synth (the embedded corpus) or an importer (audio: a folder tree of untranscribed audio; "
+                      "lhotse: cuts, or recordings with their supervisions)")
     spec: str = field("data_manifests/synth-en.yaml", help="synth: corpus spec (relative: to the recipe's folder, "
                                                            "then the toolkit's)")
     hours: float | None = field(None, help="synth: planned hours (overrides the spec)")
@@ -60,7 +61,7 @@ class Config:
                                                              "split is set by untranscribed_hours")
         else:
             require(bool(self.splits), "splits", f"give at least one 'split: source' for kind {self.kind!r}")
-        importers = ("librispeech", "kaldi", "nemo", "commonvoice", "audio")
+        importers = ("librispeech", "kaldi", "nemo", "commonvoice", "audio", "lhotse")
         for name, k in self.kinds.items():
             require(name in self.splits, "kinds", f"names split {name!r}, which splits does not list")
             require(k in importers, f"kinds.{name}", f"must be one of {', '.join(importers)}, got {k!r}")
@@ -107,6 +108,9 @@ def _text_inputs(kind: str, src: Path) -> list[Path]:
         return [src / n for n in ("wav.scp", "text", "utt2spk", "segments") if (src / n).exists()]
     if kind == "librispeech":
         return sorted(src.rglob("*.trans.txt")) if src.is_dir() else []
+    if kind == "lhotse" and "recordings" in src.name:  # its supervisions are read from beside it
+        sup = src.with_name(src.name.replace("recordings", "supervisions"))
+        return [p for p in (src, sup) if p.is_file()]
     return [src] if src.is_file() else []
 
 
@@ -133,7 +137,7 @@ def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str:
         h.update(f"{split}\0{root.resolve()}\0".encode())
         h.update(f"{cfg.kind_of(split)}\0".encode())
         for f in _text_inputs(cfg.kind_of(split), root):
-            h.update(f"{f.relative_to(root) if f != root else f.name}\0".encode())
+            h.update(f"{f.relative_to(root) if f != root and f.is_relative_to(root) else f.name}\0".encode())
             try:
                 h.update(f.read_bytes())
             except OSError as e:
@@ -150,7 +154,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         return build_corpus(spec, ctx.out_dir, num_workers=cfg.num_workers or None)
 
     from speechkd.data.checks import BadInputLog
-    from speechkd.data.importers import IMPORTERS, rejected_path
+    from speechkd.data.importers import DECLARED_UNTRANSCRIBED, IMPORTERS, rejected_path
 
     from speechkd.data.manifest import write_manifest
 
@@ -160,7 +164,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         out_manifest = ctx.out_dir / f"{split}.jsonl"
         bad = BadInputLog(cfg.bad_input, rejected_path(out_manifest))
         kind = cfg.kind_of(split)
-        extra = {"untranscribed": True} if kind == "nemo" and split in untranscribed else {}
+        extra = {"untranscribed": True} if kind in DECLARED_UNTRANSCRIBED and split in untranscribed else {}
         utts = IMPORTERS[kind](resolve_source(src, ctx.recipe_dir), out_manifest, policy=cfg.bad_input, bad=bad,
                                **extra)
         if split in untranscribed and any(u.text is not None for u in utts):

@@ -97,7 +97,7 @@ def _stages_of(rf: Path, data: dict) -> dict:
     return raw_stages or {}
 
 
-def _read_recipe(rf: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+def read_recipe(rf: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
     """The recipe's YAML with its ``extends`` chain resolved, and the folder that wrote each stage."""
     if rf.resolve() in chain:
         raise ConfigError(f"{chain[0]}: 'extends' goes round in a circle through {rf}")
@@ -112,7 +112,7 @@ def _read_recipe(rf: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any]
     base_path = recipe_file(base_ref if Path(base_ref).is_absolute() else rf.parent / base_ref)
     if not base_path.is_file():
         raise ConfigError(f"{rf}: extends {base_ref!r}: no recipe at {base_path}")
-    base, base_where = _read_recipe(base_path, chain + (rf.resolve(),))
+    base, base_where = read_recipe(base_path, chain + (rf.resolve(),))
     base.setdefault("name", base_path.resolve().parent.name)
     merged = {k: v for k, v in base.items() if k not in ("stages", "defaults", "description")}
     merged.update({k: v for k, v in data.items() if k not in ("stages", "defaults")})
@@ -125,7 +125,7 @@ def _read_recipe(rf: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any]
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[PlannedStage]]:
     """Parse and check a whole recipe (every stage config and every stage reference) without running anything."""
     rf = recipe_file(path)
-    data, stage_dirs = _read_recipe(rf)
+    data, stage_dirs = read_recipe(rf)
     raw_stages = _stages_of(rf, data)
     stage_names = set((raw_stages or {}).keys())
     fixed = []
