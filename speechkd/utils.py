@@ -78,6 +78,27 @@ def pick_device(name: str = "auto"):
     return torch.device(name)
 
 
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the process group ``torchrun`` started, or ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_all(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` outside a process group."""
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (the one seed at entry)."""
     import numpy as np

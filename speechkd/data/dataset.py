@@ -36,8 +36,15 @@ class Batch:
     transcribed: bool = True  # False: untranscribed audio (no targets; the teacher cache labels it)
 
     def to(self, device) -> "Batch":
-        return Batch(self.ids, self.feats.to(device), self.feat_lens.to(device), self.targets.to(device),
-                     self.target_lens.to(device), self.texts, self.seconds, self.transcribed)
+        nb = self.feats.is_pinned()  # a pinned batch (DataLoader workers on CUDA) copies asynchronously
+        return Batch(self.ids, self.feats.to(device, non_blocking=nb), self.feat_lens.to(device, non_blocking=nb),
+                     self.targets.to(device, non_blocking=nb), self.target_lens.to(device, non_blocking=nb),
+                     self.texts, self.seconds, self.transcribed)
+
+    def pin_memory(self) -> "Batch":
+        """The DataLoader's pin_memory hook: page-locked tensors for an asynchronous copy to the GPU."""
+        return Batch(self.ids, self.feats.pin_memory(), self.feat_lens.pin_memory(), self.targets.pin_memory(),
+                     self.target_lens.pin_memory(), self.texts, self.seconds, self.transcribed)
 
 
 class FeatureDataset:

@@ -84,7 +84,9 @@ def featurize_utterance(u: Utterance, audio_path: Path, cfg: FeaturizeOptions) -
 
 
 def _shard_job(args: tuple) -> dict[str, Any]:
-    """Featurize one shard (runs in a worker process). Writes nothing if ``fail`` and a problem is found."""
+    """Featurize one shard (runs in a worker process). If ``fail`` and a problem is found, writes no shard, only
+    an index that says so (``written: false``; the shard counts as not done: a rerun retries it), so that the
+    other ranks of a distributed run learn of it."""
     utts, audio_paths, cfg, shard_path, index_path = args
     import torch
 
@@ -100,7 +102,9 @@ def _shard_job(args: tuple) -> dict[str, Any]:
             if problem is not None:
                 rejected.append({"id": u.id, "path": ap, "reason": problem[0], "detail": problem[1]})
                 if cfg.bad_input == "fail":
-                    return {"entries": [], "rejected": rejected, "written": False, "seconds": seconds}
+                    index = {"entries": [], "rejected": rejected, "written": False, "seconds": seconds}
+                    atomic_write_text(Path(index_path), json.dumps(index) + "\n")
+                    return index
                 continue
             feats.append(f)
             kept.append(u.id)
@@ -115,13 +119,18 @@ def _shard_job(args: tuple) -> dict[str, Any]:
 
 
 def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions, bad: BadInputLog,
-                    workers: int, *, untranscribed: bool = False) -> tuple[list[Utterance], list[Utterance], float]:
+                    workers: int, *, untranscribed: bool = False, rank: int = 0,
+                    world: int = 1) -> tuple[list[Utterance], list[Utterance], float]:
     """Featurize the manifest ``manifest`` into ``out/shards/<split>/`` (shards whose index exists are
     kept: a rerun resumes). Bad input goes to ``bad`` (which raises under ``fail``, after the finished
     shards are on disk). Returns ``(input rows, featurized rows, seconds of audio featurized now)``;
     the featurized rows' audio paths are relative to ``out``. In an ``untranscribed`` split no row
     carries text (a row with text is refused: the corpus stage strips it); elsewhere a row without text
-    is bad input (``no_transcript``)."""
+    is bad input (``no_transcript``).
+
+    In a distributed run (``world`` > 1, a process group initialised) rank ``r`` featurizes the shards
+    ``i`` with ``i % world == r``; then every rank reads every shard's index from disk, so all return
+    the same rows and apply the policy alike."""
     utts = read_manifest(manifest, check_unique=False)
     seen: set[str] = set()
     good: list[Utterance] = []
@@ -156,10 +165,12 @@ def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions
             continue
         aps = [str(u.resolve_audio(manifest.parent)) for u in chunk]
         jobs.append((si, (chunk, aps, cfg, str(npy), str(idx))))
-    if len(shards) - len(jobs):
+    if len(shards) - len(jobs) and rank == 0:
         log.info("featurize %s: %d of %d shards already done", split, len(shards) - len(jobs), len(shards))
+    others = [(si, a) for si, a in jobs if si % world != rank]
+    jobs = [(si, a) for si, a in jobs if si % world == rank]
 
-    bar = progress(total=sum(len(j[1][0]) for j in jobs), desc=f"featurize {split}", unit="utt")
+    bar = progress(total=sum(len(j[1][0]) for j in jobs), desc=f"featurize {split}", unit="utt", disable=rank != 0)
     try:
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
@@ -180,6 +191,15 @@ def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions
                     break
     finally:
         bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's shards (or its 'fail' index) are on disk
+        for si, a in others:
+            idx = Path(a[4])
+            if idx.exists():
+                indexes[si] = json.loads(idx.read_text())
+        jobs += others
     # apply the policy in shard order (raises under 'fail': finished shards stay on disk)
     for si in sorted(indexes):
         for r in indexes[si]["rejected"]:
@@ -191,6 +211,8 @@ def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions
     seconds = 0.0
     for si in sorted(indexes):
         rel_shard = f"shards/{split}/feats-{si:05d}.npy"
+        if not indexes[si].get("written", True):
+            continue
         for e in indexes[si]["entries"]:
             u = by_id[e["id"]]
             ref = FeatureRef(rel_shard, e["offset"], e["frames"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -105,11 +106,25 @@ def _out_dir(out_manifest: str | Path | None) -> Path | None:
     return Path(out_manifest).parent if out_manifest else None
 
 
+def find_files(root: str | Path, suffix: str) -> list[Path]:
+    """Files under ``root`` whose names end in ``suffix``, sorted, following links to folders (a folder of
+    links to several LibriSpeech subsets is one training set); each real folder is visited once."""
+    out, seen = [], set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        out.extend(Path(d) / f for f in files if f.endswith(suffix))
+    return sorted(out)
+
+
 def import_librispeech(root: str | Path, out_manifest: str | Path | None = None, *, policy: str = "skip",
         bad: BadInputLog | None = None) -> list[Utterance]:
-    """Import a LibriSpeech tree (any subset folder, or the folder holding several subsets)."""
+    """Import a LibriSpeech tree (any subset folder, or a folder holding several subsets or links to them)."""
     root = Path(root)
-    trans = sorted(root.rglob("*.trans.txt"))
+    trans = find_files(root, ".trans.txt")
     if not trans:
         raise ImportError_(f"{root}: no '*.trans.txt' files found; is this a LibriSpeech folder?")
     bad = _bad(policy, out_manifest, bad)

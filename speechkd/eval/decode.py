@@ -19,30 +19,50 @@ from speechkd.data.sampler import BucketingSampler
 from speechkd.eval.scoring import greedy_decode, score
 
 
-@torch.no_grad()
 def utterance_posteriors(model, ds: FeatureDataset, device, max_frames: int,
                          limit: int = 0) -> tuple[list[str], list[str], list]:
     """``(ids, refs, log_probs)`` of the first ``limit`` utterances of ``ds`` (0 = all), in length order;
     ``log_probs[i]`` is a float32 ``(frames, vocab)`` NumPy array of natural-log posteriors. The model runs once,
     in length-bucketed batches; greedy decoding and every search read these."""
+    _, ids, refs, lps = posteriors_part(model, ds, device, max_frames, limit=limit)
+    return ids, refs, lps
+
+
+@torch.no_grad()
+def posteriors_part(model, ds: FeatureDataset, device, max_frames: int, *, limit: int = 0, rank: int = 0,
+                    world: int = 1) -> tuple[list[int], list[str], list[str], list]:
+    """One rank's share of :func:`utterance_posteriors`: the batches ``b`` with ``b % world == rank``, each
+    utterance with its position in the one-process order (``(positions, ids, refs, log_probs)``), so that
+    the shares of all ranks merge into exactly what one process computes (the same batches)."""
     import numpy as np
 
     was_training = model.training
     model.eval()
     idx = list(range(len(ds) if not limit else min(limit, len(ds))))
     idx.sort(key=lambda i: ds.lengths[i])
-    ids, refs, lps = [], [], []
+    pos, ids, refs, lps = [], [], [], []
     sampler = BucketingSampler([ds.lengths[i] for i in idx], max(max_frames, max(ds.lengths)), seed=0, shuffle=False)
-    for b in sampler.batches(0):
+    start = 0
+    for bi, b in enumerate(sampler.batches(0)):
+        first, start = start, start + len(b)
+        if bi % world != rank:
+            continue
         batch = ds.batch([idx[j] for j in b]).to(device)
         lp, ol = model(batch.feats, batch.feat_lens)
         lp = lp.float().cpu().numpy()
         for k, (uid, text) in enumerate(zip(batch.ids, batch.texts)):
+            pos.append(first + k)
             ids.append(uid)
             refs.append(text)
             lps.append(np.ascontiguousarray(lp[k, : int(ol[k])]))
     model.train(was_training)
-    return ids, refs, lps
+    return pos, ids, refs, lps
+
+
+def merge_parts(parts: list[tuple[list[int], list]]) -> list:
+    """Each rank's ``(positions, values)`` back into one list in the one-process order."""
+    out = {p: v for pos, vals in parts for p, v in zip(pos, vals)}
+    return [out[p] for p in sorted(out)]
 
 
 def greedy_hyps(lps: list, tokenizer) -> list[str]:

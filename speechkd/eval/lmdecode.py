@@ -31,14 +31,15 @@ def search_hyps(lps: list, tokenizer, *, decoder=None, beam: int = 32, threads: 
 
 
 def tune(decoder, lps: list, refs: list[str], tokenizer, alphas: list[float], betas: list[float],
-         threads: int = 1) -> tuple[float, float, list[dict[str, Any]]]:
+         threads: int = 1, merge=None) -> tuple[float, float, list[dict[str, Any]]]:
     """The ``(alpha, beta)`` of the grid with the lowest WER on ``refs`` (then CER, then the smaller weights),
-    and every grid point's ``{alpha, beta, wer, cer}``."""
+    and every grid point's ``{alpha, beta, wer, cer}``. ``merge(refs, hyps) -> (refs, hyps)``, where given,
+    turns one rank's share of the split into the whole split's (every rank then scores the same texts)."""
     grid = []
     for a in alphas:
         for b in betas:
             hyps = search_hyps(lps, tokenizer, decoder=decoder.with_weights(a, b), threads=threads)
-            s = score(refs, hyps)
+            s = score(*(merge(refs, hyps) if merge else (refs, hyps)))
             grid.append({"alpha": a, "beta": b, "wer": s["wer"], "cer": s["cer"]})
             log.info("lm weights alpha=%g beta=%g: WER %.2f%% CER %.2f%%", a, b, s["wer"], s["cer"])
     best = min(grid, key=lambda g: (g["wer"], g["cer"], g["alpha"], g["beta"]))

@@ -39,6 +39,9 @@ class Config:
     num_workers: int = field(0, help="synth: parallel jobs (0 = one per CPU core)")
     splits: dict[str, str] = field(default_factory=dict,
                                    help="importers: split name -> source (folder, data dir, manifest or TSV)")
+    root: str = field("", help="importers: the folder relative sources are in ('' = the recipe's folder, then the "
+                               "working directory), e.g. root=/data/LibriSpeech with splits {train: "
+                               "train-clean-100}")
     kinds: dict[str, str] = field(default_factory=dict,
                                   help="importers: split name -> importer kind for that split (default: kind), "
                                        "e.g. {dev: nemo} beside kind: librispeech")
@@ -59,6 +62,7 @@ class Config:
             require(not self.kinds, "kinds", "is for importers")
             require(not self.untranscribed, "untranscribed", "is for importers; the synth corpus's untranscribed "
                                                              "split is set by untranscribed_hours")
+            require(not self.root, "root", "is for importers")
         else:
             require(bool(self.splits), "splits", f"give at least one 'split: source' for kind {self.kind!r}")
         importers = ("librispeech", "kaldi", "nemo", "commonvoice", "audio", "lhotse")
@@ -94,9 +98,12 @@ def resolve_spec(spec: str, base: Path | None) -> Path:
                       "give corpus.spec a path)")
 
 
-def resolve_source(src: str, base: Path | None) -> Path:
-    """An import source: absolute as given; else in the recipe's folder, else the working directory."""
+def resolve_source(src: str, base: Path | None, root: str = "") -> Path:
+    """An import source: absolute as given; under ``root`` when one is set; else in the recipe's folder, else
+    the working directory."""
     p = Path(src)
+    if root and not p.is_absolute():
+        return Path(root).expanduser() / p
     if p.is_absolute() or base is None or not (base / p).exists():
         return p
     return base / p
@@ -107,7 +114,9 @@ def _text_inputs(kind: str, src: Path) -> list[Path]:
     if kind == "kaldi":
         return [src / n for n in ("wav.scp", "text", "utt2spk", "segments") if (src / n).exists()]
     if kind == "librispeech":
-        return sorted(src.rglob("*.trans.txt")) if src.is_dir() else []
+        from speechkd.data.importers import find_files
+
+        return find_files(src, ".trans.txt") if src.is_dir() else []
     if kind == "lhotse" and "recordings" in src.name:  # its supervisions are read from beside it
         sup = src.with_name(src.name.replace("recordings", "supervisions"))
         return [p for p in (src, sup) if p.is_file()]
@@ -130,10 +139,11 @@ def fingerprint_inputs(cfg: Config, base: Path | None = None) -> str:
         load_spec(spec, hours=cfg.hours, seed=cfg.seed, untranscribed_hours=cfg.untranscribed_hours)
         return h.hexdigest()
     for split, src in sorted(cfg.splits.items()):
-        root = resolve_source(src, base)
+        root = resolve_source(src, base, cfg.root)
         if not root.exists():
-            raise ConfigError(f"corpus.splits.{split}: {src!r} not found"
-                              + (f" (looked in {base} and the working directory)" if base else ""))
+            where = f" (in corpus.root {cfg.root})" if cfg.root else (
+                f" (looked in {base} and the working directory)" if base else "")
+            raise ConfigError(f"corpus.splits.{split}: {src!r} not found{where}")
         h.update(f"{split}\0{root.resolve()}\0".encode())
         h.update(f"{cfg.kind_of(split)}\0".encode())
         for f in _text_inputs(cfg.kind_of(split), root):
@@ -165,7 +175,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         bad = BadInputLog(cfg.bad_input, rejected_path(out_manifest))
         kind = cfg.kind_of(split)
         extra = {"untranscribed": True} if kind in DECLARED_UNTRANSCRIBED and split in untranscribed else {}
-        utts = IMPORTERS[kind](resolve_source(src, ctx.recipe_dir), out_manifest, policy=cfg.bad_input, bad=bad,
+        utts = IMPORTERS[kind](resolve_source(src, ctx.recipe_dir, cfg.root), out_manifest, policy=cfg.bad_input, bad=bad,
                                **extra)
         if split in untranscribed and any(u.text is not None for u in utts):
             for u in utts:  # declared untranscribed: whatever text the source had is not kept

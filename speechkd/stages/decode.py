@@ -7,6 +7,11 @@ With ``decoder: beam`` (the CTC prefix beam) or ``decoder: lm`` (the beam fused 
 ``lm`` stage) the same files are also written as ``<split>-beam`` / ``<split>-lm``; for ``lm`` the weights
 ``alpha`` and ``beta`` are picked on ``tune_split`` from the grid ``alphas`` x ``betas``, and the whole grid is
 recorded in ``summary.json``.
+
+Under ``torchrun`` every rank takes a share of each split (every ``world``-th batch of the one-process
+batching, so the posteriors are those of one process), decodes it with every grid point and with the picked
+weights; the texts are gathered (not the posteriors), every rank picks the same weights from the whole
+split's scores, and rank 0 writes the reports, which equal one process's.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from speechkd.config import check_name, field, require
 from speechkd.data.dataset import FeatureDataset
-from speechkd.eval.decode import greedy_hyps, utterance_posteriors
+from speechkd.eval.decode import greedy_hyps, merge_parts, posteriors_part
 from speechkd.eval.lmdecode import search_hyps, tune
 from speechkd.eval.scoring import write_reports
 from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
@@ -28,9 +33,11 @@ from speechkd.models.bundle import load_bundle
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.stages import MODEL_STAGES
 from speechkd.stages.featurize import declared_splits, fbank_options, untranscribed_splits
-from speechkd.utils import atomic_write_text, pick_device
+from speechkd.utils import atomic_write_text, gather_all, pick_device, rank_world
 
 log = logging.getLogger(__name__)
+
+DISTRIBUTED = True  # every rank decodes a share of each split
 
 
 @dataclass
@@ -107,12 +114,17 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         if split not in have or not (fdir / f"{split}.jsonl").exists():  # a featurize rerun may differ
             raise FileNotFoundError(f"decode.splits: {fdir} has no split {split!r} (it has {', '.join(have)})")
     posteriors = {}
+    rank, world = rank_world()
 
-    def post(split):
+    def post(split):  # this rank's share: (positions, ids, refs, log-probs)
         if split not in posteriors:
             ds = FeatureDataset(fdir / f"{split}.jsonl", tok, dim=model.cfg.input_dim)
-            posteriors[split] = utterance_posteriors(model, ds, device, cfg.max_frames)
+            posteriors[split] = posteriors_part(model, ds, device, cfg.max_frames, rank=rank, world=world)
         return posteriors[split]
+
+    def whole(split, *texts):  # this rank's lists of texts -> the whole split's, in the one-process order
+        merged = merge_parts(gather_all((post(split)[0], list(zip(*texts)))))
+        return [list(x) for x in zip(*merged)] if merged else [[] for _ in texts]
 
     decoder, threads = None, max(1, torch.get_num_threads())
     if cfg.decoder == "lm":
@@ -123,8 +135,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                  recombine=cfg.recombine)
         if cfg.tune_split not in have:
             raise FileNotFoundError(f"decode.tune_split: {fdir} has no split {cfg.tune_split!r}")
-        _, refs, lps = post(cfg.tune_split)
-        a, b, grid = tune(decoder, lps, refs, tok, cfg.alphas, cfg.betas, threads)
+        _, _, refs, lps = post(cfg.tune_split)
+        a, b, grid = tune(decoder, lps, refs, tok, cfg.alphas, cfg.betas, threads,
+                          merge=lambda refs, hyps: whole(cfg.tune_split, refs, hyps))
         decoder = decoder.with_weights(a, b)
         out["lm"] = {"stage": cfg.lm, "alpha": a, "beta": b, "beam": cfg.beam, "token_min_logp": cfg.token_min_logp,
                      "prune": cfg.prune, "unk_offset": cfg.unk_offset, "recombine": cfg.recombine,
@@ -133,18 +146,25 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     elif cfg.decoder == "beam":
         out["beam"] = {"beam": cfg.beam, "splits": {}}
     for split in splits:
-        ids, refs, lps = post(split)
-        rows = [("", greedy_hyps(lps, tok), out["splits"])]
+        _, ids, refs, lps = post(split)
+        texts = [ids, refs, greedy_hyps(lps, tok)]
         if cfg.decoder != "greedy":
-            hyps = search_hyps(lps, tok, decoder=decoder, beam=cfg.beam, threads=threads)
-            rows.append((f"-{cfg.decoder}", hyps, out[cfg.decoder]["splits"]))
+            texts.append(search_hyps(lps, tok, decoder=decoder, beam=cfg.beam, threads=threads))
+        ids, refs, *hyps_of = whole(split, *texts)
+        posteriors.pop(split, None)
+        if rank != 0:
+            continue
+        rows = [("", hyps_of[0], out["splits"])]
+        if cfg.decoder != "greedy":
+            rows.append((f"-{cfg.decoder}", hyps_of[1], out[cfg.decoder]["splits"]))
         for suffix, hyps, dest in rows:
             summ = write_reports(ctx.out_dir, split + suffix, ids, refs, hyps, {"model": out["model"]})
             dest[split] = {k: summ[k] for k in ("wer", "cer", "substitutions", "deletions", "insertions",
                                                 "ref_words", "utterances")}
             log.info("decode %s%s: WER %.2f%% CER %.2f%% (%d utterances)", split, suffix, summ["wer"], summ["cer"],
                      summ["utterances"])
-        posteriors.pop(split, None)
+    if rank != 0:
+        return {}
     if not out["splits"]:
         raise FileNotFoundError(f"{fdir}: none of the splits {splits} was featurized; nothing to decode")
     atomic_write_text(ctx.out_dir / "summary.json", json.dumps(out, indent=1) + "\n")

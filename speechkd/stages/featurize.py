@@ -8,6 +8,10 @@ manifests whose rows carry a ``feats`` reference, ``cmvn.json`` (from the train 
 ``untranscribed``, those the corpus stage declares without transcripts; CMVN never comes from one). Shards are
 the unit of resume: a rerun keeps every shard whose index exists.
 
+Under ``torchrun`` every rank featurizes its share of each split's shards (shard ``i`` on rank ``i % world``,
+each rank with ``cores / processes per node`` worker processes); rank 0 then writes the manifests, CMVN and
+summary. No rank waits while another featurizes alone.
+
 The work is done by :mod:`speechkd.data.featurize`; this module is the stage's I/O. The "too short
 for CTC" check is not made here: it depends on the tokenizer and the model's frame stacking, so the
 training stages make it (:class:`speechkd.data.dataset.FeatureDataset`).
@@ -32,9 +36,11 @@ from speechkd.data.manifest import write_manifest
 from speechkd.features.cmvn import compute_cmvn
 from speechkd.features.fbank import FbankOptions
 from speechkd.features.store import FeatureRef
-from speechkd.utils import atomic_write_text
+from speechkd.utils import atomic_write_text, rank_world
 
 log = logging.getLogger(__name__)
+
+DISTRIBUTED = True  # every rank featurizes a share of the shards
 
 
 @dataclass
@@ -109,18 +115,22 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     out = ctx.out_dir
     rej_dir = out / "rejected"
     bad = BadInputLog(cfg.bad_input)
-    workers = cfg.num_workers or os.cpu_count() or 1
+    rank, world = rank_world()
+    # the node's cores are shared by the processes torchrun started on it
+    workers = cfg.num_workers or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     summary: dict[str, Any] = {"splits": {}, "untranscribed": untranscribed}
     t_start = time.time()
     audio_seconds = 0.0
 
     for split in splits:
         manifest = src_dir / f"{split}.jsonl"
-        bad.out_file = rej_dir / f"{split}.jsonl"
-        if bad.out_file.exists():
+        bad.out_file = rej_dir / f"{split}.jsonl" if rank == 0 else None  # rank 0 lists the rejections
+        if bad.out_file is not None and bad.out_file.exists():
             bad.out_file.unlink()  # rebuilt from the shard indexes, so a resumed run lists each once
         utts, rows, seconds = featurize_split(manifest, split, out, cfg, bad, workers,
-                                              untranscribed=split in untranscribed)
+                                              untranscribed=split in untranscribed, rank=rank, world=world)
+        if rank != 0:
+            continue
         audio_seconds += seconds
         write_manifest(rows, out / f"{split}.jsonl")
         summary["splits"][split] = {"input": len(utts), "kept": len(rows),
@@ -129,6 +139,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         if not rows:
             log.warning("featurize %s: every utterance was rejected (see %s)", split, bad.out_file)
 
+    if rank != 0:
+        return {}
     if cfg.cmvn_split in splits:
         split_dir = out / "shards" / cfg.cmvn_split
         try:
@@ -151,3 +163,4 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     log.info("featurize: %s%s", bad.summary(), f" (listed in {rej_dir}/<split>.jsonl)" if bad.rejected else "")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from speechkd.config import ConfigError, field, require
-from speechkd.data.dataset import FeatureDataset
+from speechkd.data.dataset import Batch, FeatureDataset
 from speechkd.data.sampler import BucketingSampler
 from speechkd.features.specaug import spec_augment
 from speechkd.features.vtlp import vtlp
@@ -41,6 +41,7 @@ from speechkd.models.bundle import ModelBundle, save_bundle
 from speechkd.models.lstm_ctc import LSTMCTC, ModelConfig, count_parameters
 from speechkd.train import checkpoint as ck
 from speechkd.train import precision as mp
+from speechkd.train.loader import batches
 from speechkd.train.objective import Forward, Objective
 from speechkd.utils import atomic_write_text, pick_device, progress
 
@@ -78,6 +79,9 @@ class TrainConfig:
     dev_limit: int = field(0, help="score only the first N dev utterances each epoch (0 = all)")
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to train")
     threads: int = field(0, help="torch CPU threads (0 = torch default)")
+    workers: int = field(0, help="DataLoader worker processes that build and prefetch batches (0 = in the training "
+                                 "process); the batches and their order do not depend on it")
+    prefetch: int = field(2, help="batches each worker builds ahead")
     max_steps: int = field(0, help="stop after this many steps in total (0 = no limit)")
     max_skipped_fraction: float = field(0.5, help="fail the stage when more than this fraction of an epoch's steps "
                                                   "were skipped as non-finite (a run that learns nothing)")
@@ -97,7 +101,8 @@ class TrainConfig:
         require(0.0 <= self.vtlp < 0.5, "vtlp", f"must be in [0, 0.5), got {self.vtlp}")
         require(0.0 <= self.max_skipped_fraction < 1.0, "max_skipped_fraction",
                 f"must be in [0, 1), got {self.max_skipped_fraction}")
-        for k in ("checkpoint_every", "dev_limit", "threads", "max_steps"):
+        require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
+        for k in ("checkpoint_every", "dev_limit", "threads", "max_steps", "workers"):
             require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
 
 
@@ -262,9 +267,9 @@ class Trainer:
         ck.prune(self.ckpt_dir, self.cfg.keep_last)
 
     # -- one step and one epoch ----------------------------------------------------------------
-    def step(self, b: list[int]) -> None:
+    def step(self, batch: Batch) -> None:
         cfg, st = self.cfg, self.state
-        batch = self.train_ds.batch(b).to(self.device)
+        batch = batch.to(self.device)
         feats = batch.feats
         if cfg.vtlp:
             feats = vtlp(feats, batch.feat_lens, max_warp=cfg.vtlp, generator=self.gen)
@@ -362,8 +367,9 @@ class Trainer:
             step0, skipped0 = st.step, st.skipped
             bar = progress(total=self.steps_per_epoch, initial=self.sampler.position,
                            desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=self.rank != 0)
-            for b in self.sampler:
-                self.step(b)
+            for _, batch in batches(self.sampler, self.train_ds, workers=cfg.workers, prefetch=cfg.prefetch,
+                                    pin_memory=self.device.type == "cuda"):
+                self.step(batch)
                 bar.update(1)
                 if st.n_loss:
                     bar.set_postfix(loss=f"{st.loss_sum / st.n_loss:.3f}", refresh=False)

@@ -238,3 +238,52 @@ def test_a_missing_or_broken_features_json_stops_training_instead_of_assuming_10
     cfg = from_dict(train_stage.Config, {"model": {"layers": 1, "hidden": 16}, "epochs": 1})
     with pytest.raises(ValueError, match=r"features.json: cannot read the featurize stage's fbank options"):
         train_stage.prepare(cfg, StageContext("t", exp / "t", out, 0, REPO))
+
+
+def test_dataloader_workers_train_the_same_weights_and_resume_where_the_loop_was(prepared, tmp_path):
+    """Workers only build the batches the sampler chose, in its order: 2 workers give the weights of 0; the
+    sampler's position counts the batches the loop used (not the ones prefetched), so a run stopped by
+    max_steps and continued ends where an uninterrupted one does."""
+    from dataclasses import replace
+
+    from speechkd.train.trainer import train
+
+    from speechkd.utils import seed_everything
+
+    weights = []
+    for workers in (0, 2):
+        seed_everything(0)  # as the runner does before every stage: the same initial weights
+        cfg, out, (bundle, tr, dev) = _tiny_training(prepared, tmp_path / f"w{workers}", epochs=2)
+        cfg = replace(cfg, workers=workers, prefetch=3)
+        summary = train(cfg, bundle, tr, out, seed=0, validate=_scorer(bundle, dev, cfg))
+        weights.append({k: v.clone() for k, v in bundle.model.state_dict().items()})
+    assert summary["steps"] > 4
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    from speechkd.train.objective import Objective
+    from speechkd.train.trainer import Trainer
+
+    class Died(Exception):
+        pass
+
+    class Crash(Objective):  # the run dies in its 4th step, with batches prefetched beyond it
+        calls = 0
+
+        def __call__(self, batch, fwd):
+            Crash.calls += 1
+            if Crash.calls == 4:
+                raise Died
+            return super().__call__(batch, fwd)
+
+    seed_everything(0)
+    cfg, out, (bundle, tr, dev) = _tiny_training(prepared, tmp_path / "stop", epochs=2)
+    cfg = replace(cfg, workers=2, checkpoint_every=1)
+    with pytest.raises(Died):
+        train(cfg, bundle, tr, out, seed=0, objective=Crash(), validate=_scorer(bundle, dev, cfg))
+    state = ck.load_train_state(ck.list_checkpoints(out / "checkpoints")[-1])
+    assert (state["step"], state["sampler"]["position"]) == (3, 3)  # not the 3 + prefetched
+    _, _, (bundle2, tr2, dev2) = _tiny_training(prepared, tmp_path / "fresh", epochs=2)
+    t = Trainer(cfg, bundle2, tr2, out, seed=0, validate=_scorer(bundle2, dev2, cfg))
+    assert t.resume() and t.sampler.position == 3
+    t.fit()
+    assert all(torch.equal(weights[0][k], bundle2.model.state_dict()[k]) for k in weights[0])

@@ -1,0 +1,45 @@
+"""Batches for the training loop: collated in the main process, or by DataLoader workers that prefetch them.
+
+The sampler stays in the main process and decides the order (a pure function of the seed and the epoch);
+workers only build the batches it has already chosen, in that order, so a run with workers trains on exactly
+the batches of a run without, and the sampler's position (what a checkpoint records) counts the batches the
+loop has used, not the ones prefetched: resume stays exact.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from speechkd.data.dataset import Batch
+
+
+class _Chosen(torch.utils.data.Dataset):
+    """The rest of an epoch's batches (lists of utterance indices), built on demand by a worker."""
+
+    def __init__(self, ds, batches: list[list[int]]):
+        self.ds, self.batches = ds, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.ds.batch(self.batches[i])
+
+
+def batches(sampler, ds, *, workers: int = 0, prefetch: int = 2, pin_memory: bool = False
+            ) -> Iterator[tuple[list[int], Batch]]:
+    """``(indices, batch)`` for the rest of the sampler's current epoch, advancing its position as the loop
+    takes each one. ``workers`` 0 builds each batch when it is needed, in this process."""
+    if workers <= 0:
+        for b in sampler:
+            yield b, ds.batch(b)
+        return
+    rest = sampler.batches(sampler.epoch)[sampler.position:]
+    # its own generator: a DataLoader seeds its workers from the global RNG otherwise, which would move the
+    # dropout masks of the training process (building a batch draws no random numbers)
+    loader = torch.utils.data.DataLoader(_Chosen(ds, rest), batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=prefetch, pin_memory=pin_memory,
+                                         generator=torch.Generator().manual_seed(0))
+    yield from zip(sampler, loader)
