@@ -23,9 +23,11 @@ class ConfigError(ValueError):
     """A config that cannot be loaded: unknown key, wrong type, bad override."""
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
-    """A dataclass field with mandatory help text."""
-    kw: dict[str, Any] = {"metadata": {"help": help}}
+def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+          fingerprint: bool = True):
+    """A dataclass field with mandatory help text. ``fingerprint=False`` marks a key that changes how a stage
+    runs but not what it writes (worker processes, prefetching): changing it does not rerun the stage."""
+    kw: dict[str, Any] = {"metadata": {"help": help, "fingerprint": fingerprint}}
     if default_factory is not dataclasses.MISSING:
         kw["default_factory"] = default_factory
     else:
@@ -266,3 +268,19 @@ def help_text(cls: type, prefix: str = "", defaults: Any = None) -> str:
         choices = f" (one of {', '.join(map(str, typing.get_args(tp)))})" if typing.get_origin(tp) is typing.Literal else ""
         lines.append(f"  {prefix}{f.name} = {d!r}: {f.metadata.get('help', '')}{choices}")
     return "\n".join(lines)
+
+
+def fingerprinted(cfg: Any) -> dict[str, Any]:
+    """``to_dict(cfg)`` without the keys marked ``fingerprint=False`` (at any depth): what a stage's
+    fingerprint covers."""
+    out = to_dict(cfg)
+
+    def drop(obj: Any, d: dict) -> None:
+        for f in dataclasses.fields(obj):
+            if not f.metadata.get("fingerprint", True):
+                d.pop(f.name, None)
+            elif dataclasses.is_dataclass(getattr(obj, f.name)) and isinstance(d.get(f.name), dict):
+                drop(getattr(obj, f.name), d[f.name])
+
+    drop(cfg, out)
+    return out

@@ -37,7 +37,7 @@ class FeaturizeOptions:
     fbank: FbankOptions = field(default_factory=FbankOptions, help="fbank options")
     shard_size: int = field(500, help="utterances per shard")
     dtype: Literal["float32", "float16"] = field("float32", help="stored feature dtype")
-    num_workers: int = field(0, help="worker processes (0 = one per CPU core)")
+    num_workers: int = field(0, help="worker processes (0 = one per CPU core)", fingerprint=False)
     bad_input: Literal["skip", "fail"] = field("skip", help="skip (count, list, summarise) | fail (stop with a "
                                                            "clear error)")
     max_duration: float = field(30.0, help="longest utterance kept (seconds; checked on the header, before decoding)")

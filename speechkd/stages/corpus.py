@@ -36,7 +36,7 @@ class Config:
     untranscribed_hours: float | None = field(None, help="synth: planned hours of the untranscribed split (overrides "
                                                          "the spec; 0 = none)")
     seed: int | None = field(None, help="synth: corpus seed (default: the spec's seed)")
-    num_workers: int = field(0, help="synth: parallel jobs (0 = one per CPU core)")
+    num_workers: int = field(0, help="synth: parallel jobs (0 = one per CPU core)", fingerprint=False)
     splits: dict[str, str] = field(default_factory=dict,
                                    help="importers: split name -> source (folder, data dir, manifest or TSV)")
     root: str = field("", help="importers: the folder relative sources are in ('' = the recipe's folder, then the "

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speechkd.config import ConfigError, apply_overrides, check_name, from_dict, load_yaml, to_dict
+from speechkd.config import ConfigError, apply_overrides, check_name, fingerprinted, from_dict, load_yaml
 from speechkd.stages import STAGE_TYPES, get_stage
 from speechkd.utils import stable_hash
 
@@ -189,7 +189,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
                      if hasattr(mod, "fingerprint_inputs") else None)
         except (ConfigError, ValueError) as e:  # a missing or unusable input is refused here, before any
             raise ConfigError(f"{rf}: stages.{sname}: {e}") from None  # stage folder is touched
-        fp = stable_hash({"type": stype, "config": to_dict(cfg), "seed": seed, "inputs": extra,
+        fp = stable_hash({"type": stype, "config": fingerprinted(cfg), "seed": seed, "inputs": extra,
                           "upstream": {r: by_name[r].fingerprint for r in reads}})
         st = PlannedStage(sname, stype, cfg, fp, reads, stage_dirs.get(sname, rf.parent))
         planned.append(st)

@@ -80,8 +80,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="where to train")
     threads: int = field(0, help="torch CPU threads (0 = torch default)")
     workers: int = field(0, help="DataLoader worker processes that build and prefetch batches (0 = in the training "
-                                 "process); the batches and their order do not depend on it")
-    prefetch: int = field(2, help="batches each worker builds ahead")
+                                 "process); the batches and their order do not depend on it", fingerprint=False)
+    prefetch: int = field(2, help="batches each worker builds ahead", fingerprint=False)
     max_steps: int = field(0, help="stop after this many steps in total (0 = no limit)")
     max_skipped_fraction: float = field(0.5, help="fail the stage when more than this fraction of an epoch's steps "
                                                   "were skipped as non-finite (a run that learns nothing)")

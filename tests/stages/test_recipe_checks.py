@@ -307,3 +307,16 @@ def test_extends_merges_defaults_replaces_named_stages_and_resolves_paths_from_t
 def test_bad_extends_are_refused(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         load_recipe(_recipe(tmp_path, text))
+
+
+
+def test_keys_that_change_how_a_stage_runs_but_not_what_it_writes_do_not_rerun_it():
+    """Worker processes and prefetching leave the fingerprint alone (a rerun with more workers reuses the
+    finished stage); anything else that changes the config changes it."""
+    _, base = load_recipe(QUICK)
+    fp = {p.name: p.fingerprint for p in base}
+    _, same = load_recipe(QUICK, ["teacher.workers=4", "teacher.prefetch=8", "featurize.num_workers=1",
+                                  "corpus.num_workers=1", "defaults.distill.workers=2"])
+    assert {p.name: p.fingerprint for p in same} == fp
+    _, other = load_recipe(QUICK, ["teacher.threads=1"])
+    assert {p.name: p.fingerprint for p in other}["teacher"] != fp["teacher"]
