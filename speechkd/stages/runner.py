@@ -158,11 +158,17 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
         raise ConfigError(f"--from {from_stage!r} comes after --to {to_stage!r} in {rf}; nothing to run "
                           f"(stage order: {', '.join(names)})")
     exp_dir = Path(exp_root) / meta["name"] if exp_root else Path(meta.get("exp_dir") or f"exp/{meta['name']}")
-    rank = _init_distributed()
-    if rank == 0:
-        with exp_lock(exp_dir, stage=names[i0] if i0 == i1 else None):
-            return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
-    return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
+    rank, joined = _init_distributed()
+    try:
+        if rank == 0:
+            with exp_lock(exp_dir, stage=names[i0] if i0 == i1 else None):
+                return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
+        return _run(rf, meta, planned, exp_dir, i0, i1, force, rank)
+    finally:
+        if joined:  # leave the group while Python is whole: gloo's threads outliving it abort the process at exit
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: int, i1: int, force: bool,
@@ -252,20 +258,22 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
     return results
 
 
-def _init_distributed() -> int:
-    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on the CPU, nccl on CUDA."""
+def _init_distributed() -> tuple[int, bool]:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on the CPU, nccl on CUDA. Returns the rank and
+    whether this call joined it (and so must leave it)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
+        return 0, False
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if backend == "nccl":
-            torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
-        log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
-    return dist.get_rank()
+    if dist.is_initialized():
+        return dist.get_rank(), False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+    log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return dist.get_rank(), True
 
 
 def _barrier() -> None:
