@@ -24,9 +24,11 @@ class ConfigError(ValueError):
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
-          fingerprint: bool = True):
+          fingerprint: bool | str = True):
     """A dataclass field with mandatory help text. ``fingerprint=False`` marks a key that changes how a stage
-    runs but not what it writes (worker processes, prefetching): changing it does not rerun the stage."""
+    runs but not what it writes (worker processes, prefetching): changing it does not rerun the stage.
+    ``fingerprint="unless_default"`` marks a key added after experiments were run with its default's behaviour:
+    at its default it stays out of the fingerprint, so adding it reruns no finished stage."""
     kw: dict[str, Any] = {"metadata": {"help": help, "fingerprint": fingerprint}}
     if default_factory is not dataclasses.MISSING:
         kw["default_factory"] = default_factory
@@ -271,13 +273,15 @@ def help_text(cls: type, prefix: str = "", defaults: Any = None) -> str:
 
 
 def fingerprinted(cfg: Any) -> dict[str, Any]:
-    """``to_dict(cfg)`` without the keys marked ``fingerprint=False`` (at any depth): what a stage's
-    fingerprint covers."""
+    """``to_dict(cfg)`` without the keys marked ``fingerprint=False`` (at any depth), nor those marked
+    ``"unless_default"`` that hold their default: what a stage's fingerprint covers."""
     out = to_dict(cfg)
 
     def drop(obj: Any, d: dict) -> None:
         for f in dataclasses.fields(obj):
-            if not f.metadata.get("fingerprint", True):
+            how = f.metadata.get("fingerprint", True)
+            if how is False or (how == "unless_default" and f.default is not dataclasses.MISSING
+                                and getattr(obj, f.name) == f.default):
                 d.pop(f.name, None)
             elif dataclasses.is_dataclass(getattr(obj, f.name)) and isinstance(d.get(f.name), dict):
                 drop(getattr(obj, f.name), d[f.name])

@@ -166,8 +166,8 @@ class MixedDataset:
             raise DataError("a batch mixes transcribed and untranscribed utterances (use MixedSampler)")
         return part.batch([self._where[i][1] for i in indices])
 
-    def make_sampler(self, max_frames: int, *, seed: int, rank: int = 0, world_size: int = 1):
+    def make_sampler(self, max_frames: int, *, seed: int, rank: int = 0, world_size: int = 1, accum: int = 1):
         from speechkd.data.sampler import MixedSampler
 
         return MixedSampler(self.lengths, self.n_transcribed, self.ratio, max_frames, seed=seed, rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, accum=accum)

@@ -2,8 +2,13 @@
 
 :class:`BucketingSampler` groups utterances of similar length so that a batch holds at most
 ``max_frames`` padded frames. Its order is a pure function of ``(seed, epoch)``, and its
-``state_dict`` (epoch and batches consumed) makes resume exact. Under DDP each rank takes
-every ``world_size``-th batch, and all ranks get the same number of batches.
+``state_dict`` (epoch and batches consumed) makes resume exact.
+
+An optimizer step takes ``per_step = world_size * accum`` batches of the epoch's global list, in order: rank
+``r`` takes the ``accum`` batches at ``step * per_step + r * accum + a``. The global list, and so which
+batches make each step, does not depend on how they are shared out, and the position a checkpoint records
+is global (batches of the epoch consumed by all ranks together): a run resumes on another world size with
+the same ``per_step`` (4 ranks x 1 on 2 ranks x 2, or on 1 process x 4).
 """
 
 from __future__ import annotations
@@ -14,15 +19,40 @@ from speechkd.data.dataset import DataError
 
 
 class _EpochSampler:
-    """What both samplers share: ``batches(epoch)`` (a pure function of the seed and the epoch), the current
-    epoch and the batches of it already consumed (``position``), which make resume exact."""
+    """What both samplers share: ``global_batches(epoch)`` (a pure function of the seed and the epoch), this
+    rank's share of it (``batches``), the current epoch and this rank's batches of it already consumed
+    (``position``), which make resume exact."""
 
     seed: int
     epoch: int = 0
     position: int = 0
+    rank: int = 0
+    world_size: int = 1
+    accum: int = 1
+
+    def _share(self, rank: int, world_size: int, accum: int) -> None:
+        if not (0 <= rank < world_size and accum >= 1):
+            raise DataError(f"bad share: rank {rank} of {world_size}, {accum} batch(es) per step")
+        self.rank, self.world_size, self.accum = rank, world_size, accum
+
+    @property
+    def per_step(self) -> int:
+        """Batches one optimizer step takes, all ranks together."""
+        return self.world_size * self.accum
+
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        raise NotImplementedError
 
     def batches(self, epoch: int) -> list[list[int]]:
-        raise NotImplementedError
+        """This rank's batches of the epoch, in the order it trains on them (whole steps only)."""
+        g = self.global_batches(epoch)
+        k, a, r = self.per_step, self.accum, self.rank
+        return [g[s * k + r * a + j] for s in range(len(g) // k) for j in range(a)]
+
+    def global_index(self, local: int) -> int:
+        """Where this rank's ``local``-th batch of the epoch sits in the global list."""
+        s, j = divmod(local, self.accum)
+        return s * self.per_step + self.rank * self.accum + j
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch))
@@ -39,26 +69,35 @@ class _EpochSampler:
             yield b
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        """``consumed``: batches of the epoch all ranks have taken (checkpoints are written between steps)."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "per_step": self.per_step,
+                "consumed": self.position // self.accum * self.per_step}
 
     def load_state_dict(self, d: dict) -> None:
-        self.epoch, self.position = int(d["epoch"]), int(d["position"])
+        per_step = int(d.get("per_step", self.per_step))
+        if per_step != self.per_step:
+            raise DataError(f"the checkpoint's steps take {per_step} batches each, this run's {self.per_step} "
+                            f"({self.world_size} rank(s) x {self.accum}): the same data order needs the same "
+                            "batches per step")
+        self.epoch = int(d["epoch"])
+        consumed = int(d["consumed"]) if "consumed" in d else int(d["position"]) * self.per_step // self.accum
+        self.position = consumed // self.per_step * self.accum
 
 
 class BucketingSampler(_EpochSampler):
     """Length-bucketed batches of at most ``max_frames`` padded frames, reshuffled every epoch."""
 
     def __init__(self, lengths: list[int], max_frames: int, *, seed: int, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1, max_batch: int = 256):
+                 world_size: int = 1, accum: int = 1, max_batch: int = 256):
         if max_frames < max(lengths):
             raise DataError(f"max_frames={max_frames} is smaller than the longest utterance ({max(lengths)} frames)")
         self.lengths = np.asarray(lengths)
-        self.max_frames, self.seed, self.shuffle = max_frames, seed, shuffle
-        self.rank, self.world_size, self.max_batch = rank, world_size, max_batch
+        self.max_frames, self.seed, self.shuffle, self.max_batch = max_frames, seed, shuffle, max_batch
+        self._share(rank, world_size, accum)
         self.epoch = 0
-        self.position = 0  # batches of this epoch already consumed
+        self.position = 0  # this rank's batches of this epoch already consumed
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def global_batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])
         if self.shuffle:  # jitter lengths so buckets differ between epochs
             key = self.lengths * rng.uniform(0.9, 1.1, size=len(self.lengths))
@@ -77,8 +116,7 @@ class BucketingSampler(_EpochSampler):
             out.append(cur)
         if self.shuffle:
             out = [out[j] for j in rng.permutation(len(out))]
-        n = len(out) // self.world_size * self.world_size if self.world_size > 1 else len(out)
-        return out[self.rank : n : self.world_size]
+        return out
 
 
 class MixedSampler(_EpochSampler):
@@ -95,13 +133,14 @@ class MixedSampler(_EpochSampler):
     """
 
     def __init__(self, lengths: list[int], n_transcribed: int, ratio: float, max_frames: int, *, seed: int,
-                 rank: int = 0, world_size: int = 1, max_batch: int = 256):
+                 rank: int = 0, world_size: int = 1, accum: int = 1, max_batch: int = 256):
         if not 0.0 <= ratio < 1.0:
             raise DataError(f"untranscribed ratio must be in [0, 1), got {ratio}")
         if not 0 < n_transcribed <= len(lengths):
             raise DataError(f"need transcribed utterances (got {n_transcribed} of {len(lengths)})")
         self.n, self.ratio, self.seed = n_transcribed, ratio, seed
-        kw = dict(seed=seed, rank=rank, world_size=world_size, max_batch=max_batch)
+        self._share(rank, world_size, accum)
+        kw = dict(seed=seed, max_batch=max_batch)  # the global lists: this sampler shares out the interleaving
         self.labeled = BucketingSampler(lengths[:n_transcribed], max_frames, **kw)
         self.unlabeled = (BucketingSampler(lengths[n_transcribed:], max_frames, **{**kw, "seed": seed + 7919})
                           if n_transcribed < len(lengths) and ratio > 0 else None)
@@ -113,20 +152,20 @@ class MixedSampler(_EpochSampler):
     def _pass_len(self, p: int) -> int:
         """Batches in pass ``p`` over the untranscribed audio (bucketing differs between passes)."""
         if p not in self._lens:
-            self._lens[p] = len(self.unlabeled.batches(p))
+            self._lens[p] = len(self.unlabeled.global_batches(p))
         return self._lens[p]
 
     def _per_epoch(self, e: int) -> int:
         """Untranscribed batches in epoch ``e``."""
         if e not in self._ks:
-            self._ks[e] = self.untranscribed_per_epoch(len(self.labeled.batches(e)))
+            self._ks[e] = self.untranscribed_per_epoch(len(self.labeled.global_batches(e)))
         return self._ks[e]
 
     def untranscribed_per_epoch(self, n_labeled: int) -> int:
         return 0 if self.unlabeled is None else int(round(n_labeled * self.ratio / (1.0 - self.ratio)))
 
-    def batches(self, epoch: int) -> list[list[int]]:
-        lab = self.labeled.batches(epoch)
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        lab = self.labeled.global_batches(epoch)
         k = self.untranscribed_per_epoch(len(lab))
         if not k:
             return lab
@@ -139,7 +178,7 @@ class MixedSampler(_EpochSampler):
             if n == 0:
                 return lab
             if j + n > start:
-                for q, b in enumerate(self.unlabeled.batches(p)):
+                for q, b in enumerate(self.unlabeled.global_batches(p)):
                     if start <= j + q < start + k:
                         unl.append([i + self.n for i in b])
             j, p = j + n, p + 1

@@ -20,6 +20,7 @@ and writes checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -82,6 +84,12 @@ class TrainConfig:
     workers: int = field(0, help="DataLoader worker processes that build and prefetch batches (0 = in the training "
                                  "process); the batches and their order do not depend on it", fingerprint=False)
     prefetch: int = field(2, help="batches each worker builds ahead", fingerprint=False)
+    global_batches: int = field(
+        0, help="batches per optimizer step, all ranks together; each rank accumulates global_batches / world of "
+                "them. The steps, schedule and random draws are then the same on every world size that divides it, "
+                "and a run resumes exactly on any of them. 0 = one batch per rank per step (the global batch grows "
+                "with the world size; a resume on another world size keeps the checkpoint's batches per step)",
+        fingerprint="unless_default")
     max_steps: int = field(0, help="stop after this many steps in total (0 = no limit)")
     max_skipped_fraction: float = field(0.5, help="fail the stage when more than this fraction of an epoch's steps "
                                                   "were skipped as non-finite (a run that learns nothing)")
@@ -102,7 +110,7 @@ class TrainConfig:
         require(0.0 <= self.max_skipped_fraction < 1.0, "max_skipped_fraction",
                 f"must be in [0, 1), got {self.max_skipped_fraction}")
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
-        for k in ("checkpoint_every", "dev_limit", "threads", "max_steps", "workers"):
+        for k in ("checkpoint_every", "dev_limit", "threads", "max_steps", "workers", "global_batches"):
             require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
 
 
@@ -211,31 +219,66 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.unit, device_ids=ids)
+        self.ckpt_dir, self.epoch_dir = self.out_dir / "checkpoints", self.out_dir / "epochs"
+        existing = ck.list_checkpoints(self.ckpt_dir)
+        self._last = (existing[-1], ck.load_train_state(existing[-1])) if existing else None
+        self.seed, self.accum = seed, self._accumulation()
         make = getattr(train_ds, "make_sampler", None)  # a MixedDataset interleaves untranscribed batches
-        self.sampler = (make(cfg.max_frames, seed=seed, rank=self.rank, world_size=self.world) if make else
-                        BucketingSampler(train_ds.lengths, cfg.max_frames, seed=seed, rank=self.rank,
-                                         world_size=self.world))
-        self.steps_per_epoch = len(self.sampler.batches(0))
+        share = dict(seed=seed, rank=self.rank, world_size=self.world, accum=self.accum)
+        self.sampler = (make(cfg.max_frames, **share) if make else
+                        BucketingSampler(train_ds.lengths, cfg.max_frames, **share))
+        self.steps_per_epoch = len(self.sampler.batches(0)) // self.accum
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(cfg.max_steps, total) if cfg.max_steps else total
         self.opt = torch.optim.AdamW(self.unit.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
-        self.gen = torch.Generator().manual_seed(seed + 1000 * self.rank)  # SpecAugment draws
+        self.gen = torch.Generator().manual_seed(seed + 1000 * self.rank)  # SpecAugment draws (per-rank stream)
         self.state = TrainState()
-        self.run_cfg = {"train": asdict(cfg), "seed": seed, "world_size": self.world, "precision": self.precision}
-        self.ckpt_dir, self.epoch_dir = self.out_dir / "checkpoints", self.out_dir / "epochs"
+        self.run_cfg = {"train": asdict(cfg), "seed": seed, "world_size": self.world, "precision": self.precision,
+                        "batches_per_step": self.sampler.per_step, "accumulate": self.accum}
+
+    def _accumulation(self) -> int:
+        """Batches each rank accumulates per step: global_batches / world, or (global_batches 0) one, unless the
+        run resumes a checkpoint written on another world size, whose batches per step it keeps."""
+        g = self.cfg.global_batches
+        if g:
+            if g % self.world:
+                raise ConfigError(f"global_batches={g} is not a multiple of the world size ({self.world} ranks)")
+            return g // self.world
+        if self._last is None:
+            return 1
+        path, st = self._last
+        per_step = int(st["sampler"].get("per_step", st.get("world_size", self.world)))
+        if per_step == self.world:
+            return 1
+        if per_step % self.world:
+            raise ck.CheckpointError(
+                f"{path}: written with {per_step} batch(es) per step; {self.world} ranks cannot share that out "
+                f"evenly: resume on a world size that divides {per_step}, or rerun the stage with --force")
+        if self.rank == 0:
+            log.warning("resuming a %d-batch-per-step run on %d rank(s): each accumulates %d batches per step (the "
+                        "same data order and schedule; with global_batches: 0 the augmentation and dropout draws "
+                        "are per rank, so they differ from an uninterrupted run; set global_batches to make them "
+                        "the same on any world size)", per_step, self.world, per_step // self.world)
+        return per_step // self.world
+
+    def _draws(self, g: int) -> tuple[torch.Generator, int] | None:
+        """With ``global_batches`` set, the random draws of the epoch's ``g``-th global batch come from its
+        own seeds (SpecAugment and VTLP generator, dropout seed), whichever rank trains on it."""
+        if not self.cfg.global_batches:
+            return None
+        a, b = np.random.SeedSequence([self.seed, self.sampler.epoch, g]).generate_state(2, np.uint64)
+        return torch.Generator().manual_seed(int(a >> np.uint64(1))), int(b >> np.uint64(1))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def resume(self) -> bool:
-        existing = ck.list_checkpoints(self.ckpt_dir)
-        if not existing:
+        if self._last is None:
             return False
-        last = existing[-1]
+        last, st = self._last
         self.model.load_state_dict(ck.read_weights(last / "model.safetensors")[1])
         if self.objective.heads is not None:
             self.objective.heads.load_state_dict(ck.read_tensors(last / "heads.safetensors")[1])
-        st = ck.load_train_state(last)
         was = st.get("precision", "fp32")
         if was != self.precision:
             raise ck.CheckpointError(
@@ -267,25 +310,48 @@ class Trainer:
         ck.prune(self.ckpt_dir, self.cfg.keep_last)
 
     # -- one step and one epoch ----------------------------------------------------------------
-    def step(self, batch: Batch) -> None:
-        cfg, st = self.cfg, self.state
-        batch = batch.to(self.device)
+    def _forward(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
         feats = batch.feats
         if cfg.vtlp:
-            feats = vtlp(feats, batch.feat_lens, max_warp=cfg.vtlp, generator=self.gen)
+            feats = vtlp(feats, batch.feat_lens, max_warp=cfg.vtlp, generator=gen)
         if cfg.specaug:
-            feats = spec_augment(feats, batch.feat_lens, generator=self.gen)
+            feats = spec_augment(feats, batch.feat_lens, generator=gen)
         with mp.autocast(self.precision, self.device):
             out = self.net(feats, batch.feat_lens, return_hidden=self.objective.needs_hidden)
         # losses in float32, outside autocast (a no-op cast in fp32)
         fwd = Forward(out[0].float(), out[1], out[2].float() if len(out) > 2 else None)
-        loss = self.objective(batch, fwd)
-        finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0], device=self.device)
-        if self.world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return self.objective(batch, fwd)
+
+    def step(self, group: list[tuple[int, Batch]]) -> None:
+        """One optimizer step on this rank's ``(global index, batch)`` pairs; gradients are the mean over the
+        step's batches of all ranks (a batch's loss is divided by the batches per rank, DDP averages ranks)."""
+        cfg, st = self.cfg, self.state
         self.opt.zero_grad(set_to_none=True)
-        if finite.item() > 0:
-            self.scaler.scale(loss).backward()
+        good, losses = True, []
+        for a, (g, batch) in enumerate(group):
+            batch = batch.to(self.device)
+            draws = self._draws(g)
+            sync = a == len(group) - 1 or self.world == 1
+            with contextlib.ExitStack() as stack:
+                if not sync:
+                    stack.enter_context(self.net.no_sync())
+                if draws is not None:  # dropout masks from the batch's own seed, the process's RNG untouched
+                    stack.enter_context(torch.random.fork_rng(
+                        devices=[self.device.index or 0] if self.device.type == "cuda" else [], device_type="cuda"))
+                    torch.manual_seed(draws[1])
+                loss = self._forward(batch, self.gen if draws is None else draws[0])
+                finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0], device=self.device)
+                if self.world > 1:
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if finite.item() > 0 and good:
+                    self.scaler.scale(loss / len(group) if len(group) > 1 else loss).backward()
+                    losses.append(float(loss.detach()))
+                else:
+                    good = False
+            st.utt += len(batch.ids)
+            st.sec += batch.seconds
+        if good:
             ok = True
             if cfg.optim.grad_clip:
                 self.scaler.unscale_(self.opt)
@@ -300,15 +366,14 @@ class Trainer:
             else:
                 self.opt.zero_grad(set_to_none=True)
                 st.skipped += 1
-            st.loss_sum += float(loss.detach())
-            st.n_loss += 1
+            st.loss_sum += sum(losses)
+            st.n_loss += len(losses)
         else:
+            self.opt.zero_grad(set_to_none=True)
             st.skipped += 1
             log.warning("step %d: non-finite loss, skipped (%d so far)", st.step, st.skipped)
         self.sched.step()
         st.step += 1
-        st.utt += len(batch.ids)
-        st.sec += batch.seconds
 
     def end_epoch(self, epoch: int) -> None:
         """Dev scoring, the metrics row, epoch weights and keep-best (rank 0)."""
@@ -365,11 +430,16 @@ class Trainer:
             self.net.train()
             st.start_epoch()
             step0, skipped0 = st.step, st.skipped
-            bar = progress(total=self.steps_per_epoch, initial=self.sampler.position,
-                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=self.rank != 0)
+            bar = progress(total=self.steps_per_epoch, initial=self.sampler.position // self.accum,
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=self.rank != 0)
+            group: list[tuple[int, Batch]] = []
             for _, batch in batches(self.sampler, self.train_ds, workers=cfg.workers, prefetch=cfg.prefetch,
                                     pin_memory=self.device.type == "cuda"):
-                self.step(batch)
+                group.append((self.sampler.global_index(self.sampler.position - 1), batch))
+                if len(group) < self.accum:
+                    continue
+                self.step(group)
+                group = []
                 bar.update(1)
                 if st.n_loss:
                     bar.set_postfix(loss=f"{st.loss_sum / st.n_loss:.3f}", refresh=False)

@@ -67,7 +67,7 @@ def test_trainer_feeds_the_model_warped_features_and_stays_deterministic(feats, 
     def run(out, warp):
         t = _trainer(feats, tmp_path / out, "fp32", epochs=1, vtlp=warp)
         h = t.model.fwd[0].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
-        t.step(t.train_ds.batch(t.sampler.batches(0)[0]))
+        t.step([(0, t.train_ds.batch(t.sampler.batches(0)[0]))])
         h.remove()
         return {k: v.clone() for k, v in t.model.state_dict().items()}
 

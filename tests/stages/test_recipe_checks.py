@@ -320,3 +320,14 @@ def test_keys_that_change_how_a_stage_runs_but_not_what_it_writes_do_not_rerun_i
     assert {p.name: p.fingerprint for p in same} == fp
     _, other = load_recipe(QUICK, ["teacher.threads=1"])
     assert {p.name: p.fingerprint for p in other}["teacher"] != fp["teacher"]
+
+
+def test_a_key_added_at_its_default_reruns_no_finished_stage():
+    """global_batches came after experiments were run: at its default (0) it stays out of the fingerprint, so
+    upgrading reruns nothing; set, it is fingerprinted like any key."""
+    _, base = load_recipe(QUICK)
+    fp = {p.name: p.fingerprint for p in base}
+    _, same = load_recipe(QUICK, ["teacher.global_batches=0"])
+    assert {p.name: p.fingerprint for p in same} == fp
+    _, other = load_recipe(QUICK, ["teacher.global_batches=2"])
+    assert {p.name: p.fingerprint for p in other}["teacher"] != fp["teacher"]

@@ -100,7 +100,7 @@ def test_bf16_runs_the_lstm_in_bf16_and_the_loss_in_float32(feats, tmp_path):
     t = _trainer(feats, tmp_path, "bf16", objective=obj, epochs=1)
     lstm_out = []
     t.model.fwd[0].register_forward_hook(lambda m, i, o: lstm_out.append(o[0].dtype))
-    t.step(t.train_ds.batch(t.sampler.batches(0)[0]))
+    t.step([(0, t.train_ds.batch(t.sampler.batches(0)[0]))])
     assert lstm_out == [torch.bfloat16]  # autocast reached the LSTM
     assert obj.seen == [(torch.float32, torch.float32, False)]  # the loss: float32, outside autocast
     assert all(p.dtype == torch.float32 for p in t.model.parameters())  # master weights

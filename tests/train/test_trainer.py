@@ -124,6 +124,62 @@ def test_torchrun_two_processes_on_cpu(prepared, tmp_path):
     assert model.cfg.bidirectional and (out / "metrics.csv").exists()
 
 
+GLOBAL = """
+  teacher:
+    type: train
+    model: {layers: 1, hidden: 32, dropout: 0.2}
+    epochs: 2
+    max_frames: 1200
+    global_batches: 2
+    vtlp: 0.1
+    checkpoint_every: 1
+    keep_last: 100
+    average_last: 1
+    precision: fp32
+"""
+
+
+def test_global_batches_make_two_ranks_train_what_one_process_trains_and_resume_on_another_world_size(
+        prepared, tmp_path):
+    """global_batches: 2 on 2 ranks (DDP, one batch each) and on 1 process (accumulating two): the same weights
+    bit for bit (SpecAugment, VTLP and dropout draw from each batch's own seed). The 2-rank run, cut back to a
+    mid-epoch checkpoint, resumes on 1 process and ends with those weights too."""
+    _, exp0 = prepared
+    rec = tmp_path / "recipe.yaml"
+    rec.write_text(BASE + GLOBAL)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        shutil.copytree(exp0, d)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(_cli(rec, one), cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *_cli(rec, two)[1:]], cwd=REPO,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def weights(exp):
+        return ck.read_weights(exp / "t" / "teacher" / "model.safetensors")[1]
+
+    wa, wb = weights(one), weights(two)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    out = two / "t" / "teacher"
+    cks = ck.list_checkpoints(out / "checkpoints")
+    assert ck.load_train_state(cks[-1])["sampler"]["per_step"] == 2
+    assert __import__("json").loads((cks[-1] / "config.json").read_text())["world_size"] == 2
+    steps_per_epoch = int(cks[-1].name.split("-")[1]) // 2
+    cut = [c for c in cks if int(c.name.split("-")[1]) <= steps_per_epoch // 2]
+    assert cut and len(cut) < len(cks)
+    for c in cks[len(cut):]:
+        shutil.rmtree(c)
+    (out / ".done").unlink()
+    r = subprocess.run(_cli(rec, two), cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from {cut[-1]}" in r.stderr, r.stderr[-2000:]
+    wc = weights(two)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
 def _tiny_training(prepared, tmp_path, epochs: int):
     """A 1x16 LSTM ready to train on the prepared corpus: ``(cfg, out_dir, (bundle, train, dev))``."""
     from speechkd.config import from_dict
