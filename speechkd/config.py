@@ -280,8 +280,11 @@ def fingerprinted(cfg: Any) -> dict[str, Any]:
     def drop(obj: Any, d: dict) -> None:
         for f in dataclasses.fields(obj):
             how = f.metadata.get("fingerprint", True)
-            if how is False or (how == "unless_default" and f.default is not dataclasses.MISSING
-                                and getattr(obj, f.name) == f.default):
+            if how == "unless_default":
+                default = (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                if default is not dataclasses.MISSING and getattr(obj, f.name) == default:
+                    how = False
+            if how is False:
                 d.pop(f.name, None)
             elif dataclasses.is_dataclass(getattr(obj, f.name)) and isinstance(d.get(f.name), dict):
                 drop(getattr(obj, f.name), d[f.name])

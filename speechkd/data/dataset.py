@@ -5,6 +5,11 @@ training set), it leaves out utterances too short for CTC at that output rate wi
 tokenizer, and lists them in :attr:`FeatureDataset.too_short`; decoding keeps every utterance.
 A row without a transcript is refused unless the dataset is opened ``untranscribed`` (audio for
 distillation: no targets; the teacher cache labels it).
+
+A featurize stage run ``on_the_fly`` stores no features: its rows carry ``fbank_frames`` and the dataset
+computes fbank from the audio when a batch is built (in DataLoader workers where the trainer has them), with
+the same code and options featurize uses, so the features equal stored float32 ones. Only then can training
+perturb the waveform (:meth:`FeatureDataset.set_augment`: speed and noise, drawn from the batch's seed).
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ from speechkd.features.store import FeatureRef, FeatureStore
 
 class DataError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class AudioRef:
+    """An utterance whose fbank is computed when it is used: its audio and its frame count at speed 1."""
+
+    path: str
+    offset: float | None
+    duration: float
+    frames: int
 
 
 @dataclass
@@ -65,10 +80,23 @@ class FeatureDataset:
         self.ids, self.refs, self.tokens, self.texts, self.durations = [], [], [], [], []
         self.speakers: list[str] = []
         self.too_short: list[dict] = []  # left out for CTC (training sets only)
+        self.stack = stack
+        self._fbank = None  # the featurize stage's fbank options, read on first use by an on-the-fly row
+        self._augment = None
         for lineno, u in enumerate(utts, 1):
-            if "feats" not in u.extra:
+            if "feats" in u.extra:
+                ref = FeatureRef.from_json(u.extra["feats"], f"{manifest}:{lineno}")
+            elif "fbank_frames" in u.extra:
+                try:
+                    n = int(u.extra["fbank_frames"])
+                except (TypeError, ValueError):
+                    n = 0
+                if n < 1:
+                    raise DataError(f"{manifest}:{lineno}: utterance {u.id!r}: 'fbank_frames' must be a positive "
+                                    "integer")
+                ref = AudioRef(str(u.resolve_audio(manifest.parent)), u.offset, u.duration, n)
+            else:
                 raise DataError(f"{manifest}:{lineno}: utterance {u.id!r} has no 'feats' (run the featurize stage)")
-            ref = FeatureRef.from_json(u.extra["feats"], f"{manifest}:{lineno}")
             if untranscribed:
                 toks, text = [], ""
             elif u.text is None:
@@ -105,11 +133,72 @@ class FeatureDataset:
     def lengths(self) -> list[int]:
         return [r.frames for r in self.refs]
 
-    def __getitem__(self, i: int) -> tuple[str, np.ndarray, list[int], str]:
-        return self.ids[i], self.store.get(self.refs[i], self.dim), self.tokens[i], self.texts[i]
+    @property
+    def on_the_fly(self) -> bool:
+        return any(isinstance(r, AudioRef) for r in self.refs)
 
-    def batch(self, indices: list[int]) -> Batch:
-        b = collate([self[i] for i in indices])
+    def fbank(self):
+        """The fbank options of the featurize stage that wrote the manifest (``features.json`` beside it)."""
+        if self._fbank is None:
+            from speechkd.features.fbank import read_fbank_options
+
+            self._fbank = read_fbank_options(self.manifest.parent)
+        return self._fbank
+
+    def set_augment(self, cfg) -> None:
+        """Perturb training audio (a :class:`~speechkd.features.augment.WaveAugment`); only on-the-fly rows
+        have audio to perturb."""
+        from speechkd.features.augment import Augmenter
+
+        if not cfg.active:
+            self._augment = None
+            return
+        if not self.on_the_fly:
+            raise DataError(f"{self.manifest}: augment (speed, noise) perturbs the audio, but these rows point at "
+                            "stored features; run the featurize stage with on_the_fly: true")
+        self._augment = Augmenter(cfg, self.fbank().sample_rate)
+
+    def _audio_features(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        from speechkd.data.audio import AudioError, load_audio
+        from speechkd.features.fbank import compute_fbank
+
+        ref, opts = self.refs[i], self.fbank()
+        try:
+            wav = load_audio(ref.path, offset=ref.offset, duration=ref.duration if ref.offset is not None else None,
+                             target_sr=opts.sample_rate)
+        except AudioError as e:
+            raise DataError(f"{self.manifest}: utterance {self.ids[i]!r}: {e.detail} ({ref.path}; it featurized "
+                            "cleanly: was the file changed since?)") from None
+        if rng is not None and self._augment is not None:
+            factor = None
+            if self.stack and self._augment.cfg.changes_frames:  # keep speed 1 where faster is too short for CTC
+                fastest = max(self._augment.cfg.speed)
+                if int(ref.frames / fastest) // self.stack < ctc_min_frames(self.tokens[i]):
+                    factor = 1.0
+            wav = self._augment(wav, rng, factor)
+        f = compute_fbank(wav, opts).numpy()
+        if self.dim is not None and f.shape[1] != self.dim:
+            raise DataError(f"{self.manifest}: features are {f.shape[1]}-dimensional; the model takes {self.dim}")
+        if f.shape[0] == 0 or not np.isfinite(f).all():
+            raise DataError(f"{self.manifest}: utterance {self.ids[i]!r}: its features are empty or not finite "
+                            f"({ref.path})")
+        return f
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray, list[int], str]:
+        ref = self.refs[i]
+        feats = self._audio_features(i, None) if isinstance(ref, AudioRef) else self.store.get(ref, self.dim)
+        return self.ids[i], feats, self.tokens[i], self.texts[i]
+
+    def batch(self, indices: list[int], seed: int | None = None) -> Batch:
+        """The padded batch of ``indices``. ``seed`` (training) draws the audio perturbations of on-the-fly rows,
+        one generator per utterance from ``(seed, its place in the batch)``."""
+        if seed is not None and self._augment is not None:
+            items = [(self.ids[i], self._audio_features(i, np.random.default_rng([seed, k])), self.tokens[i],
+                      self.texts[i]) if isinstance(self.refs[i], AudioRef) else self[i]
+                     for k, i in enumerate(indices)]
+        else:
+            items = [self[i] for i in indices]
+        b = collate(items)
         b.seconds = float(sum(self.durations[i] for i in indices))
         b.transcribed = not self.untranscribed
         return b
@@ -160,11 +249,15 @@ class MixedDataset:
     def lengths(self) -> list[int]:
         return [n for p in self.parts for n in p.lengths]
 
-    def batch(self, indices: list[int]) -> Batch:
+    def set_augment(self, cfg) -> None:
+        for p in self.parts:
+            p.set_augment(cfg)
+
+    def batch(self, indices: list[int], seed: int | None = None) -> Batch:
         part = self._where[indices[0]][0]
         if any(self._where[i][0] is not part for i in indices):
             raise DataError("a batch mixes transcribed and untranscribed utterances (use MixedSampler)")
-        return part.batch([self._where[i][1] for i in indices])
+        return part.batch([self._where[i][1] for i in indices], seed)
 
     def make_sampler(self, max_frames: int, *, seed: int, rank: int = 0, world_size: int = 1, accum: int = 1):
         from speechkd.data.sampler import MixedSampler

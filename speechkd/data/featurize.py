@@ -42,6 +42,10 @@ class FeaturizeOptions:
                                                            "clear error)")
     max_duration: float = field(30.0, help="longest utterance kept (seconds; checked on the header, before decoding)")
     duration_tolerance: float = field(0.1, help="allowed |manifest duration - audio duration| (seconds)")
+    on_the_fly: bool = field(False, help="store no features: every utterance is still read and checked, and CMVN "
+                                         "accumulated, but the manifests point at the audio and training computes "
+                                         "fbank per batch (corpora whose features do not fit on disk; needed for "
+                                         "speed perturbation and noise)", fingerprint="unless_default")
 
     def __post_init__(self):
         require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
@@ -97,6 +101,7 @@ def _shard_job(args: tuple) -> dict[str, Any]:
     try:
         feats, kept, rejected = [], [], []
         seconds = 0.0
+        s = sq = None  # CMVN sums of an on-the-fly split (its features are not kept)
         for u, ap in zip(utts, audio_paths):
             f, problem = featurize_utterance(u, Path(ap), cfg)
             if problem is not None:
@@ -106,9 +111,22 @@ def _shard_job(args: tuple) -> dict[str, Any]:
                     atomic_write_text(Path(index_path), json.dumps(index) + "\n")
                     return index
                 continue
-            feats.append(f)
             kept.append(u.id)
             seconds += u.duration
+            if cfg.on_the_fly:
+                f64 = f.astype(np.float64)
+                s = f64.sum(0) if s is None else s + f64.sum(0)
+                sq = (f64**2).sum(0) if sq is None else sq + (f64**2).sum(0)
+                feats.append(f.shape[0])
+            else:
+                feats.append(f)
+        if cfg.on_the_fly:
+            index = {"entries": [{"id": i, "frames": int(n)} for i, n in zip(kept, feats)], "rejected": rejected,
+                     "written": True, "seconds": seconds, "on_the_fly": True,
+                     "cmvn": {"sum": [] if s is None else s.tolist(), "sq": [] if sq is None else sq.tolist(),
+                              "frames": int(sum(feats))}}
+            atomic_write_text(Path(index_path), json.dumps(index) + "\n")
+            return index
         offsets = write_shard(shard_path, feats, cfg.dtype)
         index = {"entries": [{"id": i, "offset": o, "frames": n} for i, (o, n) in zip(kept, offsets)],
                  "rejected": rejected, "written": True, "seconds": seconds}
@@ -160,9 +178,11 @@ def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions
     jobs = []
     for si, chunk in enumerate(shards):
         npy, idx = shard_dir / f"feats-{si:05d}.npy", shard_dir / f"feats-{si:05d}.json"
-        if idx.exists() and npy.exists():
-            indexes[si] = json.loads(idx.read_text())
-            continue
+        if idx.exists() and (npy.exists() or cfg.on_the_fly):
+            index = json.loads(idx.read_text())
+            if bool(index.get("on_the_fly")) == cfg.on_the_fly:
+                indexes[si] = index
+                continue
         aps = [str(u.resolve_audio(manifest.parent)) for u in chunk]
         jobs.append((si, (chunk, aps, cfg, str(npy), str(idx))))
     if len(shards) - len(jobs) and rank == 0:
@@ -215,10 +235,29 @@ def featurize_split(manifest: Path, split: str, out: Path, cfg: FeaturizeOptions
             continue
         for e in indexes[si]["entries"]:
             u = by_id[e["id"]]
-            ref = FeatureRef(rel_shard, e["offset"], e["frames"])
+            if cfg.on_the_fly:  # no stored features: the frame count for batching, fbank per batch from the audio
+                extra = {**{k: v for k, v in u.extra.items() if k != "feats"}, "fbank_frames": int(e["frames"])}
+            else:
+                extra = {**u.extra, "feats": FeatureRef(rel_shard, e["offset"], e["frames"]).to_json()}
             rows.append(Utterance(id=u.id, audio_filepath=relative_to_manifest(u.resolve_audio(manifest.parent), out),
-                                  duration=u.duration, text=u.text, speaker=u.speaker, offset=u.offset,
-                                  extra={**u.extra, "feats": ref.to_json()}))
+                                  duration=u.duration, text=u.text, speaker=u.speaker, offset=u.offset, extra=extra))
         if si in ran:
             seconds += indexes[si].get("seconds", 0.0)
     return utts, rows, seconds
+
+
+def on_the_fly_cmvn(shard_dir: Path):
+    """CMVN statistics of an on-the-fly split, merged from the sums its shard indexes hold."""
+    from speechkd.features.cmvn import stats_from_sums
+
+    s = sq = None
+    n = 0
+    for p in sorted(shard_dir.glob("feats-*.json")):
+        c = json.loads(p.read_text()).get("cmvn")
+        if not c or not c["frames"]:
+            continue
+        a, b = np.asarray(c["sum"], np.float64), np.asarray(c["sq"], np.float64)
+        s, sq, n = (a, b, c["frames"]) if s is None else (s + a, sq + b, n + c["frames"])
+    if s is None:
+        raise ValueError("no frames to compute CMVN statistics from")
+    return stats_from_sums(s, sq, n)

@@ -29,6 +29,11 @@ class ManifestError(ValueError):
     """A manifest line that cannot be used; the message names ``file:line`` and the field."""
 
 
+def feature_frames(u) -> int:
+    """Feature frames of a featurized row: its ``feats`` reference's, or an on-the-fly row's ``fbank_frames``."""
+    return int(u.extra["feats"]["frames"]) if "feats" in u.extra else int(u.extra["fbank_frames"])
+
+
 @dataclass
 class Utterance:
     """One manifest row. ``duration`` and ``offset`` are in seconds; ``offset=None`` is the whole file;

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import speechkd.kernels as K
-from speechkd.data.manifest import read_manifest
+from speechkd.data.manifest import feature_frames, read_manifest
 from speechkd.data.sampler import BucketingSampler
 from speechkd.text.tokenizer import tokenizer_fingerprint
 from speechkd.utils import atomic_write_bytes, atomic_write_text
@@ -199,7 +199,7 @@ class TeacherCache:
             if u.id not in self._index:
                 raise CacheError(f"{self.folder}: utterance {u.id!r} of {manifest} is not in the cache "
                                  "(rebuild it: rerun the teacher_cache stage)")
-            want = u.extra["feats"]["frames"] // stack
+            want = feature_frames(u) // stack
             have = self._index[u.id][1]["frames"]
             if have != want:
                 raise CacheError(f"{self.folder}: utterance {u.id!r} has {have} cached frames, the features give "

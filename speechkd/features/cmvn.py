@@ -47,6 +47,11 @@ def compute_cmvn(chunks: Iterable[np.ndarray], *, floor: float = 1e-5) -> CMVNSt
         n += c64.shape[0]
     if n == 0 or s is None or sq is None:
         raise ValueError("no frames to compute CMVN statistics from")
+    return stats_from_sums(s, sq, n, floor=floor)
+
+
+def stats_from_sums(s: np.ndarray, sq: np.ndarray, n: int, *, floor: float = 1e-5) -> CMVNStats:
+    """Statistics from per-dimension sums of frames and of their squares over ``n`` frames."""
     mean = s / n
     var = np.maximum(sq / n - mean**2, 0.0)
     std = np.maximum(np.sqrt(var), floor)

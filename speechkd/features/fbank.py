@@ -76,3 +76,22 @@ class Fbank(torch.nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return compute_fbank(wav, self.opts)
+
+
+def read_fbank_options(feat_dir) -> FbankOptions:
+    """The fbank options a featurize stage used (its ``features.json``): what a model trained on its
+    features records in its bundle, and what on-the-fly features are computed with. A missing or broken
+    file is an error, never a default."""
+    import json
+    from pathlib import Path
+
+    from speechkd.config import ConfigError, from_dict
+
+    p = Path(feat_dir) / "features.json"
+    try:
+        raw = json.loads(p.read_text())["fbank"]
+        return from_dict(FbankOptions, raw, where=f"{p}: fbank")
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+        reason = e.strerror if isinstance(e, OSError) else type(e).__name__
+        raise ValueError(f"{p}: cannot read the featurize stage's fbank options ({reason}); rerun that stage") \
+            from None

@@ -66,6 +66,9 @@ class Config(TrainStageConfig):
                                       "untranscribed audio; set kd.alpha > 0 or kd.pseudo")
         require(self.train_split not in d.untranscribed, "data.untranscribed",
                 f"lists the transcribed train_split {self.train_split!r}")
+        require(not self.augment.changes_frames or kd.online, "augment.speed",
+                "speed perturbation changes the frames the teacher cache's posteriors align with; use it with "
+                "kd.online (the teacher runs on the perturbed batch) or leave it to the teacher and baseline")
         require(not (kd.pseudo != "none" and not d.untranscribed), "kd.pseudo",
                 "pseudo-labels are for untranscribed audio: name its splits in data.untranscribed")
 

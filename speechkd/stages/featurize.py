@@ -6,7 +6,9 @@ manifests whose rows carry a ``feats`` reference, ``cmvn.json`` (from the train 
 ``features.json`` (the fbank options, which the training stages put into every model bundle),
 ``rejected/<split>.jsonl`` and ``summary.json`` (which declares the featurized splits and, under
 ``untranscribed``, those the corpus stage declares without transcripts; CMVN never comes from one). Shards are
-the unit of resume: a rerun keeps every shard whose index exists.
+the unit of resume: a rerun keeps every shard whose index exists. With ``on_the_fly: true`` no features are
+stored: every utterance is still decoded and checked, CMVN is summed in the shard indexes, and the manifests'
+rows carry ``fbank_frames`` (for batching) instead of ``feats``; the datasets compute fbank from the audio.
 
 Under ``torchrun`` every rank featurizes its share of each split's shards (shard ``i`` on rank ``i % world``,
 each rank with ``cores / processes per node`` worker processes); rank 0 then writes the manifests, CMVN and
@@ -29,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from speechkd.config import ConfigError, check_name, field, from_dict
+from speechkd.config import check_name, field
 from speechkd.data.checks import BadInputLog
-from speechkd.data.featurize import FeaturizeOptions, featurize_split
+from speechkd.data.featurize import FeaturizeOptions, featurize_split, on_the_fly_cmvn
 from speechkd.data.manifest import write_manifest
 from speechkd.features.cmvn import compute_cmvn
-from speechkd.features.fbank import FbankOptions
+from speechkd.features.fbank import FbankOptions, read_fbank_options
 from speechkd.features.store import FeatureRef
 from speechkd.utils import atomic_write_text, rank_world
 
@@ -86,16 +88,8 @@ def untranscribed_splits(stage_dir: Path) -> list[str]:
 
 
 def fbank_options(feat_dir: Path) -> FbankOptions:
-    """The fbank options a featurize stage used (its ``features.json``): what a model trained on its
-    features records in its bundle. A missing or broken file is an error, never a default."""
-    p = feat_dir / "features.json"
-    try:
-        raw = json.loads(p.read_text())["fbank"]
-        return from_dict(FbankOptions, raw, where=f"{p}: fbank")
-    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
-        reason = e.strerror if isinstance(e, OSError) else type(e).__name__
-        raise ValueError(f"{p}: cannot read the featurize stage's fbank options ({reason}); rerun that stage") \
-            from None
+    """The fbank options a featurize stage used (its ``features.json``)."""
+    return read_fbank_options(feat_dir)
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
@@ -134,7 +128,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         audio_seconds += seconds
         write_manifest(rows, out / f"{split}.jsonl")
         summary["splits"][split] = {"input": len(utts), "kept": len(rows),
-                                    "frames": sum(FeatureRef.from_json(u.extra["feats"]).frames for u in rows),
+                                    "frames": sum(int(u.extra["fbank_frames"]) if cfg.on_the_fly else
+                                                  FeatureRef.from_json(u.extra["feats"]).frames for u in rows),
                                     "hours": round(sum(u.duration for u in rows) / 3600, 4)}
         if not rows:
             log.warning("featurize %s: every utterance was rejected (see %s)", split, bad.out_file)
@@ -144,7 +139,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if cfg.cmvn_split in splits:
         split_dir = out / "shards" / cfg.cmvn_split
         try:
-            stats = compute_cmvn(np.load(p, mmap_mode="r") for p in sorted(split_dir.glob("feats-*.npy")))
+            stats = (on_the_fly_cmvn(split_dir) if cfg.on_the_fly else
+                     compute_cmvn(np.load(p, mmap_mode="r") for p in sorted(split_dir.glob("feats-*.npy"))))
         except ValueError as e:
             raise ValueError(f"{split_dir}: {e}") from None
         stats.save(out / "cmvn.json")
@@ -152,7 +148,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     else:
         log.warning("no %r split: cmvn.json not written", cfg.cmvn_split)
     atomic_write_text(out / "features.json", json.dumps({"fbank": asdict(cfg.fbank), "dtype": cfg.dtype,
-                                                         "dim": cfg.fbank.num_mel_bins}, indent=1) + "\n")
+                                                         "dim": cfg.fbank.num_mel_bins, "on_the_fly": cfg.on_the_fly,
+                                                         "max_duration": cfg.max_duration}, indent=1) + "\n")
     elapsed = time.time() - t_start
     summary["fbank"] = asdict(cfg.fbank)
     summary["rejected"] = bad.counts()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from speechkd.config import check_name, field, require
-from speechkd.data.manifest import read_manifest
+from speechkd.data.manifest import feature_frames, read_manifest
 from speechkd.stages.featurize import declared_splits
 from speechkd.text.tokenizer import train_tokenizer
 
@@ -54,7 +54,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         if not utts:  # also an untranscribed split: the tokenizer sees transcribed train text only
             continue
         lens = [len(tok.encode(u.text)) for u in utts]
-        ratio = min(u.extra["feats"]["frames"] / max(n, 1) for u, n in zip(utts, lens))
+        ratio = min(feature_frames(u) / max(n, 1) for u, n in zip(utts, lens))
         stats["splits"][split] = {"tokens_per_utt": round(sum(lens) / len(lens), 2),
                                   "min_frames_per_token": round(ratio, 2)}
     log.info("tokenizer: %s with %d tokens", tok.kind, tok.vocab_size)

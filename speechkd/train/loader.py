@@ -8,7 +8,7 @@ loop has used, not the ones prefetched: resume stays exact.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -18,28 +18,30 @@ from speechkd.data.dataset import Batch
 class _Chosen(torch.utils.data.Dataset):
     """The rest of an epoch's batches (lists of utterance indices), built on demand by a worker."""
 
-    def __init__(self, ds, batches: list[list[int]]):
-        self.ds, self.batches = ds, batches
+    def __init__(self, ds, batches: list[list[int]], seeds: list[int] | None = None):
+        self.ds, self.batches, self.seeds = ds, batches, seeds
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> Batch:
-        return self.ds.batch(self.batches[i])
+        return self.ds.batch(self.batches[i]) if self.seeds is None else self.ds.batch(self.batches[i], self.seeds[i])
 
 
-def batches(sampler, ds, *, workers: int = 0, prefetch: int = 2, pin_memory: bool = False
-            ) -> Iterator[tuple[list[int], Batch]]:
+def batches(sampler, ds, *, workers: int = 0, prefetch: int = 2, pin_memory: bool = False,
+            seed_of: Callable[[int], int] | None = None) -> Iterator[tuple[list[int], Batch]]:
     """``(indices, batch)`` for the rest of the sampler's current epoch, advancing its position as the loop
-    takes each one. ``workers`` 0 builds each batch when it is needed, in this process."""
+    takes each one. ``workers`` 0 builds each batch when it is needed, in this process. ``seed_of(position)``
+    gives the seed of the audio perturbations of the epoch's batch at that position (training with augment)."""
     if workers <= 0:
         for b in sampler:
-            yield b, ds.batch(b)
+            yield b, (ds.batch(b) if seed_of is None else ds.batch(b, seed_of(sampler.position - 1)))
         return
     rest = sampler.batches(sampler.epoch)[sampler.position:]
+    seeds = None if seed_of is None else [seed_of(sampler.position + k) for k in range(len(rest))]
     # its own generator: a DataLoader seeds its workers from the global RNG otherwise, which would move the
     # dropout masks of the training process (building a batch draws no random numbers)
-    loader = torch.utils.data.DataLoader(_Chosen(ds, rest), batch_size=None, shuffle=False, num_workers=workers,
+    loader = torch.utils.data.DataLoader(_Chosen(ds, rest, seeds), batch_size=None, shuffle=False, num_workers=workers,
                                          prefetch_factor=prefetch, pin_memory=pin_memory,
                                          generator=torch.Generator().manual_seed(0))
     yield from zip(sampler, loader)

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from speechkd.config import ConfigError, field, require
 from speechkd.data.dataset import Batch, FeatureDataset
 from speechkd.data.sampler import BucketingSampler
+from speechkd.features.augment import WaveAugment
 from speechkd.features.specaug import spec_augment
 from speechkd.features.vtlp import vtlp
 from speechkd.models.bundle import ModelBundle, save_bundle
@@ -84,6 +85,9 @@ class TrainConfig:
     workers: int = field(0, help="DataLoader worker processes that build and prefetch batches (0 = in the training "
                                  "process); the batches and their order do not depend on it", fingerprint=False)
     prefetch: int = field(2, help="batches each worker builds ahead", fingerprint=False)
+    augment: WaveAugment = field(default_factory=WaveAugment, help="speed perturbation and additive noise on the "
+                                 "training audio (needs a featurize stage run on_the_fly)",
+                                 fingerprint="unless_default")
     global_batches: int = field(
         0, help="batches per optimizer step, all ranks together; each rank accumulates global_batches / world of "
                 "them. The steps, schedule and random draws are then the same on every world size that divides it, "
@@ -219,6 +223,8 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.unit, device_ids=ids)
+        if cfg.augment.active:
+            train_ds.set_augment(cfg.augment)
         self.ckpt_dir, self.epoch_dir = self.out_dir / "checkpoints", self.out_dir / "epochs"
         existing = ck.list_checkpoints(self.ckpt_dir)
         self._last = (existing[-1], ck.load_train_state(existing[-1])) if existing else None
@@ -262,6 +268,12 @@ class Trainer:
                         "are per rank, so they differ from an uninterrupted run; set global_batches to make them "
                         "the same on any world size)", per_step, self.world, per_step // self.world)
         return per_step // self.world
+
+    def _audio_seed(self, local: int) -> int:
+        """The seed of the audio perturbations of this rank's ``local``-th batch of the epoch (from its global
+        place: the same on every world size, with or without workers, after a resume)."""
+        g = self.sampler.global_index(local)
+        return int(np.random.SeedSequence([self.seed, self.sampler.epoch, g, 3]).generate_state(1)[0])
 
     def _draws(self, g: int) -> tuple[torch.Generator, int] | None:
         """With ``global_batches`` set, the random draws of the epoch's ``g``-th global batch come from its
@@ -434,7 +446,8 @@ class Trainer:
                            desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=self.rank != 0)
             group: list[tuple[int, Batch]] = []
             for _, batch in batches(self.sampler, self.train_ds, workers=cfg.workers, prefetch=cfg.prefetch,
-                                    pin_memory=self.device.type == "cuda"):
+                                    pin_memory=self.device.type == "cuda",
+                                    seed_of=self._audio_seed if cfg.augment.active else None):
                 group.append((self.sampler.global_index(self.sampler.position - 1), batch))
                 if len(group) < self.accum:
                     continue

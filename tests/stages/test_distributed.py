@@ -25,18 +25,20 @@ def _run(root: Path, exp: Path, nproc: int, to: str, *extra: str) -> subprocess.
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_featurize_on_two_ranks_writes_what_one_process_writes(tmp_path):
+@pytest.mark.parametrize("on_the_fly", [False, True])
+def test_featurize_on_two_ranks_writes_what_one_process_writes(tmp_path, on_the_fly):
     root = librispeech_tree(tmp_path / "LibriSpeech")
     one, two = tmp_path / "one", tmp_path / "two"
-    r = _run(root, one, 1, "featurize")
+    mode = f"featurize.on_the_fly={str(on_the_fly).lower()}"
+    r = _run(root, one, 1, "featurize", mode)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _run(root, two, 2, "featurize")
+    r = _run(root, two, 2, "featurize", mode)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = one / "librispeech" / "featurize", two / "librispeech" / "featurize"
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "test_other.jsonl", "cmvn.json", "features.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     shards = sorted(p.relative_to(a) for p in (a / "shards").rglob("feats-*"))
-    assert len(shards) == 2 * 9 and shards == sorted(p.relative_to(b) for p in (b / "shards").rglob("feats-*"))
+    assert len(shards) == (1 if on_the_fly else 2) * 9 and shards == sorted(p.relative_to(b) for p in (b / "shards").rglob("feats-*"))
     assert all(filecmp.cmp(a / s, b / s, shallow=False) for s in shards)
     assert (b / ".done").exists()
 
