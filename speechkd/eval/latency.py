@@ -35,12 +35,19 @@ def token_ends(teacher, feats: np.ndarray, tokens: list[int], blank: int = 0) ->
     return spans[:, 1] - 1
 
 
-def alignment_ends(teacher, ds, *, limit: int = 0, blank: int = 0) -> dict[str, np.ndarray]:
+def _share(n: int, part: tuple[int, int]) -> range:
+    """Utterance indices ``i < n`` with ``i % world == rank`` (``part = (rank, world)``)."""
+    return range(part[0], n, part[1])
+
+
+def alignment_ends(teacher, ds, *, limit: int = 0, blank: int = 0, part: tuple[int, int] = (0, 1)
+                   ) -> dict[str, np.ndarray]:
     """Token end frames (teacher output frames) of the first ``limit`` utterances of ``ds`` (0 = all), by id;
-    utterances whose alignment is infeasible are left out. Computed once and shared by every model measured."""
+    utterances whose alignment is infeasible are left out. Computed once and shared by every model measured.
+    ``part = (rank, world)``: only every ``world``-th utterance from ``rank`` (a share of a distributed run)."""
     n = len(ds) if not limit else min(limit, len(ds))
     out = {}
-    for i in progress(range(n), desc="align", unit="utt"):
+    for i in progress(_share(n, part), desc="align", unit="utt", disable=part[0] != 0):
         uid, feats, toks, _ = ds[i]
         ends = token_ends(teacher, feats, toks, blank)
         if ends is not None:
@@ -53,13 +60,21 @@ def measure(recognizer, ends_by_id: dict[str, np.ndarray], teacher_frame_ms: flo
     """Latency figures (ms) of ``recognizer`` (a :class:`speechkd.runtime.StreamingRecognizer`) on the first
     ``limit`` utterances of the featurized dataset ``ds``: ``ends_by_id`` from :func:`alignment_ends` (in
     teacher output frames of ``teacher_frame_ms``); ``audio_paths`` maps ids to their audio files."""
+    raw = measure_part(recognizer, ends_by_id, teacher_frame_ms, ds, audio_paths, limit=limit, chunk_ms=chunk_ms)
+    return summarize([raw], recognizer.frame_ms, chunk_ms)
+
+
+def measure_part(recognizer, ends_by_id, teacher_frame_ms, ds, audio_paths, *, limit: int = 0,
+                 chunk_ms: float = 160.0, part: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """:func:`measure`'s raw latencies on a share of the utterances (``part = (rank, world)``), for
+    :func:`summarize` to merge."""
     from speechkd.runtime.recognizer import read_audio
 
     frame_ms = recognizer.frame_ms
     hop_ms = float(recognizer.fbank["frame_shift_ms"])
     lat, first = [], []
     n = len(ds) if not limit else min(limit, len(ds))
-    for i in progress(range(n), desc="latency", unit="utt"):
+    for i in progress(_share(n, part), desc="latency", unit="utt", disable=part[0] != 0):
         uid, _, toks, _ = ds[i]
         ends = ends_by_id.get(uid)
         if ends is None:
@@ -83,6 +98,15 @@ def measure(recognizer, ends_by_id: dict[str, np.ndarray], teacher_frame_ms: flo
                 lat.append(emitted[blk.b + k] * frame_ms - end_ms[blk.a + k])
         if first_at is not None:
             first.append(first_at - (end_ms[0] + teacher_frame_ms))
+    return {"lat": lat, "first": first, "utterances": n}
+
+
+def summarize(parts: list[dict[str, Any]], frame_ms: float, chunk_ms: float) -> dict[str, Any]:
+    """The figures of :func:`measure` from the raw latencies of every share (percentiles do not depend on
+    the order, so any split of the utterances gives one process's figures)."""
+    lat = [x for p in parts for x in p["lat"]]
+    first = [x for p in parts for x in p["first"]]
+    n = parts[0]["utterances"]
     pct = lambda v, q: round(float(np.percentile(v, q)), 1) if v else None
     return {"tokens_matched": len(lat), "utterances": n, "emission_median_ms": pct(lat, 50),
             "emission_p90_ms": pct(lat, 90), "first_partial_median_ms": pct(first, 50),

@@ -175,6 +175,7 @@ class TrainState:
     sec: float = 0.0
     loss_sum: float = 0.0
     n_loss: int = 0
+    wait: float = 0.0  # seconds the loop waited for its next batch
     elapsed: float = 0.0
     t0: float = dc_field(default_factory=time.time)
 
@@ -182,20 +183,21 @@ class TrainState:
         self.t0 = time.time() - self.elapsed
 
     def reset_counters(self) -> None:
-        self.utt, self.sec, self.loss_sum, self.n_loss, self.elapsed = 0, 0.0, 0.0, 0, 0.0
+        self.utt, self.sec, self.loss_sum, self.n_loss, self.elapsed, self.wait = 0, 0.0, 0.0, 0, 0.0, 0.0
         self.t0 = time.time()
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "skipped": self.skipped, "history": self.history,
                 "best": self.best, "running": {"utt": self.utt, "sec": self.sec, "loss_sum": self.loss_sum,
-                                               "n_loss": self.n_loss, "elapsed": time.time() - self.t0}}
+                                               "n_loss": self.n_loss, "wait": self.wait,
+                                               "elapsed": time.time() - self.t0}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainState":
         r = d.get("running", {})
         return cls(step=int(d["step"]), epoch=int(d["epoch"]), skipped=int(d["skipped"]), history=list(d["history"]),
                    best=dict(d["best"]), utt=int(r.get("utt", 0)), sec=float(r.get("sec", 0.0)),
-                   loss_sum=float(r.get("loss_sum", 0.0)), n_loss=int(r.get("n_loss", 0)),
+                   loss_sum=float(r.get("loss_sum", 0.0)), n_loss=int(r.get("n_loss", 0)), wait=float(r.get("wait", 0.0)),
                    elapsed=float(r.get("elapsed", 0.0)))
 
 
@@ -401,6 +403,7 @@ class Trainer:
                "dev_cer": ev["cer"], "dev_wer": ev["wer"], "lr": f"{self.sched.get_last_lr()[0]:.3e}",
                "utt_per_s": round(float(counts[0]) / elapsed, 2),
                "audio_s_per_s": round(float(counts[1]) / elapsed, 1), "epoch_seconds": round(elapsed, 1),
+               "data_wait_share": round(st.wait / elapsed, 3) if elapsed > 0 else 0.0,
                "skipped_steps": st.skipped}
         st.history.append(row)
         log.info("epoch %d: loss %.3f, dev CER %.2f%% WER %.2f%%, %.0f s audio/s", epoch + 1, row["train_loss"],
@@ -445,11 +448,14 @@ class Trainer:
             bar = progress(total=self.steps_per_epoch, initial=self.sampler.position // self.accum,
                            desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=self.rank != 0)
             group: list[tuple[int, Batch]] = []
+            t_ready = time.perf_counter()
             for _, batch in batches(self.sampler, self.train_ds, workers=cfg.workers, prefetch=cfg.prefetch,
                                     pin_memory=self.device.type == "cuda",
                                     seed_of=self._audio_seed if cfg.augment.active else None):
+                st.wait += time.perf_counter() - t_ready  # the loop stood still until this batch was built
                 group.append((self.sampler.global_index(self.sampler.position - 1), batch))
                 if len(group) < self.accum:
+                    t_ready = time.perf_counter()
                     continue
                 self.step(group)
                 group = []
@@ -461,6 +467,7 @@ class Trainer:
                 if cfg.max_steps and st.step >= cfg.max_steps:
                     stop = True
                     break
+                t_ready = time.perf_counter()
             bar.close()
             self._check_skipped(epoch, st.step - step0, st.skipped - skipped0)
             self.end_epoch(epoch)

@@ -1,6 +1,7 @@
 """Stages under torchrun: the work is split across ranks and the result equals one process's."""
 
 import filecmp
+import json
 import os
 import subprocess
 import sys
@@ -81,3 +82,21 @@ def test_a_run_under_torchrun_leaves_the_process_group_it_joined(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("left") == 2 and "still" not in r.stdout, r.stdout
+
+
+def test_latency_on_two_ranks_gives_one_process_figures(tmp_path):
+    """Each rank aligns and streams every other utterance; rank 0's summary equals one process's."""
+    import shutil
+
+    root = librispeech_tree(tmp_path / "LibriSpeech")
+    one = tmp_path / "one"
+    r = _run(root, one, 1, "latency")
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    r = _run(root, two, 2, "latency", "--from", "latency", "--force")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (json.loads((d / "librispeech" / "latency" / "summary.json").read_text()) for d in (one, two))
+    assert a == b and a["models"]["student_frame"]["tokens_matched"] > 0
+    shares = json.loads((two / "librispeech" / "latency" / "outputs.json").read_text())["aligned_per_rank"]
+    assert len(shares) == 2 and min(shares) > 0

@@ -315,6 +315,10 @@ def test_dataloader_workers_train_the_same_weights_and_resume_where_the_loop_was
         weights.append({k: v.clone() for k, v in bundle.model.state_dict().items()})
     assert summary["steps"] > 4
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    import csv
+
+    shares = [float(r["data_wait_share"]) for r in csv.DictReader(open(out / "metrics.csv"))]
+    assert len(shares) == 2 and all(0.0 <= x < 1.0 for x in shares)  # the share of time spent waiting for data
 
     from speechkd.train.objective import Objective
     from speechkd.train.trainer import Trainer
