@@ -10,7 +10,12 @@ other, repeated (--repeats) with the median taken; a stage's own time is read fr
    target >= 1.6x on 2 cores), and, for reference, today's single process with a pool of 2 workers.
 2. ``train``: the recipe's student architecture trained with CTC for ``--steps`` steps on those features,
    batches built in the training process (``workers: 0``) against 2 DataLoader workers that prefetch them
-   (``loader_throughput_ratio``: audio seconds per second, workers over none; target >= 1 on the CPU).
+   (``loader_throughput_ratio``: audio seconds per second, workers over none; target >= 1 on the CPU), and,
+   for reference, on-the-fly features (``featurize.on_the_fly``: fbank computed in the 2 workers) against
+   stored ones (``on_the_fly_throughput_ratio``), with the share of time the loop waited for data.
+3. ``teacher_cache``: a small BiLSTM teacher (``--steps`` steps) caches the first split's posteriors and
+   N-best, 1 process (2 threads) against ``torchrun --nproc_per_node 2`` (1 thread each)
+   (``cache_speedup_2_ranks``, target >= 1.6x on 2 cores).
 
     python benchmarks/scaling.py                     # exp/default's dev, test and test_unseen_voice
     python benchmarks/scaling.py --splits train      # 7 h of train audio
@@ -35,15 +40,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def recipe(exp: Path, splits: list[str], workers: int, train_workers: int, steps: int) -> str:
+def recipe(exp: Path, splits: list[str], workers: int, train_workers: int, steps: int, on_the_fly: bool = False
+           ) -> str:
     corpus = exp / "corpus"
     src = ", ".join(f"{s}: {corpus / f'{s}.jsonl'}" for s in splits)
     return f"""name: scaling
 seed: 1234
 stages:
   corpus: {{kind: nemo, splits: {{{src}}}}}
-  featurize: {{num_workers: {workers}, shard_size: 100, cmvn_split: {splits[0]}}}
+  featurize: {{num_workers: {workers}, shard_size: 100, cmvn_split: {splits[0]}, on_the_fly: {str(on_the_fly).lower()}}}
   tokenizer: {{kind: char, train_split: {splits[0]}}}
+  teacher:
+    type: train
+    model: {{bidirectional: true, layers: 2, hidden: 128, stack: 3}}
+    epochs: 1
+    max_steps: {steps}
+    max_frames: 10000
+    average_last: 1
+    dev_limit: 1
+    train_split: {splits[0]}
+    dev_split: {splits[0]}
+  teacher_cache: {{teachers: [teacher], splits: [{splits[0]}], shard_size: 50}}
   student:
     type: train
     model: {{bidirectional: false, layers: 3, hidden: 256, stack: 3, dropout: 0.15}}
@@ -98,7 +115,9 @@ def main() -> None:
     if not (exp / "corpus" / ".done").exists():
         sys.exit(f"{exp}: no finished corpus stage (run make demo, or pass --quick)")
 
-    times: dict[str, list[float]] = {"1_rank": [], "2_ranks": [], "pool_2": [], "tp_0": [], "tp_2": []}
+    times: dict[str, list[float]] = {"1_rank": [], "2_ranks": [], "pool_2": [], "tp_0": [], "tp_2": [],
+                                     "tp_otf": [], "wait_0": [], "wait_2": [], "wait_otf": [], "cache_1": [],
+                                     "cache_2": []}
     tmp = Path(tempfile.mkdtemp(prefix="speechkd-scaling-"))
     try:
         for rep in range(a.repeats):
@@ -108,12 +127,25 @@ def main() -> None:
                 times[key].append(stage_seconds(root / "exp", "featurize"))
                 print(f"featurize {key}: {times[key][-1]:.1f} s", flush=True)
             base = tmp / f"1_rank-{rep}"
-            for key, w in (("tp_0", 0), ("tp_2", 2)):
-                run(base, recipe(exp, splits, 1, w, a.steps), 1, "student", frm="tokenizer")
-                out = json.loads((base / "exp" / "scaling" / "student" / "outputs.json").read_text())
+            otf = tmp / f"otf-{rep}"
+            run(base, recipe(exp, splits, 1, 0, a.steps), 1, "tokenizer")
+            run(otf, recipe(exp, splits, 2, 2, a.steps, on_the_fly=True), 1, "tokenizer")
+            for key, w, root, fly in (("tp_0", 0, base, False), ("tp_2", 2, base, False), ("tp_otf", 2, otf, True)):
+                run(root, recipe(exp, splits, 1, w, a.steps, on_the_fly=fly), 1, "student", frm="student")
+                out = json.loads((root / "exp" / "scaling" / "student" / "outputs.json").read_text())
                 times[key].append(float(out["audio_s_per_s"]))
-                print(f"train with {w} loader workers: {times[key][-1]:.1f} audio s/s", flush=True)
-                shutil.rmtree(base / "exp" / "scaling" / "student")
+                rows = (root / "exp" / "scaling" / "student" / "metrics.csv").read_text().splitlines()
+                head, last = rows[0].split(","), rows[-1].split(",")
+                times["wait" + key[2:]].append(float(last[head.index("data_wait_share")]))
+                print(f"train with {w} loader workers{' on the fly' if fly else ''}: {times[key][-1]:.1f} audio s/s, "
+                      f"{times['wait' + key[2:]][-1]:.1%} waiting for data", flush=True)
+                shutil.rmtree(root / "exp" / "scaling" / "student")
+            run(base, recipe(exp, splits, 1, 0, a.steps), 1, "teacher", frm="teacher")
+            for key, nproc in (("cache_1", 1), ("cache_2", 2)):
+                run(base, recipe(exp, splits, 1, 0, a.steps), nproc, "teacher_cache", frm="teacher_cache")
+                times[key].append(stage_seconds(base / "exp", "teacher_cache"))
+                print(f"teacher_cache on {nproc} rank(s): {times[key][-1]:.1f} s", flush=True)
+                shutil.rmtree(base / "exp" / "scaling" / "teacher_cache")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -123,7 +155,13 @@ def main() -> None:
               "featurize_speedup_2_ranks": round(med["1_rank"] / med["2_ranks"], 2),
               "featurize_2_ranks_vs_pool": round(med["pool_2"] / med["2_ranks"], 2),
               "train_audio_s_per_s_workers_0": round(med["tp_0"], 1), "train_audio_s_per_s_workers_2": round(med["tp_2"], 1),
-              "loader_throughput_ratio": round(med["tp_2"] / med["tp_0"], 3)}
+              "loader_throughput_ratio": round(med["tp_2"] / med["tp_0"], 3),
+              "train_audio_s_per_s_on_the_fly_workers_2": round(med["tp_otf"], 1),
+              "on_the_fly_throughput_ratio": round(med["tp_otf"] / med["tp_2"], 3),
+              "data_wait_share_workers_0": med["wait_0"], "data_wait_share_workers_2": med["wait_2"],
+              "data_wait_share_on_the_fly": med["wait_otf"],
+              "cache_seconds_1_rank": round(med["cache_1"], 2), "cache_seconds_2_ranks": round(med["cache_2"], 2),
+              "cache_speedup_2_ranks": round(med["cache_1"] / med["cache_2"], 2)}
     print(json.dumps(result))
 
 
