@@ -146,9 +146,9 @@ class FeatureDataset:
         return self._fbank
 
     def set_augment(self, cfg) -> None:
-        """Perturb training audio (a :class:`~speechkd.features.augment.WaveAugment`); only on-the-fly rows
+        """Perturb training audio (a :class:`~speechkd.data.augment.WaveAugment`); only on-the-fly rows
         have audio to perturb."""
-        from speechkd.features.augment import Augmenter
+        from speechkd.data.augment import Augmenter
 
         if not cfg.active:
             self._augment = None

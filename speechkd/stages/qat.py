@@ -29,7 +29,7 @@ from speechkd.stages import MODEL_STAGES
 from speechkd.stages.distill import Config as DistillConfig
 from speechkd.stages.distill import run as distill_run
 from speechkd.stages.distill import upstream as distill_upstream
-from speechkd.train.trainer import OptimConfig
+from speechkd.train.config import OptimConfig
 
 log = logging.getLogger(__name__)
 

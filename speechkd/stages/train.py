@@ -22,7 +22,8 @@ from speechkd.models.bundle import ModelBundle
 from speechkd.models.lstm_ctc import build_model
 from speechkd.stages.featurize import fbank_options
 from speechkd.text.tokenizer import load_tokenizer, tokenizer_fingerprint
-from speechkd.train.trainer import TrainConfig, train
+from speechkd.train.config import TrainConfig
+from speechkd.train.trainer import train
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import torch
 
 from speechkd.config import ConfigError, from_dict
 from speechkd.data.dataset import DataError, FeatureDataset
-from speechkd.features.augment import WaveAugment
+from speechkd.data.augment import WaveAugment
 from speechkd.features.cmvn import CMVNStats
 from speechkd.stages.runner import run_recipe
 from speechkd.text.tokenizer import CharTokenizer
