@@ -291,7 +291,8 @@ def main() -> None:
     import numba
     import torch
 
-    torch.set_num_threads(a.threads)
+    from speechkd.utils import set_threads
+    set_threads(a.threads)  # numba first: its pool would reset torch's threads
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
     a.cuda = torch.cuda.is_available()
     if a.posteriors:

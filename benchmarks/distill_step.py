@@ -41,7 +41,8 @@ def main() -> None:
     from speechkd.data.sampler import BucketingSampler
     from speechkd.train.objective import Forward, Objective
 
-    torch.set_num_threads(a.threads)
+    from speechkd.utils import set_threads
+    set_threads(a.threads)  # numba first: its pool would reset torch's threads
     exp = Path(a.exp)
     if not (exp / "teacher_cache" / ".done").exists():
         # no default run yet: build the quick recipe's cache (about a minute) and measure on that

@@ -40,7 +40,8 @@ def main() -> None:
     import soundfile as sf
     import torch
 
-    torch.set_num_threads(1)
+    from speechkd.utils import set_threads
+    set_threads(1)  # numba first: its pool would reset torch's threads
     from speechkd.config import from_dict
     from speechkd.data.featurize import featurize_utterance
     from speechkd.data.manifest import read_manifest

@@ -57,7 +57,8 @@ def main() -> None:
     from speechkd.train.objective import Forward
     from speechkd.train.trainer import Trainer
 
-    torch.set_num_threads(a.threads)
+    from speechkd.utils import set_threads
+    set_threads(a.threads)  # numba first: its pool would reset torch's threads
     stages = load_yaml(recipe / "recipe.yaml")["stages"]
     body = {k: v for k, v in stages[a.stage].items() if k != "type"}
     cfg = from_dict(train_stage.Config, {**body, "precision": a.precision, "threads": a.threads, "device": "cpu"})

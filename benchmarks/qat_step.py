@@ -35,7 +35,8 @@ def main() -> None:
     from speechkd.models import ModelConfig, build_model
     from speechkd.quant.fake import fake_quantize
 
-    torch.set_num_threads(a.threads)
+    from speechkd.utils import set_threads
+    set_threads(a.threads)  # numba first: its pool would reset torch's threads
     layers, hidden = (2, 64) if a.quick else (3, 256)
     if a.quick:
         a.batch, a.frames, a.repeats = 4, 150, 3

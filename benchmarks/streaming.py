@@ -45,7 +45,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(1)
+    from speechkd.utils import set_threads
+    set_threads(1)  # numba first: its pool would reset torch's threads
     exp = Path(a.exp)
     if a.quick:
         exp = REPO / "exp" / "quick"

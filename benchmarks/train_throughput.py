@@ -74,7 +74,8 @@ def main() -> None:
     from speechkd.models import ModelConfig, build_model
     from speechkd.train.precision import autocast, resolve_precision
 
-    torch.set_num_threads(a.threads)
+    from speechkd.utils import set_threads
+    set_threads(a.threads)  # numba first: its pool would reset torch's threads
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
     stages = load_yaml(Path(__file__).resolve().parents[1] / "pipelines" / "default" / "recipe.yaml")["stages"]

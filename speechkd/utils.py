@@ -99,6 +99,22 @@ def gather_all(obj: Any) -> list[Any]:
     return out
 
 
+def set_threads(n: int) -> None:
+    """Run torch and the numba kernels on ``n`` threads. numba's pool starts first: starting it sets the
+    OpenMP thread count torch shares to numba's (a process told to use 1 thread would otherwise run torch on
+    every core once a numba kernel ran, oversubscribing the cores of jobs run side by side or of torchrun
+    ranks)."""
+    import torch
+
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    except ImportError:  # pragma: no cover
+        pass
+    torch.set_num_threads(n)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (the one seed at entry)."""
     import numpy as np

@@ -35,7 +35,7 @@ from speechkd.config import ConfigError, load_yaml, save_yaml, to_dict
 from speechkd.stages import get_stage
 from speechkd.stages.lock import LockedError, exp_lock  # noqa: F401  (re-exported)
 from speechkd.stages.plan import RECIPE_KEYS, PlannedStage, load_recipe, recipe_file  # noqa: F401
-from speechkd.utils import atomic_write_text, seed_everything, stable_hash
+from speechkd.utils import atomic_write_text, seed_everything, set_threads, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
         ctx = StageContext(recipe=meta["name"], exp_dir=exp_dir, out_dir=out, seed=meta["seed"],
                            recipe_dir=st.recipe_dir or rf.parent, reads=set(st.reads), stage_type=st.type, fingerprint=st.fingerprint)
         seed_everything(meta["seed"])
-        torch.set_num_threads(threads)
+        set_threads(threads)
         mod = get_stage(st.type)
         t0 = time.time()
         outputs: dict[str, Any] = {}

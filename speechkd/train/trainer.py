@@ -47,7 +47,7 @@ from speechkd.train.loader import batches
 from speechkd.train.config import OptimConfig, TrainConfig  # noqa: F401 (the trainer's public config)
 from speechkd.train.objective import Forward, Objective
 from speechkd.train.state import TrainState, _rng_state, _set_rng_state
-from speechkd.utils import atomic_write_text, pick_device, progress
+from speechkd.utils import atomic_write_text, pick_device, progress, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            set_threads(cfg.threads)
         self.device = pick_device(cfg.device)
         try:
             self.precision = mp.resolve_precision(cfg.precision, self.device)
