@@ -16,6 +16,9 @@ other, repeated (--repeats) with the median taken; a stage's own time is read fr
 3. ``teacher_cache``: a small BiLSTM teacher (``--steps`` steps) caches the first split's posteriors and
    N-best, 1 process (2 threads) against ``torchrun --nproc_per_node 2`` (1 thread each)
    (``cache_speedup_2_ranks``, target >= 1.6x on 2 cores).
+4. ``side by side``: two frame-KD students from that cache (``--steps`` steps each), one after the other in
+   one process on 2 threads against two processes at once on 1 thread each (``side_by_side_speedup``: the
+   first's total stage time over the second's longer stage).
 
     python benchmarks/scaling.py                     # exp/default's dev, test and test_unseen_voice
     python benchmarks/scaling.py --splits train      # 7 h of train audio
@@ -74,22 +77,40 @@ stages:
     workers: {train_workers}
     train_split: {splits[0]}
     dev_split: {splits[0]}
-"""
+""" + "".join(f"""  student_{x}:
+    type: distill
+    model: {{bidirectional: false, layers: 3, hidden: 256, stack: 3, dropout: 0.15}}
+    kd: {{alpha: 0.9, delay: 0}}
+    epochs: 1
+    max_steps: {steps}
+    max_frames: 10000
+    average_last: 1
+    dev_limit: 1
+    train_split: {splits[0]}
+    dev_split: {splits[0]}
+""" for x in "ab")
 
 
 def stage_seconds(root: Path, stage: str) -> float:
     return float(json.loads((root / "scaling" / stage / ".done").read_text())["seconds"])
 
 
-def run(root: Path, text: str, nproc: int, to: str, frm: str | None = None) -> None:
+def run(root: Path, text: str, nproc: int, to: str, frm: str | None = None, threads: int = 0,
+        wait: bool = True):
+    """Run the recipe ``--from frm --to to`` on ``nproc`` torchrun ranks (1: a plain process); ``threads`` sets
+    OMP_NUM_THREADS; ``wait=False`` returns the running process."""
     (root / "r").mkdir(parents=True, exist_ok=True)
     rf = root / "r" / "recipe.yaml"
-    rf.write_text(text)
+    if not rf.exists() or rf.read_text() != text:
+        rf.write_text(text)
     args = ["-m", "speechkd.cli", "run", str(rf), "--exp-root", str(root / "exp"), "--to", to]
     args += ["--from", frm] if frm else []
     cmd = ([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(nproc), *args]
            if nproc > 1 else [sys.executable, *args])
-    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads) if threads else "1" if nproc > 1 else
+           os.environ.get("OMP_NUM_THREADS", "2")}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if r.returncode:
         sys.exit(f"{' '.join(cmd[:6])} ... failed:\n{r.stderr[-3000:]}")
@@ -117,7 +138,7 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"1_rank": [], "2_ranks": [], "pool_2": [], "tp_0": [], "tp_2": [],
                                      "tp_otf": [], "wait_0": [], "wait_2": [], "wait_otf": [], "cache_1": [],
-                                     "cache_2": []}
+                                     "cache_2": [], "seq": [], "sbs": []}
     tmp = Path(tempfile.mkdtemp(prefix="speechkd-scaling-"))
     try:
         for rep in range(a.repeats):
@@ -145,7 +166,20 @@ def main() -> None:
                 run(base, recipe(exp, splits, 1, 0, a.steps), nproc, "teacher_cache", frm="teacher_cache")
                 times[key].append(stage_seconds(base / "exp", "teacher_cache"))
                 print(f"teacher_cache on {nproc} rank(s): {times[key][-1]:.1f} s", flush=True)
-                shutil.rmtree(base / "exp" / "scaling" / "teacher_cache")
+                if key == "cache_1":
+                    shutil.rmtree(base / "exp" / "scaling" / "teacher_cache")
+            text = recipe(exp, splits, 1, 0, a.steps)
+            run(base, text, 1, "student_b", frm="student_a")
+            times["seq"].append(stage_seconds(base / "exp", "student_a") + stage_seconds(base / "exp", "student_b"))
+            for x in "ab":
+                shutil.rmtree(base / "exp" / "scaling" / f"student_{x}")
+            together = [run(base, text, 1, f"student_{x}", frm=f"student_{x}", threads=1, wait=False) for x in "ab"]
+            for p in together:
+                if p.wait():
+                    sys.exit(f"a side-by-side student failed:\n{p.stderr.read()[-3000:]}")
+            times["sbs"].append(max(stage_seconds(base / "exp", f"student_{x}") for x in "ab"))
+            print(f"two students: one after the other {times['seq'][-1]:.1f} s, side by side "
+                  f"{times['sbs'][-1]:.1f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -161,7 +195,10 @@ def main() -> None:
               "data_wait_share_workers_0": med["wait_0"], "data_wait_share_workers_2": med["wait_2"],
               "data_wait_share_on_the_fly": med["wait_otf"],
               "cache_seconds_1_rank": round(med["cache_1"], 2), "cache_seconds_2_ranks": round(med["cache_2"], 2),
-              "cache_speedup_2_ranks": round(med["cache_1"] / med["cache_2"], 2)}
+              "cache_speedup_2_ranks": round(med["cache_1"] / med["cache_2"], 2),
+              "students_seconds_one_after_the_other": round(med["seq"], 2),
+              "students_seconds_side_by_side": round(med["sbs"], 2),
+              "side_by_side_speedup": round(med["seq"] / med["sbs"], 2)}
     print(json.dumps(result))
 
 
