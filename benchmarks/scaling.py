@@ -47,48 +47,29 @@ def recipe(exp: Path, splits: list[str], workers: int, train_workers: int, steps
            ) -> str:
     corpus = exp / "corpus"
     src = ", ".join(f"{s}: {corpus / f'{s}.jsonl'}" for s in splits)
+    common = (f"epochs: 1, max_steps: {steps}, max_frames: 10000, average_last: 1, dev_limit: 1, "
+              f"train_split: {splits[0]}, dev_split: {splits[0]}")
+    student = "{bidirectional: false, layers: 3, hidden: 256, stack: 3, dropout: 0.15}"
     return f"""name: scaling
 seed: 1234
+defaults:                 # the schedule every training stage shares
+  train: {{{common}}}
+  distill: {{{common}}}
 stages:
   corpus: {{kind: nemo, splits: {{{src}}}}}
   featurize: {{num_workers: {workers}, shard_size: 100, cmvn_split: {splits[0]}, on_the_fly: {str(on_the_fly).lower()}}}
   tokenizer: {{kind: char, train_split: {splits[0]}}}
-  teacher:
-    type: train
-    model: {{bidirectional: true, layers: 2, hidden: 128, stack: 3}}
-    epochs: 1
-    max_steps: {steps}
-    max_frames: 10000
-    average_last: 1
-    dev_limit: 1
-    train_split: {splits[0]}
-    dev_split: {splits[0]}
+  teacher: {{type: train, model: {{bidirectional: true, layers: 2, hidden: 128, stack: 3}}}}
   teacher_cache: {{teachers: [teacher], splits: [{splits[0]}], shard_size: 50}}
   student:
     type: train
-    model: {{bidirectional: false, layers: 3, hidden: 256, stack: 3, dropout: 0.15}}
+    model: {student}
     optim: {{lr: 0.006, warmup_steps: 10}}
     specaug: false
-    epochs: 1
-    max_steps: {steps}
-    max_frames: 10000
-    average_last: 1
-    dev_limit: 1
     workers: {train_workers}
-    train_split: {splits[0]}
-    dev_split: {splits[0]}
-""" + "".join(f"""  student_{x}:
-    type: distill
-    model: {{bidirectional: false, layers: 3, hidden: 256, stack: 3, dropout: 0.15}}
-    kd: {{alpha: 0.9, delay: 0}}
-    epochs: 1
-    max_steps: {steps}
-    max_frames: 10000
-    average_last: 1
-    dev_limit: 1
-    train_split: {splits[0]}
-    dev_split: {splits[0]}
-""" for x in "ab")
+  student_a: {{type: distill, model: {student}, kd: {{alpha: 0.9, delay: 0}}}}
+  student_b: {{type: distill, model: {student}, kd: {{alpha: 0.9, delay: 0}}}}
+"""
 
 
 def stage_seconds(root: Path, stage: str) -> float:

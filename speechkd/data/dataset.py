@@ -49,17 +49,18 @@ class Batch:
     texts: list[str]
     seconds: float = 0.0  # audio in the batch (manifest durations)
     transcribed: bool = True  # False: untranscribed audio (no targets; the teacher cache labels it)
+    wave: bool = False  # True: ``feats`` are padded waveforms (batch, samples), ``feat_lens`` sample counts
 
     def to(self, device) -> "Batch":
         nb = self.feats.is_pinned()  # a pinned batch (DataLoader workers on CUDA) copies asynchronously
         return Batch(self.ids, self.feats.to(device, non_blocking=nb), self.feat_lens.to(device, non_blocking=nb),
                      self.targets.to(device, non_blocking=nb), self.target_lens.to(device, non_blocking=nb),
-                     self.texts, self.seconds, self.transcribed)
+                     self.texts, self.seconds, self.transcribed, self.wave)
 
     def pin_memory(self) -> "Batch":
         """The DataLoader's pin_memory hook: page-locked tensors for an asynchronous copy to the GPU."""
         return Batch(self.ids, self.feats.pin_memory(), self.feat_lens.pin_memory(), self.targets.pin_memory(),
-                     self.target_lens.pin_memory(), self.texts, self.seconds, self.transcribed)
+                     self.target_lens.pin_memory(), self.texts, self.seconds, self.transcribed, self.wave)
 
 
 class FeatureDataset:
@@ -83,6 +84,7 @@ class FeatureDataset:
         self.stack = stack
         self._fbank = None  # the featurize stage's fbank options, read on first use by an on-the-fly row
         self._augment = None
+        self._waves = False  # batches of on-the-fly rows carry waveforms (fbank computed where they are used)
         for lineno, u in enumerate(utts, 1):
             if "feats" in u.extra:
                 ref = FeatureRef.from_json(u.extra["feats"], f"{manifest}:{lineno}")
@@ -158,9 +160,16 @@ class FeatureDataset:
                             "stored features; run the featurize stage with on_the_fly: true")
         self._augment = Augmenter(cfg, self.fbank().sample_rate)
 
-    def _audio_features(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+    def set_wave_batches(self, on: bool) -> None:
+        """Batches of waveforms instead of features (``Batch.wave``): the trainer computes fbank on its own
+        device (:func:`wave_features`; the GPU where there is one)."""
+        if on and not self.on_the_fly:
+            raise DataError(f"{self.manifest}: fbank_on: device computes features from the audio, but these rows "
+                            "point at stored features; run the featurize stage with on_the_fly: true")
+        self._waves = on
+
+    def _waveform(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
         from speechkd.data.audio import AudioError, load_audio
-        from speechkd.features.fbank import compute_fbank
 
         ref, opts = self.refs[i], self.fbank()
         try:
@@ -176,12 +185,13 @@ class FeatureDataset:
                 if int(ref.frames / fastest) // self.stack < ctc_min_frames(self.tokens[i]):
                     factor = 1.0
             wav = self._augment(wav, rng, factor)
-        f = compute_fbank(wav, opts).numpy()
-        if self.dim is not None and f.shape[1] != self.dim:
-            raise DataError(f"{self.manifest}: features are {f.shape[1]}-dimensional; the model takes {self.dim}")
-        if f.shape[0] == 0 or not np.isfinite(f).all():
-            raise DataError(f"{self.manifest}: utterance {self.ids[i]!r}: its features are empty or not finite "
-                            f"({ref.path})")
+        return wav
+
+    def _audio_features(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        from speechkd.features.fbank import compute_fbank
+
+        f = compute_fbank(self._waveform(i, rng), self.fbank()).numpy()
+        _check_features(f, self.dim, f"{self.manifest}: utterance {self.ids[i]!r}")
         return f
 
     def __getitem__(self, i: int) -> tuple[str, np.ndarray, list[int], str]:
@@ -192,6 +202,14 @@ class FeatureDataset:
     def batch(self, indices: list[int], seed: int | None = None) -> Batch:
         """The padded batch of ``indices``. ``seed`` (training) draws the audio perturbations of on-the-fly rows,
         one generator per utterance from ``(seed, its place in the batch)``."""
+        if self._waves and all(isinstance(self.refs[i], AudioRef) for i in indices):
+            use = seed is not None and self._augment is not None
+            waves = [self._waveform(i, np.random.default_rng([seed, k]) if use else None)
+                     for k, i in enumerate(indices)]
+            b = collate_waves([(self.ids[i], w, self.tokens[i], self.texts[i]) for i, w in zip(indices, waves)])
+            b.seconds = float(sum(self.durations[i] for i in indices))
+            b.transcribed = not self.untranscribed
+            return b
         if seed is not None and self._augment is not None:
             items = [(self.ids[i], self._audio_features(i, np.random.default_rng([seed, k])), self.tokens[i],
                       self.texts[i]) if isinstance(self.refs[i], AudioRef) else self[i]
@@ -202,6 +220,41 @@ class FeatureDataset:
         b.seconds = float(sum(self.durations[i] for i in indices))
         b.transcribed = not self.untranscribed
         return b
+
+
+def _check_features(f, dim: int | None, where: str) -> None:
+    if dim is not None and f.shape[1] != dim:
+        raise DataError(f"{where}: features are {f.shape[1]}-dimensional; the model takes {dim}")
+    if f.shape[0] == 0 or not bool(np.isfinite(f).all() if isinstance(f, np.ndarray) else torch.isfinite(f).all()):
+        raise DataError(f"{where}: its features are empty or not finite")
+
+
+def collate_waves(items: list[tuple[str, np.ndarray, list[int], str]]) -> Batch:
+    """A batch of padded waveforms ``(batch, samples)`` with their sample counts (``wave=True``)."""
+    lens = [w.shape[0] for _, w, _, _ in items]
+    waves = np.zeros((len(items), max(lens)), dtype=np.float32)
+    for i, (_, w, _, _) in enumerate(items):
+        waves[i, : w.shape[0]] = w
+    targets = [t for _, _, t, _ in items]
+    return Batch(ids=[i for i, _, _, _ in items], feats=torch.from_numpy(waves), feat_lens=torch.tensor(lens),
+                 targets=torch.tensor([x for t in targets for x in t], dtype=torch.long),
+                 target_lens=torch.tensor([len(t) for t in targets]), texts=[t for _, _, _, t in items], wave=True)
+
+
+def wave_features(batch: Batch, opts, dim: int | None = None) -> Batch:
+    """fbank of a waveform batch, computed where its tensors are (the GPU after ``batch.to("cuda")``), with
+    the featurize stage's options ``opts``: the feature batch of the same utterances."""
+    from speechkd.features.fbank import compute_fbank
+
+    feats = [compute_fbank(batch.feats[i, : int(batch.feat_lens[i])], opts) for i in range(len(batch.ids))]
+    for uid, f in zip(batch.ids, feats):
+        _check_features(f, dim, f"utterance {uid!r}")
+    lens = [f.shape[0] for f in feats]
+    out = torch.zeros(len(feats), max(lens), feats[0].shape[1], device=batch.feats.device)
+    for i, f in enumerate(feats):
+        out[i, : lens[i]] = f
+    return Batch(batch.ids, out, torch.tensor(lens, device=batch.feat_lens.device), batch.targets,
+                 batch.target_lens, batch.texts, batch.seconds, batch.transcribed)
 
 
 def collate(items: list[tuple[str, np.ndarray, list[int], str]]) -> Batch:
@@ -252,6 +305,13 @@ class MixedDataset:
     def set_augment(self, cfg) -> None:
         for p in self.parts:
             p.set_augment(cfg)
+
+    def set_wave_batches(self, on: bool) -> None:
+        for p in self.parts:
+            p.set_wave_batches(on)
+
+    def fbank(self):
+        return self.transcribed.fbank()
 
     def batch(self, indices: list[int], seed: int | None = None) -> Batch:
         part = self._where[indices[0]][0]

@@ -51,6 +51,10 @@ class TrainConfig:
     augment: WaveAugment = field(default_factory=WaveAugment, help="speed perturbation and additive noise on the "
                                  "training audio (needs a featurize stage run on_the_fly)",
                                  fingerprint="unless_default")
+    fbank_on: Literal["workers", "device"] = field(
+        "workers", help="with on-the-fly features: compute fbank where batches are built (the DataLoader workers, on "
+                        "the CPU) or in the training process on its device (the GPU where there is one; on the CPU "
+                        "the same features)", fingerprint="unless_default")
     global_batches: int = field(
         0, help="batches per optimizer step, all ranks together; each rank accumulates global_batches / world of "
                 "them. The steps, schedule and random draws are then the same on every world size that divides it, "

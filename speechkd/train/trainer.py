@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from speechkd.config import ConfigError
-from speechkd.data.dataset import Batch, FeatureDataset
+from speechkd.data.dataset import Batch, FeatureDataset, wave_features
 from speechkd.data.sampler import BucketingSampler
 from speechkd.features.specaug import spec_augment
 from speechkd.features.vtlp import vtlp
@@ -109,6 +109,8 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.unit, device_ids=ids)
         if cfg.augment.active:
             train_ds.set_augment(cfg.augment)
+        if cfg.fbank_on == "device":
+            train_ds.set_wave_batches(True)
         self.ckpt_dir, self.epoch_dir = self.out_dir / "checkpoints", self.out_dir / "epochs"
         existing = ck.list_checkpoints(self.ckpt_dir)
         self._last = (existing[-1], ck.load_train_state(existing[-1])) if existing else None
@@ -227,6 +229,8 @@ class Trainer:
         good, losses = True, []
         for a, (g, batch) in enumerate(group):
             batch = batch.to(self.device)
+            if batch.wave:  # fbank_on: device
+                batch = wave_features(batch, self.train_ds.fbank(), self.train_ds.dim)
             draws = self._draws(g)
             sync = a == len(group) - 1 or self.world == 1
             with contextlib.ExitStack() as stack:

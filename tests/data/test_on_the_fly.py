@@ -70,6 +70,28 @@ def test_speed_and_noise_are_drawn_from_the_batch_seed(featurized):
     assert (ds.batch([0], seed=3).feat_lens > clean.feat_lens[:1]).all()
 
 
+def test_waveform_batches_give_the_same_features_where_they_are_computed(featurized):
+    """fbank_on: device: the batch carries waveforms (the same perturbations) and the trainer computes fbank
+    on its device; on the CPU the features equal those built in the loader, bit for bit."""
+    from speechkd.data.dataset import wave_features
+
+    (d, noise) = featurized
+    ds = FeatureDataset(d["otf"] / "train.jsonl", CharTokenizer())
+    ds.set_augment(WaveAugment(speed=[0.9, 1.1], noise=str(noise)))
+    ref = ds.batch([0, 3, 5], seed=21)
+    ds.set_wave_batches(True)
+    wb = ds.batch([0, 3, 5], seed=21)
+    assert wb.wave and wb.feats.ndim == 2
+    got = wave_features(wb, ds.fbank(), 80)
+    assert not got.wave and torch.equal(got.feats, ref.feats) and torch.equal(got.feat_lens, ref.feat_lens)
+    assert torch.equal(got.targets, ref.targets) and got.seconds == ref.seconds
+    with pytest.raises(DataError, match="60-dimensional|takes 60"):
+        wave_features(wb, ds.fbank(), 60)
+    stored = FeatureDataset(d["stored"] / "train.jsonl", CharTokenizer())
+    with pytest.raises(DataError, match="on_the_fly: true"):
+        stored.set_wave_batches(True)
+
+
 def test_augment_needs_audio_and_a_frame_aligned_teacher(featurized, tmp_path):
     (d, _) = featurized
     ds = FeatureDataset(d["stored"] / "train.jsonl", CharTokenizer())
@@ -91,7 +113,8 @@ def test_augment_needs_audio_and_a_frame_aligned_teacher(featurized, tmp_path):
 
 def test_a_run_with_speed_and_noise_resumes_exactly_with_or_without_workers(featurized, tmp_path):
     """Uninterrupted (no workers) against: DataLoader workers, cut back to a mid-epoch checkpoint, resumed
-    without workers: the same weights bit for bit."""
+    without workers; and fbank computed in the training process (fbank_on: device): the same weights bit for
+    bit."""
     import shutil
 
     from speechkd.models import ModelBundle, ModelConfig, build_model
@@ -102,13 +125,13 @@ def test_a_run_with_speed_and_noise_resumes_exactly_with_or_without_workers(feat
     (d, noise) = featurized
     tok = CharTokenizer()
 
-    def run(out, workers):
+    def run(out, workers, fbank_on="workers"):
         seed_everything(3)
         ds = FeatureDataset(d["otf"] / "train.jsonl", tok, stack=1)
         model = build_model(ModelConfig(input_dim=80, vocab_size=tok.vocab_size, hidden=16, layers=1, stack=1,
                                         bidirectional=False, dropout=0.1))
         cfg = from_dict(TrainConfig, {"epochs": 2, "max_frames": 400, "checkpoint_every": 1, "keep_last": 50,
-                                      "average_last": 1, "workers": workers, "precision": "fp32",
+                                      "average_last": 1, "workers": workers, "precision": "fp32", "fbank_on": fbank_on,
                                       "augment": {"speed": [0.9, 1.0, 1.1], "noise": str(noise)}})
         train(cfg, ModelBundle(model, tok, ds.fbank()), ds, out, seed=3, validate=lambda m, dev: {"cer": 1.0, "wer": 1.0})
         return ck.read_weights(out / "model.safetensors")[1]
@@ -121,3 +144,5 @@ def test_a_run_with_speed_and_noise_resumes_exactly_with_or_without_workers(feat
         shutil.rmtree(c)
     c = run(tmp_path / "b", 0)
     assert all(torch.equal(a[k], c[k]) for k in a)
+    e = run(tmp_path / "e", 2, fbank_on="device")  # waveforms from the workers, fbank in the training process
+    assert all(torch.equal(a[k], e[k]) for k in a)
