@@ -46,29 +46,25 @@ class Augmenter:
 
     def __init__(self, cfg: WaveAugment, sample_rate: int, base: Path | None = None):
         self.cfg, self.sr = cfg, sample_rate
-        self.noise_dir = (Path(base) / cfg.noise if base and not Path(cfg.noise).is_absolute() else Path(cfg.noise)
-                          ) if cfg.noise else None
-        self._noises: list[np.ndarray] | None = None
-        if self.noise_dir is not None and not self.noise_dir.is_dir():
-            raise FileNotFoundError(f"augment.noise: {self.noise_dir} is not a folder of noise recordings")
+        self.noise_files: list[Path] = []
+        self._loaded: dict[int, np.ndarray] = {}  # noise recordings decoded so far (a few at a time)
+        if cfg.noise:
+            self.noise_files = _noise_files(Path(base) / cfg.noise if base and not Path(cfg.noise).is_absolute()
+                                            else Path(cfg.noise))
 
-    def noises(self) -> list[np.ndarray]:
-        if self._noises is None:
-            from speechkd.data.audio import AudioError, load_audio
-            from speechkd.data.importers import find_files
+    def noise(self, k: int) -> np.ndarray:
+        """Noise recording ``k`` at the sample rate, decoded on first use (the last 64 are kept)."""
+        from speechkd.data.audio import AudioError, load_audio
 
-            out = []
-            for p in find_files(self.noise_dir, ""):
-                try:
-                    w = load_audio(p, target_sr=self.sr)
-                except AudioError:
-                    continue  # not audio (or unreadable): a noise folder may hold READMEs and lists
-                if np.any(w):
-                    out.append(w)
-            if not out:
-                raise FileNotFoundError(f"augment.noise: {self.noise_dir} holds no readable, non-silent recording")
-            self._noises = out
-        return self._noises
+        if k not in self._loaded:
+            if len(self._loaded) >= 64:
+                self._loaded.pop(next(iter(self._loaded)))
+            path = self.noise_files[k]
+            try:
+                self._loaded[k] = load_audio(path, target_sr=self.sr)
+            except AudioError as e:
+                raise FileNotFoundError(f"augment.noise: {path}: {e.detail}") from None
+        return self._loaded[k]
 
     def speed_factor(self, rng: np.random.Generator) -> float:
         return float(self.cfg.speed[rng.integers(len(self.cfg.speed))]) if self.cfg.speed else 1.0
@@ -81,15 +77,14 @@ class Augmenter:
 
         drawn = self.speed_factor(rng)
         factor = drawn if factor is None else factor
-        add = bool(self.noise_dir) and rng.random() < self.cfg.noise_prob
+        add = bool(self.noise_files) and rng.random() < self.cfg.noise_prob
         snr = rng.uniform(*self.cfg.snr_db)
         pick, start = rng.random(), rng.random()
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
         if factor != 1.0:
             x = AF.speed(x.unsqueeze(0), self.sr, factor)[0][0]
         if add:
-            noises = self.noises()
-            n = noises[int(pick * len(noises)) % len(noises)]
+            n = self.noise(int(pick * len(self.noise_files)) % len(self.noise_files))
             reps = -(-x.numel() // n.size) + 1
             tiled = np.tile(n, reps)
             off = int(start * (tiled.size - x.numel()))
@@ -98,3 +93,24 @@ class Augmenter:
                 x = AF.add_noise(x.unsqueeze(0), noise.unsqueeze(0), torch.tensor([snr], dtype=torch.float32))[0]
                 x = x.clamp(-1.0, 1.0)
         return x.numpy()
+
+
+def _noise_files(folder: Path) -> list[Path]:
+    """The recordings under ``folder`` whose header libsndfile reads (others, such as READMEs, are skipped),
+    sorted; an error if there is none. Nothing is decoded here."""
+    import soundfile as sf
+
+    from speechkd.data.importers import find_files
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"augment.noise: {folder} is not a folder of noise recordings")
+    out = []
+    for p in find_files(folder, ""):
+        try:
+            if sf.info(str(p)).frames > 0:
+                out.append(p)
+        except (sf.LibsndfileError, RuntimeError, ValueError):
+            continue
+    if not out:
+        raise FileNotFoundError(f"augment.noise: {folder} holds no recording libsndfile can read")
+    return out

@@ -24,8 +24,27 @@ class _Chosen(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> Batch:
-        return self.ds.batch(self.batches[i]) if self.seeds is None else self.ds.batch(self.batches[i], self.seeds[i])
+    def __getitem__(self, i: int) -> "Batch | _Failed":
+        try:
+            return (self.ds.batch(self.batches[i]) if self.seeds is None else
+                    self.ds.batch(self.batches[i], self.seeds[i]))
+        except Exception as e:  # noqa: BLE001 - handed to the training process, which raises it as it was
+            return _Failed(e)
+
+
+class _Failed:
+    """An error a worker met building a batch: raised again in the training process with its own type and
+    one-line message (a DataLoader would wrap it in the worker's traceback)."""
+
+    def __init__(self, e: Exception):
+        self.type, self.args = type(e), e.args
+
+    def raise_(self):
+        try:
+            err = self.type(*self.args)
+        except Exception:  # noqa: BLE001 - a type that cannot be rebuilt from its args
+            err = RuntimeError(*self.args)
+        raise err from None
 
 
 def batches(sampler, ds, *, workers: int = 0, prefetch: int = 2, pin_memory: bool = False,
@@ -44,4 +63,7 @@ def batches(sampler, ds, *, workers: int = 0, prefetch: int = 2, pin_memory: boo
     loader = torch.utils.data.DataLoader(_Chosen(ds, rest, seeds), batch_size=None, shuffle=False, num_workers=workers,
                                          prefetch_factor=prefetch, pin_memory=pin_memory,
                                          generator=torch.Generator().manual_seed(0))
-    yield from zip(sampler, loader)
+    for b, batch in zip(sampler, loader):
+        if isinstance(batch, _Failed):
+            batch.raise_()
+        yield b, batch

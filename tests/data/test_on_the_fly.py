@@ -65,7 +65,7 @@ def test_speed_and_noise_are_drawn_from_the_batch_seed(featurized):
     assert torch.equal(one.feats, again.feats) and not torch.equal(one.feats, other.feats)
     assert (one.feat_lens < clean.feat_lens).all()  # 1.1x faster: fewer frames
     assert torch.equal(ds.batch([0, 1, 2]).feats, clean.feats)  # no seed (scoring, caching): the clean audio
-    assert len(ds._augment.noises()) == 2  # the README is skipped, the sub-folder searched
+    assert len(ds._augment.noise_files) == 2  # the README is skipped, the sub-folder searched
     ds.set_augment(WaveAugment(speed=[0.9]))
     assert (ds.batch([0], seed=3).feat_lens > clean.feat_lens[:1]).all()
 
@@ -109,6 +109,35 @@ def test_augment_needs_audio_and_a_frame_aligned_teacher(featurized, tmp_path):
     ds2 = FeatureDataset(d["otf"] / "train.jsonl", CharTokenizer())
     with pytest.raises(FileNotFoundError, match="not a folder"):
         ds2.set_augment(WaveAugment(noise=str(tmp_path / "none")))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("no audio here\n")
+    with pytest.raises(FileNotFoundError, match="holds no recording"):  # at set-up, not in a worker mid-epoch
+        ds2.set_augment(WaveAugment(noise=str(tmp_path / "notes")))
+
+
+def test_a_worker_that_cannot_build_a_batch_fails_the_run_in_one_line(featurized, tmp_path):
+    """An on-the-fly row whose audio vanished after featurize: the DataLoader worker's error reaches the
+    training process as itself (type and message naming the manifest and utterance), not a worker traceback."""
+    import shutil
+
+    from speechkd.train.loader import batches
+    from speechkd.data.sampler import BucketingSampler
+
+    (d, _) = featurized
+    copy = tmp_path / "featurize"
+    shutil.copytree(d["otf"], copy)
+    rows = [json.loads(line) for line in (copy / "train.jsonl").read_text().splitlines()]
+    audio = tmp_path / "gone.flac"
+    shutil.copy((copy / rows[0]["audio_filepath"]).resolve(), audio)
+    rows[0]["audio_filepath"] = str(audio)
+    (copy / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = FeatureDataset(copy / "train.jsonl", CharTokenizer())
+    audio.unlink()
+    sampler = BucketingSampler(ds.lengths, 100000, seed=0, shuffle=False)
+    with pytest.raises(DataError) as err:
+        list(batches(sampler, ds, workers=2))
+    msg = str(err.value)
+    assert rows[0]["id"] in msg and "train.jsonl" in msg and "Traceback" not in msg and "\n" not in msg, msg
 
 
 def test_a_run_with_speed_and_noise_resumes_exactly_with_or_without_workers(featurized, tmp_path):
