@@ -23,6 +23,7 @@ other, repeated (--repeats) with the median taken; a stage's own time is read fr
     python benchmarks/scaling.py                     # exp/default's dev, test and test_unseen_voice
     python benchmarks/scaling.py --splits train      # 7 h of train audio
     python benchmarks/scaling.py --quick             # pipelines/quick's corpus, built if missing
+    python benchmarks/scaling.py --splits train --parts cache   # the teacher cache on 7 h
 
 The last line printed is one JSON object.
 """
@@ -105,7 +106,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=40, help="training steps per throughput run")
     ap.add_argument("--quick", action="store_true", help="pipelines/quick's corpus (built if missing), 1 repeat")
+    ap.add_argument("--parts", default="featurize,train,cache,side",
+                    help="which comparisons (featurize, train, cache, side), comma-separated")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
+    if not parts <= {"featurize", "train", "cache", "side"} or not parts:
+        sys.exit(f"--parts {a.parts!r}: choose from featurize, train, cache, side")
     exp = Path(a.exp)
     if a.quick:
         exp, a.repeats, a.steps = REPO / "exp" / "quick", 1, 10
@@ -124,6 +130,8 @@ def main() -> None:
     try:
         for rep in range(a.repeats):
             for key, nproc, workers in (("1_rank", 1, 1), ("2_ranks", 2, 1), ("pool_2", 1, 2)):
+                if "featurize" not in parts:
+                    break
                 root = tmp / f"{key}-{rep}"
                 run(root, recipe(exp, splits, workers, 0, a.steps), nproc, "featurize")
                 times[key].append(stage_seconds(root / "exp", "featurize"))
@@ -131,8 +139,11 @@ def main() -> None:
             base = tmp / f"1_rank-{rep}"
             otf = tmp / f"otf-{rep}"
             run(base, recipe(exp, splits, 1, 0, a.steps), 1, "tokenizer")
-            run(otf, recipe(exp, splits, 2, 2, a.steps, on_the_fly=True), 1, "tokenizer")
+            if "train" in parts:
+                run(otf, recipe(exp, splits, 2, 2, a.steps, on_the_fly=True), 1, "tokenizer")
             for key, w, root, fly in (("tp_0", 0, base, False), ("tp_2", 2, base, False), ("tp_otf", 2, otf, True)):
+                if "train" not in parts:
+                    break
                 run(root, recipe(exp, splits, 1, w, a.steps, on_the_fly=fly), 1, "student", frm="student")
                 out = json.loads((root / "exp" / "scaling" / "student" / "outputs.json").read_text())
                 times[key].append(float(out["audio_s_per_s"]))
@@ -142,13 +153,19 @@ def main() -> None:
                 print(f"train with {w} loader workers{' on the fly' if fly else ''}: {times[key][-1]:.1f} audio s/s, "
                       f"{times['wait' + key[2:]][-1]:.1%} waiting for data", flush=True)
                 shutil.rmtree(root / "exp" / "scaling" / "student")
+            if not parts & {"cache", "side"}:
+                continue
             run(base, recipe(exp, splits, 1, 0, a.steps), 1, "teacher", frm="teacher")
             for key, nproc in (("cache_1", 1), ("cache_2", 2)):
+                if "cache" not in parts and key == "cache_1":
+                    continue
                 run(base, recipe(exp, splits, 1, 0, a.steps), nproc, "teacher_cache", frm="teacher_cache")
                 times[key].append(stage_seconds(base / "exp", "teacher_cache"))
                 print(f"teacher_cache on {nproc} rank(s): {times[key][-1]:.1f} s", flush=True)
                 if key == "cache_1":
                     shutil.rmtree(base / "exp" / "scaling" / "teacher_cache")
+            if "side" not in parts:
+                continue
             text = recipe(exp, splits, 1, 0, a.steps)
             run(base, text, 1, "student_b", frm="student_a")
             times["seq"].append(stage_seconds(base / "exp", "student_a") + stage_seconds(base / "exp", "student_b"))
@@ -163,23 +180,28 @@ def main() -> None:
                   f"{times['sbs'][-1]:.1f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"splits": splits, "repeats": a.repeats, "cores": os.cpu_count(),
-              "featurize_seconds_1_rank": round(med["1_rank"], 2), "featurize_seconds_2_ranks": round(med["2_ranks"], 2),
-              "featurize_seconds_pool_2_workers": round(med["pool_2"], 2),
-              "featurize_speedup_2_ranks": round(med["1_rank"] / med["2_ranks"], 2),
-              "featurize_2_ranks_vs_pool": round(med["pool_2"] / med["2_ranks"], 2),
-              "train_audio_s_per_s_workers_0": round(med["tp_0"], 1), "train_audio_s_per_s_workers_2": round(med["tp_2"], 1),
-              "loader_throughput_ratio": round(med["tp_2"] / med["tp_0"], 3),
-              "train_audio_s_per_s_on_the_fly_workers_2": round(med["tp_otf"], 1),
-              "on_the_fly_throughput_ratio": round(med["tp_otf"] / med["tp_2"], 3),
-              "data_wait_share_workers_0": med["wait_0"], "data_wait_share_workers_2": med["wait_2"],
-              "data_wait_share_on_the_fly": med["wait_otf"],
-              "cache_seconds_1_rank": round(med["cache_1"], 2), "cache_seconds_2_ranks": round(med["cache_2"], 2),
-              "cache_speedup_2_ranks": round(med["cache_1"] / med["cache_2"], 2),
-              "students_seconds_one_after_the_other": round(med["seq"], 2),
-              "students_seconds_side_by_side": round(med["sbs"], 2),
-              "side_by_side_speedup": round(med["seq"] / med["sbs"], 2)}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    result: dict = {"splits": splits, "repeats": a.repeats, "cores": os.cpu_count(), "parts": sorted(parts)}
+    if "featurize" in parts:
+        result.update(featurize_seconds_1_rank=round(med["1_rank"], 2), featurize_seconds_2_ranks=round(med["2_ranks"], 2),
+                      featurize_seconds_pool_2_workers=round(med["pool_2"], 2),
+                      featurize_speedup_2_ranks=round(med["1_rank"] / med["2_ranks"], 2),
+                      featurize_2_ranks_vs_pool=round(med["pool_2"] / med["2_ranks"], 2))
+    if "train" in parts:
+        result.update(train_audio_s_per_s_workers_0=round(med["tp_0"], 1),
+                      train_audio_s_per_s_workers_2=round(med["tp_2"], 1),
+                      loader_throughput_ratio=round(med["tp_2"] / med["tp_0"], 3),
+                      train_audio_s_per_s_on_the_fly_workers_2=round(med["tp_otf"], 1),
+                      on_the_fly_throughput_ratio=round(med["tp_otf"] / med["tp_2"], 3),
+                      data_wait_share_workers_0=med["wait_0"], data_wait_share_workers_2=med["wait_2"],
+                      data_wait_share_on_the_fly=med["wait_otf"])
+    if "cache" in parts:
+        result.update(cache_seconds_1_rank=round(med["cache_1"], 2), cache_seconds_2_ranks=round(med["cache_2"], 2),
+                      cache_speedup_2_ranks=round(med["cache_1"] / med["cache_2"], 2))
+    if "side" in parts:
+        result.update(students_seconds_one_after_the_other=round(med["seq"], 2),
+                      students_seconds_side_by_side=round(med["sbs"], 2),
+                      side_by_side_speedup=round(med["seq"] / med["sbs"], 2))
     print(json.dumps(result))
 
 
