@@ -15,7 +15,8 @@ other, repeated (--repeats) with the median taken; a stage's own time is read fr
    stored ones (``on_the_fly_throughput_ratio``), with the share of time the loop waited for data.
 3. ``teacher_cache``: a small BiLSTM teacher (``--steps`` steps) caches the first split's posteriors and
    N-best, 1 process (2 threads) against ``torchrun --nproc_per_node 2`` (1 thread each)
-   (``cache_speedup_2_ranks``, target >= 1.6x on 2 cores).
+   (``cache_speedup_2_ranks``, target >= 1.6x on 2 cores), and 1 process on 1 thread against the 2 ranks
+   (``cache_speedup_2_ranks_vs_1_thread``: how the ranks scale, as featurize's 1 worker against 2 ranks).
 4. ``side by side``: two frame-KD students from that cache (``--steps`` steps each), one after the other in
    one process on 2 threads against two processes at once on 1 thread each (``side_by_side_speedup``: the
    first's total stage time over the second's longer stage).
@@ -125,7 +126,7 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"1_rank": [], "2_ranks": [], "pool_2": [], "tp_0": [], "tp_2": [],
                                      "tp_otf": [], "wait_0": [], "wait_2": [], "wait_otf": [], "cache_1": [],
-                                     "cache_2": [], "seq": [], "sbs": []}
+                                     "cache_1t": [], "cache_2": [], "seq": [], "sbs": []}
     tmp = Path(tempfile.mkdtemp(prefix="speechkd-scaling-"))
     try:
         for rep in range(a.repeats):
@@ -156,13 +157,15 @@ def main() -> None:
             if not parts & {"cache", "side"}:
                 continue
             run(base, recipe(exp, splits, 1, 0, a.steps), 1, "teacher", frm="teacher")
-            for key, nproc in (("cache_1", 1), ("cache_2", 2)):
-                if "cache" not in parts and key == "cache_1":
+            for key, nproc, threads in (("cache_1", 1, 0), ("cache_1t", 1, 1), ("cache_2", 2, 0)):
+                if "cache" not in parts and key != "cache_2":
                     continue
-                run(base, recipe(exp, splits, 1, 0, a.steps), nproc, "teacher_cache", frm="teacher_cache")
+                run(base, recipe(exp, splits, 1, 0, a.steps), nproc, "teacher_cache", frm="teacher_cache",
+                    threads=threads)
                 times[key].append(stage_seconds(base / "exp", "teacher_cache"))
-                print(f"teacher_cache on {nproc} rank(s): {times[key][-1]:.1f} s", flush=True)
-                if key == "cache_1":
+                print(f"teacher_cache on {nproc} rank(s){' (1 thread)' if threads else ''}: {times[key][-1]:.1f} s",
+                      flush=True)
+                if key != "cache_2":
                     shutil.rmtree(base / "exp" / "scaling" / "teacher_cache")
             if "side" not in parts:
                 continue
@@ -197,7 +200,9 @@ def main() -> None:
                       data_wait_share_on_the_fly=med["wait_otf"])
     if "cache" in parts:
         result.update(cache_seconds_1_rank=round(med["cache_1"], 2), cache_seconds_2_ranks=round(med["cache_2"], 2),
-                      cache_speedup_2_ranks=round(med["cache_1"] / med["cache_2"], 2))
+                      cache_speedup_2_ranks=round(med["cache_1"] / med["cache_2"], 2),
+                      cache_seconds_1_rank_1_thread=round(med["cache_1t"], 2),
+                      cache_speedup_2_ranks_vs_1_thread=round(med["cache_1t"] / med["cache_2"], 2))
     if "side" in parts:
         result.update(students_seconds_one_after_the_other=round(med["seq"], 2),
                       students_seconds_side_by_side=round(med["sbs"], 2),
