@@ -42,15 +42,14 @@ class WaveAugment:
 
 
 class Augmenter:
-    """Applies a :class:`WaveAugment` (noise recordings loaded once per process, on first use)."""
+    """Applies a :class:`WaveAugment`. The noise folder's recordings are listed (headers checked) when it is
+    built, and each is decoded on first use in the process that uses it (the last 64 kept). A relative noise
+    folder is taken from the working directory."""
 
-    def __init__(self, cfg: WaveAugment, sample_rate: int, base: Path | None = None):
+    def __init__(self, cfg: WaveAugment, sample_rate: int):
         self.cfg, self.sr = cfg, sample_rate
-        self.noise_files: list[Path] = []
-        self._loaded: dict[int, np.ndarray] = {}  # noise recordings decoded so far (a few at a time)
-        if cfg.noise:
-            self.noise_files = _noise_files(Path(base) / cfg.noise if base and not Path(cfg.noise).is_absolute()
-                                            else Path(cfg.noise))
+        self.noise_files: list[Path] = _noise_files(Path(cfg.noise)) if cfg.noise else []
+        self._loaded: dict[int, np.ndarray] = {}  # noise recordings decoded so far
 
     def noise(self, k: int) -> np.ndarray:
         """Noise recording ``k`` at the sample rate, decoded on first use (the last 64 are kept)."""

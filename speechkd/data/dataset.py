@@ -207,16 +207,12 @@ class FeatureDataset:
             waves = [self._waveform(i, np.random.default_rng([seed, k]) if use else None)
                      for k, i in enumerate(indices)]
             b = collate_waves([(self.ids[i], w, self.tokens[i], self.texts[i]) for i, w in zip(indices, waves)])
-            b.seconds = float(sum(self.durations[i] for i in indices))
-            b.transcribed = not self.untranscribed
-            return b
-        if seed is not None and self._augment is not None:
-            items = [(self.ids[i], self._audio_features(i, np.random.default_rng([seed, k])), self.tokens[i],
-                      self.texts[i]) if isinstance(self.refs[i], AudioRef) else self[i]
-                     for k, i in enumerate(indices)]
+        elif seed is not None and self._augment is not None:
+            b = collate([(self.ids[i], self._audio_features(i, np.random.default_rng([seed, k])), self.tokens[i],
+                          self.texts[i]) if isinstance(self.refs[i], AudioRef) else self[i]
+                         for k, i in enumerate(indices)])
         else:
-            items = [self[i] for i in indices]
-        b = collate(items)
+            b = collate([self[i] for i in indices])
         b.seconds = float(sum(self.durations[i] for i in indices))
         b.transcribed = not self.untranscribed
         return b

@@ -24,6 +24,7 @@ from speechkd.config import field, require
 from speechkd.data.audio import AudioError, load_audio
 from speechkd.data.checks import BadInputLog
 from speechkd.data.manifest import Utterance, read_manifest, relative_to_manifest
+from speechkd.features.cmvn import cmvn_sums
 from speechkd.features.fbank import FbankOptions, compute_fbank
 from speechkd.features.store import FeatureRef, write_shard
 from speechkd.text.normalize import ALPHABET, normalize_text
@@ -101,7 +102,6 @@ def _shard_job(args: tuple) -> dict[str, Any]:
     try:
         feats, kept, rejected = [], [], []
         seconds = 0.0
-        s = sq = None  # CMVN sums of an on-the-fly split (its features are not kept)
         for u, ap in zip(utts, audio_paths):
             f, problem = featurize_utterance(u, Path(ap), cfg)
             if problem is not None:
@@ -111,20 +111,15 @@ def _shard_job(args: tuple) -> dict[str, Any]:
                     atomic_write_text(Path(index_path), json.dumps(index) + "\n")
                     return index
                 continue
+            feats.append(f)
             kept.append(u.id)
             seconds += u.duration
-            if cfg.on_the_fly:
-                f64 = f.astype(np.float64)
-                s = f64.sum(0) if s is None else s + f64.sum(0)
-                sq = (f64**2).sum(0) if sq is None else sq + (f64**2).sum(0)
-                feats.append(f.shape[0])
-            else:
-                feats.append(f)
-        if cfg.on_the_fly:
-            index = {"entries": [{"id": i, "frames": int(n)} for i, n in zip(kept, feats)], "rejected": rejected,
-                     "written": True, "seconds": seconds, "on_the_fly": True,
+        if cfg.on_the_fly:  # no shard: the frame counts, and the CMVN sums (the features are not kept)
+            s, sq, n = cmvn_sums(feats)
+            index = {"entries": [{"id": i, "frames": int(f.shape[0])} for i, f in zip(kept, feats)],
+                     "rejected": rejected, "written": True, "seconds": seconds, "on_the_fly": True,
                      "cmvn": {"sum": [] if s is None else s.tolist(), "sq": [] if sq is None else sq.tolist(),
-                              "frames": int(sum(feats))}}
+                              "frames": n}}
             atomic_write_text(Path(index_path), json.dumps(index) + "\n")
             return index
         offsets = write_shard(shard_path, feats, cfg.dtype)

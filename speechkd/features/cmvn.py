@@ -34,8 +34,9 @@ class CMVNStats:
         return st
 
 
-def compute_cmvn(chunks: Iterable[np.ndarray], *, floor: float = 1e-5) -> CMVNStats:
-    """Accumulate statistics over ``(frames, dim)`` chunks; ``std`` is floored at ``floor``."""
+def cmvn_sums(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """Per-dimension sums of the frames of ``(frames, dim)`` chunks and of their squares (float64), and the
+    frame count (``None`` sums when there is no frame)."""
     s = sq = None
     n = 0
     for c in chunks:
@@ -45,6 +46,12 @@ def compute_cmvn(chunks: Iterable[np.ndarray], *, floor: float = 1e-5) -> CMVNSt
         s = c64.sum(0) if s is None else s + c64.sum(0)
         sq = (c64**2).sum(0) if sq is None else sq + (c64**2).sum(0)
         n += c64.shape[0]
+    return s, sq, n
+
+
+def compute_cmvn(chunks: Iterable[np.ndarray], *, floor: float = 1e-5) -> CMVNStats:
+    """Accumulate statistics over ``(frames, dim)`` chunks; ``std`` is floored at ``floor``."""
+    s, sq, n = cmvn_sums(chunks)
     if n == 0 or s is None or sq is None:
         raise ValueError("no frames to compute CMVN statistics from")
     return stats_from_sums(s, sq, n, floor=floor)

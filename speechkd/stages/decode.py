@@ -32,7 +32,8 @@ from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
 from speechkd.models.bundle import load_bundle
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.stages import MODEL_STAGES
-from speechkd.stages.featurize import declared_splits, fbank_options, untranscribed_splits
+from speechkd.features.fbank import read_fbank_options
+from speechkd.stages.featurize import declared_splits, untranscribed_splits
 from speechkd.utils import atomic_write_text, gather_all, pick_device, rank_world
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     device = pick_device(cfg.device)
     bundle = load_bundle(mdir / cfg.checkpoint, device=device)
     model, tok = bundle.model, bundle.tokenizer
-    if fbank_options(fdir) != bundle.fbank:
+    if read_fbank_options(fdir) != bundle.fbank:
         raise ValueError(f"{mdir / cfg.checkpoint}: the model was trained on other fbank options than "
                          f"{fdir / 'features.json'} describes; decode it on features made with its own options")
     out: dict[str, Any] = {"model": f"{cfg.model}/{cfg.checkpoint}", "parameters": count_parameters(model),

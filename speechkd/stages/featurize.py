@@ -34,10 +34,8 @@ import numpy as np
 from speechkd.config import check_name, field
 from speechkd.data.checks import BadInputLog
 from speechkd.data.featurize import FeaturizeOptions, featurize_split, on_the_fly_cmvn
-from speechkd.data.manifest import write_manifest
+from speechkd.data.manifest import feature_frames, write_manifest
 from speechkd.features.cmvn import compute_cmvn
-from speechkd.features.fbank import FbankOptions, read_fbank_options
-from speechkd.features.store import FeatureRef
 from speechkd.utils import atomic_write_text, rank_world
 
 log = logging.getLogger(__name__)
@@ -87,11 +85,6 @@ def untranscribed_splits(stage_dir: Path) -> list[str]:
     return []
 
 
-def fbank_options(feat_dir: Path) -> FbankOptions:
-    """The fbank options a featurize stage used (its ``features.json``)."""
-    return read_fbank_options(feat_dir)
-
-
 def run(cfg: Config, ctx) -> dict[str, Any]:
     src_dir = ctx.stage_dir(cfg.corpus)
     declared = declared_splits(src_dir)
@@ -128,8 +121,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         audio_seconds += seconds
         write_manifest(rows, out / f"{split}.jsonl")
         summary["splits"][split] = {"input": len(utts), "kept": len(rows),
-                                    "frames": sum(int(u.extra["fbank_frames"]) if cfg.on_the_fly else
-                                                  FeatureRef.from_json(u.extra["feats"]).frames for u in rows),
+                                    "frames": sum(feature_frames(u) for u in rows),
                                     "hours": round(sum(u.duration for u in rows) / 3600, 4)}
         if not rows:
             log.warning("featurize %s: every utterance was rejected (see %s)", split, bad.out_file)
@@ -148,8 +140,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     else:
         log.warning("no %r split: cmvn.json not written", cfg.cmvn_split)
     atomic_write_text(out / "features.json", json.dumps({"fbank": asdict(cfg.fbank), "dtype": cfg.dtype,
-                                                         "dim": cfg.fbank.num_mel_bins, "on_the_fly": cfg.on_the_fly,
-                                                         "max_duration": cfg.max_duration}, indent=1) + "\n")
+                                                         "dim": cfg.fbank.num_mel_bins, "on_the_fly": cfg.on_the_fly},
+                                                        indent=1) + "\n")
     elapsed = time.time() - t_start
     summary["fbank"] = asdict(cfg.fbank)
     summary["rejected"] = bad.counts()

@@ -20,7 +20,7 @@ from speechkd.eval.decode import evaluate
 from speechkd.features.cmvn import CMVNStats
 from speechkd.models.bundle import ModelBundle
 from speechkd.models.lstm_ctc import build_model
-from speechkd.stages.featurize import fbank_options
+from speechkd.features.fbank import read_fbank_options
 from speechkd.text.tokenizer import load_tokenizer, tokenizer_fingerprint
 from speechkd.train.config import TrainConfig
 from speechkd.train.trainer import train
@@ -61,7 +61,7 @@ def prepare(cfg: Config, ctx):
     this stage's provenance); shared with distillation."""
     feat_dir, tok_dir = ctx.stage_dir(cfg.featurize), ctx.stage_dir(cfg.tokenizer)
     tok = load_tokenizer(tok_dir)
-    fbank = fbank_options(feat_dir)
+    fbank = read_fbank_options(feat_dir)
     train_ds = FeatureDataset(feat_dir / f"{cfg.train_split}.jsonl", tok, limit=cfg.train_limit, stack=cfg.model.stack)
     if train_ds.too_short:
         log.warning("%s: %d training utterance(s) too short for CTC at stack %d left out (listed in outputs.json)",

@@ -141,7 +141,7 @@ class Trainer:
         if self._last is None:
             return 1
         path, st = self._last
-        per_step = int(st["sampler"].get("per_step", st.get("world_size", self.world)))
+        per_step = int(st["sampler"].get("per_step", self.world))  # checkpoints older than per_step: as before
         if per_step == self.world:
             return 1
         if per_step % self.world:
@@ -158,15 +158,18 @@ class Trainer:
     def _audio_seed(self, local: int) -> int:
         """The seed of the audio perturbations of this rank's ``local``-th batch of the epoch (from its global
         place: the same on every world size, with or without workers, after a resume)."""
-        g = self.sampler.global_index(local)
-        return int(np.random.SeedSequence([self.seed, self.sampler.epoch, g, 3]).generate_state(1)[0])
+        return int(self._seeds(self.sampler.global_index(local), 3).generate_state(1)[0])
+
+    def _seeds(self, g: int, *tag: int) -> np.random.SeedSequence:
+        """The seed sequence of the epoch's ``g``-th global batch (``tag`` tells its uses apart)."""
+        return np.random.SeedSequence([self.seed, self.sampler.epoch, g, *tag])
 
     def _draws(self, g: int) -> tuple[torch.Generator, int] | None:
         """With ``global_batches`` set, the random draws of the epoch's ``g``-th global batch come from its
         own seeds (SpecAugment and VTLP generator, dropout seed), whichever rank trains on it."""
         if not self.cfg.global_batches:
             return None
-        a, b = np.random.SeedSequence([self.seed, self.sampler.epoch, g]).generate_state(2, np.uint64)
+        a, b = self._seeds(g).generate_state(2, np.uint64)
         return torch.Generator().manual_seed(int(a >> np.uint64(1))), int(b >> np.uint64(1))
 
     # -- checkpoints ---------------------------------------------------------------------------
