@@ -38,7 +38,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from speechkd.stages.runner import run_recipe
 
     results = run_recipe(a.recipe, from_stage=a.from_stage, to_stage=a.to_stage, force=a.force,
-                         overrides=a.overrides, exp_root=a.exp_root)
+                         overrides=a.overrides, exp_root=a.exp_root, jobs=a.jobs)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone prints the summary
         return 0
     for name, status in results:
@@ -261,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", dest="to_stage", help="last stage to run")
     r.add_argument("--force", action="store_true", help="rerun the selected stages from scratch")
     r.add_argument("--exp-root", help="write exp/<recipe> under this folder instead of ./exp")
+    r.add_argument("--jobs", type=_bounded(int, 1, 64, "--jobs"), default=1,
+                   help="run up to N stages whose inputs are ready side by side, each in its own process on "
+                        "1/N of the threads (corpus, featurize and latency alone); the thread count moves "
+                        "trained weights by float rounding, so compare runs with the same --jobs (default 1: "
+                        "in order, in this process)")
     r.set_defaults(func=_cmd_run)
 
     add_data_commands(sub, _bounded(int, 1, 256, "--workers"))

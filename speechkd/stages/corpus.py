@@ -25,6 +25,8 @@ from speechkd.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+ALONE = True  # synthesis keeps every core busy: `run --jobs` starts nothing beside it
+
 @dataclass
 class Config:
     kind: Literal["synth", "librispeech", "kaldi", "nemo", "commonvoice", "audio", "lhotse"] = field(

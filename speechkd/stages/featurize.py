@@ -41,6 +41,7 @@ from speechkd.utils import atomic_write_text, rank_world
 log = logging.getLogger(__name__)
 
 DISTRIBUTED = True  # every rank featurizes a share of the shards
+ALONE = True  # its workers keep every core busy: `run --jobs` starts nothing beside it
 
 
 @dataclass

@@ -17,6 +17,7 @@ from speechkd.stages import MODEL_STAGES
 from speechkd.utils import atomic_write_text, gather_all, rank_world
 
 DISTRIBUTED = True  # every rank measures a share of the utterances
+ALONE = True  # it measures time: `run --jobs` starts nothing beside it
 
 
 @dataclass

@@ -46,19 +46,23 @@ def _take(path: Path, mode: int, what: str) -> int:
 
 
 @contextmanager
-def exp_lock(exp_dir: Path, stage: str | None = None):
+def exp_lock(exp_dir: Path, stage: str | None = None, shared: bool = False):
     """Lock an experiment folder for a run (released when the process ends, even on SIGKILL).
 
     A run of several stages holds ``exp_dir/.lock`` exclusively. A run of exactly one stage (``--from S
     --to S``, which writes only ``S``) holds it shared plus ``exp_dir/.locks/S.lock`` exclusively, so
     different single stages can train side by side (``benchmarks/kd_sweep.py`` does), but never beside a
-    run of several stages or of the same stage. A refused run fails at once, naming the holder."""
+    run of several stages or of the same stage. ``shared`` holds only ``exp_dir/.lock`` shared: a run that
+    starts its stages as single-stage runs of their own (``--jobs``). A refused run fails at once, naming the
+    holder."""
     import fcntl
 
     exp_dir.mkdir(parents=True, exist_ok=True)
     fds = []
     try:
-        if stage is None:
+        if shared:
+            fds.append(_take(exp_dir / ".lock", fcntl.LOCK_SH, str(exp_dir)))
+        elif stage is None:
             fds.append(_take(exp_dir / ".lock", fcntl.LOCK_EX, str(exp_dir)))
         else:
             fds.append(_take(exp_dir / ".lock", fcntl.LOCK_SH, str(exp_dir)))

@@ -18,6 +18,13 @@ One run at a time per experiment folder: the runner holds an exclusive lock on
 ``exp/<recipe>/.lock`` (naming its holder) for as long as it runs. Under ``torchrun`` every rank
 runs the runner: stages marked ``DISTRIBUTED`` (training) run on all ranks, the others on rank 0
 while the rest wait; only rank 0 takes the lock and writes markers.
+
+With ``jobs`` > 1 (``speechkd run --jobs N``) the runner starts each stage as its own single-stage run
+(``--from S --to S``, a child process) as soon as the stages it reads have finished, up to N at a time, each
+on its share of the CPU threads (``threads // N``, the same share whatever else is running, so the same
+``--jobs`` gives the same numbers); stages marked ``ALONE`` (the corpus and featurize, which keep every core
+busy with their own workers, and latency, which measures time) run with nothing beside them and every
+thread. The parent holds the folder's lock shared, each child its stage's lock (:func:`exp_lock`).
 """
 
 from __future__ import annotations
@@ -144,8 +151,10 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str | None = None, force: bool = False,
-               overrides: list[str] | None = None, exp_root: str | Path | None = None) -> list[tuple[str, str]]:
-    """Run the recipe's stages in order; returns ``(stage, "skipped" | "ran")`` pairs."""
+               overrides: list[str] | None = None, exp_root: str | Path | None = None,
+               jobs: int = 1) -> list[tuple[str, str]]:
+    """Run the recipe's stages in order (``jobs`` > 1: independent ones side by side, in child processes);
+    returns ``(stage, "skipped" | "ran")`` pairs."""
     rf = recipe_file(path)
     meta, planned = load_recipe(rf, overrides)
     names = [p.name for p in planned]
@@ -158,6 +167,14 @@ def run_recipe(path: str | Path, *, from_stage: str | None = None, to_stage: str
         raise ConfigError(f"--from {from_stage!r} comes after --to {to_stage!r} in {rf}; nothing to run "
                           f"(stage order: {', '.join(names)})")
     exp_dir = Path(exp_root) / meta["name"] if exp_root else Path(meta.get("exp_dir") or f"exp/{meta['name']}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be >= 1")
+    if jobs > 1 and i0 < i1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("--jobs runs stages side by side as processes of one machine; under torchrun every "
+                              "rank runs the stages in order: drop --jobs")
+        with exp_lock(exp_dir, shared=True):
+            return _run_side_by_side(rf, meta, planned, exp_dir, i0, i1, force, jobs, overrides or [], exp_root)
     rank, joined = _init_distributed()
     try:
         if rank == 0:
@@ -187,11 +204,11 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
         if not _inside(out, exp_dir) or out.resolve() == exp_dir.resolve():
             raise ConfigError(f"stage {st.name!r}: its folder {out} is not inside {exp_dir}")
         done = _marker(out)
-        inputs_now = {r: _marker(exp_dir / r).get("stamp") for r in st.reads}
+        inputs_now = _inputs(st, exp_dir)
         same_config = done.get("fingerprint") == st.fingerprint
         same_inputs = done.get("inputs", {}) == inputs_now
         failures = int(done.get("failures", 0) or 0)
-        if not force and same_config and same_inputs and not failures:
+        if not force and _up_to_date(st, exp_dir):
             if rank == 0:
                 log.info("stage %s: up to date, skipping (%s)", st.name, out)
             results.append((st.name, "skipped"))
@@ -256,6 +273,125 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
         _barrier()
         results.append((st.name, "ran"))
     return results
+
+
+def _inputs(st: PlannedStage, exp_dir: Path) -> dict[str, Any]:
+    """The stamps of the finished stages ``st`` reads, as they are now."""
+    return {r: _marker(exp_dir / r).get("stamp") for r in st.reads}
+
+
+def _up_to_date(st: PlannedStage, exp_dir: Path) -> bool:
+    """Finished with this fingerprint, on the inputs there are now, without failures to retry."""
+    done = _marker(exp_dir / st.name)
+    return (done.get("fingerprint") == st.fingerprint and done.get("inputs", {}) == _inputs(st, exp_dir)
+            and not int(done.get("failures", 0) or 0))
+
+
+def _alone(st: PlannedStage) -> bool:
+    return bool(getattr(get_stage(st.type), "ALONE", False))
+
+
+def next_stages(pending: list[PlannedStage], finished: set[str], running: list[PlannedStage], jobs: int,
+                in_run: set[str]) -> list[PlannedStage]:
+    """The stages to start now, in recipe order: those whose stages in this run (``in_run``) have all
+    finished, while fewer than ``jobs`` run; an ``ALONE`` stage only when nothing runs, and nothing beside
+    it. The first pending ``ALONE`` stage that cannot start yet holds back the stages after it."""
+    start: list[PlannedStage] = []
+    if any(_alone(r) for r in running):
+        return start
+    for st in pending:
+        if len(running) + len(start) >= jobs:
+            break
+        ready = all(r in finished or r not in in_run for r in st.reads)
+        if _alone(st):
+            if ready and not running and not start:
+                start.append(st)
+            break
+        if ready:
+            start.append(st)
+    return start
+
+
+def _run_side_by_side(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: int, i1: int,
+                      force: bool, jobs: int, overrides: list[str], exp_root: str | Path | None
+                      ) -> list[tuple[str, str]]:
+    import subprocess
+    import sys
+
+    import torch
+
+    _check_upstream(planned, exp_dir, i0, i1)
+    threads = torch.get_num_threads()
+    share = max(1, threads // jobs)
+    todo = planned[i0:i1 + 1]
+    in_run = {st.name for st in todo}
+    logs = exp_dir / ".logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log.info("running up to %d stages side by side, %d thread(s) each (corpus, featurize and latency alone, "
+             "%d threads); each stage's log: %s/<stage>.log", jobs, share, threads, logs)
+    pending, finished, status = list(todo), set(), {}
+    running: dict[str, tuple[PlannedStage, subprocess.Popen, float]] = {}
+    failed: list[str] = []
+    try:
+        while pending or running:
+            if not failed:
+                for st in next_stages(pending, finished, [r[0] for r in running.values()], jobs, in_run):
+                    pending.remove(st)
+                    if not force and _up_to_date(st, exp_dir):
+                        log.info("stage %s: up to date, skipping (%s)", st.name, exp_dir / st.name)
+                        finished.add(st.name)
+                        status[st.name] = "skipped"
+                        continue
+                    n = threads if _alone(st) else share
+                    cmd = [sys.executable, "-m", "speechkd.cli", "run", str(rf), "--from", st.name, "--to", st.name,
+                           *(["--force"] if force else []), *(["--exp-root", str(exp_root)] if exp_root else []),
+                           *overrides]
+                    env = {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n),
+                           "NUMBA_NUM_THREADS": str(n)}
+                    with open(logs / f"{st.name}.log", "ab") as f:
+                        f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
+                        f.flush()
+                        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+                    running[st.name] = (st, proc, time.time())
+                    log.info("stage %s (%s): started on %d thread(s)%s", st.name, st.type, n,
+                             f" beside {', '.join(r for r in running if r != st.name)}" if len(running) > 1 else "")
+                if not running and pending and not failed:
+                    continue  # skipped stages freed the ones after them
+            if not running:
+                break
+            time.sleep(0.2)
+            for name, (st, proc, t0) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                if rc == 0:
+                    finished.add(name)
+                    status[name] = "ran"
+                    log.info("stage %s: done in %.1f s", name, time.time() - t0)
+                else:
+                    failed.append(name)
+                    log.error("stage %s failed (exit %d)%s; its log: %s", name, rc, _child_error(logs / f"{name}.log"),
+                              logs / f"{name}.log")
+    finally:
+        for _, proc, _ in running.values():  # interrupted: stop the children (stages resume on the next run)
+            proc.terminate()
+        for _, proc, _ in running.values():
+            proc.wait()
+    if failed:
+        raise RuntimeError(f"stage(s) {', '.join(failed)} failed{_child_error(logs / f'{failed[0]}.log')} (logs in "
+                           f"{logs}); the stages that finished are kept and the next run continues from there")
+    return [(st.name, status[st.name]) for st in todo]
+
+
+def _child_error(path: Path) -> str:
+    """The one-line ``error: ...`` a failed single-stage run printed last (the CLI's own message), if any."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errs = [x for x in lines if x.startswith("error: ")]
+    return f": {errs[-1][len('error: '):][:300]}" if errs else ""
 
 
 def _init_distributed() -> tuple[int, bool]:
