@@ -208,7 +208,7 @@ def _run(rf: Path, meta: dict, planned: list[PlannedStage], exp_dir: Path, i0: i
         same_config = done.get("fingerprint") == st.fingerprint
         same_inputs = done.get("inputs", {}) == inputs_now
         failures = int(done.get("failures", 0) or 0)
-        if not force and _up_to_date(st, exp_dir):
+        if not force and _current(done, st, inputs_now):
             if rank == 0:
                 log.info("stage %s: up to date, skipping (%s)", st.name, out)
             results.append((st.name, "skipped"))
@@ -280,11 +280,16 @@ def _inputs(st: PlannedStage, exp_dir: Path) -> dict[str, Any]:
     return {r: _marker(exp_dir / r).get("stamp") for r in st.reads}
 
 
-def _up_to_date(st: PlannedStage, exp_dir: Path) -> bool:
-    """Finished with this fingerprint, on the inputs there are now, without failures to retry."""
-    done = _marker(exp_dir / st.name)
-    return (done.get("fingerprint") == st.fingerprint and done.get("inputs", {}) == _inputs(st, exp_dir)
+def _current(done: dict[str, Any], st: PlannedStage, inputs_now: dict[str, Any]) -> bool:
+    """A stage's ``.done`` marker says it finished with this fingerprint, on the inputs there are now, without
+    failures to retry."""
+    return (done.get("fingerprint") == st.fingerprint and done.get("inputs", {}) == inputs_now
             and not int(done.get("failures", 0) or 0))
+
+
+def _up_to_date(st: PlannedStage, exp_dir: Path) -> bool:
+    """:func:`_current`, read from the experiment folder."""
+    return _current(_marker(exp_dir / st.name), st, _inputs(st, exp_dir))
 
 
 def _alone(st: PlannedStage) -> bool:
