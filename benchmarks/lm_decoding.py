@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP  # noqa: E402  (no numba, no torch)
+from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_CHAR  # noqa: E402  (no numba, no torch)
 
 
 MATCHED = "speechkd_at_pyctcdecode_pruning"
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, help="word bonus of every decoder (default: the decode stage's)")
     ap.add_argument("--token-min-logp", type=float, default=TOKEN_MIN_LOGP, help="our token threshold")
     ap.add_argument("--prune", type=float, default=BEAM_PRUNE, help="our beam pruning")
+    ap.add_argument("--unk-char", type=float, help="our log10 cost per character of an unknown word (default: the "
+                                                   "decode stage's)")
     ap.add_argument("--quick", action="store_true", help="pipelines/quick (built if missing), few utterances")
     a = ap.parse_args()
     import os
@@ -101,8 +103,12 @@ def main() -> None:
     w = json.loads(summ.read_text()).get("lm") if summ.exists() else None
     alpha, beta = (float(w["alpha"]), float(w["beta"])) if w else (0.5, 1.0)
     alpha, beta = a.alpha if a.alpha is not None else alpha, a.beta if a.beta is not None else beta
+    unk_char = a.unk_char if a.unk_char is not None else float((w or {}).get("unk_char", UNK_CHAR))
     ours = LMDecoder.load(arpa, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id,
-                          token_min_logp=a.token_min_logp, prune=a.prune, recombine=not a.no_recombine)
+                          token_min_logp=a.token_min_logp, prune=a.prune, unk_char=unk_char,
+                          recombine=not a.no_recombine)
+    # the objective without the spelling cost (one flat <unk> charge per unknown word, as the peers score them)
+    flat = ours if unk_char == 0 else LMDecoder(ours.tables, tok.tokens(), alpha=alpha, beta=beta, blank=tok.blank_id)
 
     # -- the peers --------------------------------------------------------------------------------------------
     symbols = tok.tokens()
@@ -116,7 +122,7 @@ def main() -> None:
         decoders["pyctcdecode"] = lambda lp: pyctc.decode(lp, beam_width=a.beam)
         # ours again, at pyctcdecode's pruning: the like-for-like speed
         matched = LMDecoder(ours.tables, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id,
-                            token_min_logp=DEFAULT_MIN_TOKEN_LOGP, prune=DEFAULT_PRUNE_LOGP,
+                            token_min_logp=DEFAULT_MIN_TOKEN_LOGP, prune=DEFAULT_PRUNE_LOGP, unk_char=unk_char,
                             recombine=not a.no_recombine)
         decoders[MATCHED] = lambda lp: tok.decode(matched.decode(lp)[0].tokens)
     except ImportError as e:
@@ -149,25 +155,27 @@ def main() -> None:
             times[k].append(time.perf_counter() - t0)
 
     # -- search quality: the one fused objective, for every decoder's 1-best ----------------------------------
-    def fused(text: str, lp) -> float:
+    def fused(text: str, lp, scorer) -> float:
         toks = tok.encode(" ".join(text.split()))
         if not toks:
             ll = float(lp[:, tok.blank_id].astype(np.float64).sum())
         else:
             ll = float(ctc_occupancy(lp[None], np.asarray([toks]), blank=tok.blank_id)[1][0])
-        return ours.fused_score(toks, ll)
+        return scorer.fused_score(toks, ll)
 
-    scores = {k: [fused(h, lp) for h, lp in zip(hs, lps)] for k, hs in hyps.items()}
+    scores = {k: [fused(h, lp, ours) for h, lp in zip(hs, lps)] for k, hs in hyps.items()}
+    flat_scores = scores if flat is ours else {k: [fused(h, lp, flat) for h, lp in zip(hs, lps)]
+                                               for k, hs in hyps.items()}
     frames = sum(len(lp) for lp in lps)
     res = {"exp": str(exp), "model": a.model, "split": a.split, "utterances": len(lps), "frames": frames,
            "beam": a.beam, "alpha": alpha, "beta": beta, "recombine": ours.recombine,
-           "token_min_logp": ours.token_min_logp, "prune": ours.prune, "threads": 1,
+           "token_min_logp": ours.token_min_logp, "prune": ours.prune, "unk_char": unk_char, "threads": 1,
            "repeats": a.repeats, "decoders": {}}
     in_vocab = set(ours.tables.words)
 
-    def share(mine: str, k: str, only=None) -> float:
+    def share(mine: str, k: str, only=None, by=scores) -> float:
         idx = [i for i in range(len(lps)) if only is None or only(i)]
-        return round(float(np.mean([scores[mine][i] >= scores[k][i] - 1e-6 for i in idx])), 4) if idx else None
+        return round(float(np.mean([by[mine][i] >= by[k][i] - 1e-6 for i in idx])), 4) if idx else None
 
     peers = [k for k in decoders if k not in ("speechkd", MATCHED)]
     for k in decoders:
@@ -178,6 +186,8 @@ def main() -> None:
         if k in peers:
             row["speedup_of_speechkd"] = round(t / statistics.median(times["speechkd"]), 2)
             row["speechkd_fused_at_least_as_high"] = share("speechkd", k)
+            if flat is not ours:  # the same 1-best hypotheses scored with one flat <unk> charge per unknown word
+                row["speechkd_fused_at_least_as_high_flat_unk"] = share("speechkd", k, by=flat_scores)
             # where the peer's 1-best spells no out-of-vocabulary word: the objective charges one <unk> per word
             # whatever its length, so a run of words spelled as one unknown string can outscore them
             clean = lambda i: all(w in in_vocab for w in hyps[k][i].split())  # noqa: E731
@@ -196,6 +206,9 @@ def main() -> None:
     res["fused_score_at_least_peer_share"] = {k: res["decoders"][k]["speechkd_fused_at_least_as_high"] for k in peers}
     res["fused_score_at_least_peer_share_peer_in_vocabulary"] = {
         k: res["decoders"][k]["speechkd_fused_at_least_as_high_peer_in_vocabulary"] for k in peers}
+    if flat is not ours:
+        res["fused_score_at_least_peer_share_flat_unk"] = {
+            k: res["decoders"][k]["speechkd_fused_at_least_as_high_flat_unk"] for k in peers}
     if MATCHED in decoders:
         res["speedup_vs_pyctcdecode_at_its_pruning"] = round(
             statistics.median(times["pyctcdecode"]) / statistics.median(times[MATCHED]), 2)

@@ -21,12 +21,14 @@ Everything is arrays (built by :mod:`speechkd.lm.tables`); no Python runs in the
   natural-log probability and backoff per node, ``exists`` (the n-gram is listed), ``sfx`` (the node of its
   longest proper suffix in the trie), ``depth`` (its words), ``dims = [W, order, unk, bos, eos]``. A
   hypothesis carries one node as its LM state, so a word costs one or two hash probes;
-* ``wt = (whk, whv, word_of, lookahead)``: the character trie of the vocabulary (key ``node * 0x110000 +
-  codepoint + 1``), ``word_of[node]`` the word id spelled at a node or -1, ``lookahead[node]`` the best
-  unigram natural-log probability of the words below it (0 at the root);
+* ``wt = (whk, whv, word_of, lookahead, cdepth)``: the character trie of the vocabulary (key ``node * 0x110000
+  + codepoint + 1``), ``word_of[node]`` the word id spelled at a node or -1, ``lookahead[node]`` the best
+  unigram natural-log probability of the words below it (0 at the root), ``cdepth[node]`` its characters;
 * ``tt = (begins, offset, length, chars, unk_pen)``: per token id, whether it begins a word, and its
   characters; ``unk_pen[0]`` is added to the LM score of every out-of-vocabulary word (as pyctcdecode's
-  ``unk_score_offset`` and flashlight's ``unk_score``), on top of ``ln P(<unk> | context)``.
+  ``unk_score_offset`` and flashlight's ``unk_score``), on top of ``ln P(<unk> | context)``, and ``unk_pen[1]``
+  (<= 0) once per character of it: a spelling cost, so that a run of words spelled as one unknown string pays
+  for its length instead of one flat charge.
 """
 
 from __future__ import annotations
@@ -87,43 +89,46 @@ def lm_logp(lmt, s, w):
 
 
 @njit(inline="always", **_j)
-def _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, s, wn, lm, unk_pen):
+def _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, wdp, s, wn, lm, unk_pen, unk_chr):
     """Close the word at character-trie node ``wn`` (> 0: in the trie; -1: left it, <unk> already charged).
-    An out-of-vocabulary word costs ``ln P(<unk> | context) + unk_pen``."""
+    An out-of-vocabulary word costs ``ln P(<unk> | context) + unk_pen + unk_chr * characters``."""
     w = wof[wn] if wn > 0 else -1
     p, s2 = _q(hk, hv, lp, bow, ex, sfx, dep, dims, s, w if w >= 0 else dims[2])
     if wn > 0:  # the look-ahead estimate the partial word carried gives way to the word's own score
-        lm += (p if w >= 0 else p + unk_pen) - wla[wn]
+        lm += (p if w >= 0 else p + unk_pen + unk_chr * wdp[wn]) - wla[wn]
     return lm, s2
 
 
 @njit(inline="always", **_j)
-def _extend(hk, hv, lp, bow, ex, sfx, dep, dims, whk, whv, wof, wla, begins, off, ln, chars, unk_pen,
-            c, lm, nw, s, wn):
+def _extend(hk, hv, lp, bow, ex, sfx, dep, dims, whk, whv, wof, wla, wdp, begins, off, ln, chars, unk_pen,
+            unk_chr, c, lm, nw, s, wn):
     """The LM fields ``(lm, words, state, word node)`` of a prefix extended by token ``c``."""
     if begins[c]:
         if wn != 0:
-            lm, s = _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, s, wn, lm, unk_pen)
+            lm, s = _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, wdp, s, wn, lm, unk_pen, unk_chr)
             nw += 1
         wn = 0
     i, end = off[c], off[c] + ln[c]
     while i < end and wn >= 0:
         nxt = _find(whk, whv, wn * CP + chars[i] + 1)
-        if nxt < 0:
-            lm += _q(hk, hv, lp, bow, ex, sfx, dep, dims, s, dims[2])[0] + unk_pen - wla[wn]
+        if nxt < 0:  # <unk> and the characters spelled so far, this one included
+            lm += (_q(hk, hv, lp, bow, ex, sfx, dep, dims, s, dims[2])[0] + unk_pen + unk_chr * (wdp[wn] + 1)
+                   - wla[wn])
             wn = -1
         else:  # look-ahead: the best unigram the partial word can still become
             lm += wla[nxt] - wla[wn]
             wn = nxt
         i += 1
+    if wn < 0:  # the characters after the spelling left the vocabulary
+        lm += unk_chr * (end - i)
     return lm, nw, s, wn
 
 
 @njit(inline="always", **_j)
-def _close(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, lm, nw, s, wn, unk_pen):
+def _close(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, wdp, lm, nw, s, wn, unk_pen, unk_chr):
     """The LM fields at the end of the utterance: the last word closed and ``</s>`` scored. (lm, nw)."""
     if wn != 0:
-        lm, s = _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, s, wn, lm, unk_pen)
+        lm, s = _end_word(hk, hv, lp, bow, ex, sfx, dep, dims, wof, wla, wdp, s, wn, lm, unk_pen, unk_chr)
         nw += 1
     return lm + _q(hk, hv, lp, bow, ex, sfx, dep, dims, s, dims[4])[0], nw
 
@@ -138,13 +143,13 @@ def _start(hk, hv, lp, bow, ex, sfx, dep, dims):
 def _walk(lmt, wt, tt, tokens):
     """(LM score so far, words, state, word node) after a token sequence."""
     hk, hv, lp, bow, ex, sfx, dep, dims = lmt
-    whk, whv, wof, wla = wt
+    whk, whv, wof, wla, wdp = wt
     begins, off, ln, chars, unk_pen = tt
     s = _start(hk, hv, lp, bow, ex, sfx, dep, dims)
     lm, nw, wn = 0.0, 0, 0
     for c in tokens:
-        lm, nw, s, wn = _extend(hk, hv, lp, bow, ex, sfx, dep, dims, whk, whv, wof, wla, begins, off, ln, chars,
-                                unk_pen[0], c, lm, nw, s, wn)
+        lm, nw, s, wn = _extend(hk, hv, lp, bow, ex, sfx, dep, dims, whk, whv, wof, wla, wdp, begins, off, ln, chars,
+                                unk_pen[0], unk_pen[1], c, lm, nw, s, wn)
     return lm, nw, s, wn
 
 
@@ -153,7 +158,7 @@ def score_tokens(lmt, wt, tt, tokens):
     """(alpha-free LM log-probability, words) of a whole token sequence, ``</s>`` included."""
     hk, hv, lp, bow, ex, sfx, dep, dims = lmt
     lm, nw, s, wn = _walk(lmt, wt, tt, tokens)
-    return _close(hk, hv, lp, bow, ex, sfx, dep, dims, wt[2], wt[3], lm, nw, s, wn, tt[4][0])
+    return _close(hk, hv, lp, bow, ex, sfx, dep, dims, wt[2], wt[3], wt[4], lm, nw, s, wn, tt[4][0], tt[4][1])
 
 
 @njit(**_j)
@@ -265,9 +270,9 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
     (cnode, cpar, ctok, cpb, cpnb, clm, cnw, cst, cwn, ftoks, top, trow, tkey) = ws
     nk, nv, nlp, bow, ex, sfx, dep, dims = lmt
-    whk, whv, wof, wla = wt
+    whk, whv, wof, wla, wdp = wt
     begins, off, ln, chars, unk_pen = tt
-    upen = unk_pen[0]
+    upen, uchr = unk_pen[0], unk_pen[1]
     V = lp.shape[1]
     nwn = wof.shape[0]
     nb_ = meta[1]
@@ -327,13 +332,14 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
                     la = wla[wnode[p]] if wnode[p] > 0 else 0.0
                     if begins[ctok[r]] and wnode[p] != 0:  # a word ends: its score may beat the look-ahead
                         bound = base + alpha * (lmacc[p] - la) + beta * (nw[p] + 1 if beta > 0.0 else nw[p])
-                    else:  # the word goes on: the look-ahead only falls, or <unk> (at most unk_pen) is charged
+                    else:  # the word goes on: the look-ahead only falls, or <unk> (at most unk_pen: the
+                        # spelling cost is <= 0) is charged
                         bound = base + alpha * (lmacc[p] - la + max(la, upen)) + beta * nw[p]
                     if bound < top[0] + prune or (nt >= beam and bound < top[beam - 1]):
                         continue
                 clm[r], cnw[r], cst[r], cwn[r] = _extend(nk, nv, nlp, bow, ex, sfx, dep, dims, whk, whv, wof, wla,
-                                                         begins, off, ln, chars, upen, ctok[r], lmacc[p], nw[p],
-                                                         lms[p], wnode[p])
+                                                         wdp, begins, off, ln, chars, upen, uchr, ctok[r], lmacc[p],
+                                                         nw[p], lms[p], wnode[p])
                 x = base + alpha * clm[r] + beta * cnw[r]
                 nt = _push(x, r, _key(cst[r], cwn[r], ctok[r], nwn, V), top, trow, tkey, nt, beam, recombine,
                            prune)
@@ -364,7 +370,7 @@ def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prun
 
 
 @njit(**_j)
-def finish(st, lmt, wt, alpha, beta, unk_pen, out_node, out_fused, out_ctc):
+def finish(st, lmt, wt, alpha, beta, unk_pen, unk_chr, out_node, out_fused, out_ctc):
     """Close every hypothesis of the beam (last word, ``</s>``); writes them best first by fused score.
     Returns how many were written."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
@@ -373,8 +379,8 @@ def finish(st, lmt, wt, alpha, beta, unk_pen, out_node, out_fused, out_ctc):
     fused = np.empty(nb_, np.float64)
     for r in range(nb_):
         node = bnode[r]
-        lm, n_words = _close(nk, nv, lp, bow, ex, sfx, dep, dims, wt[2], wt[3], lmacc[node], nw[node], lms[node],
-                             wnode[node], unk_pen)
+        lm, n_words = _close(nk, nv, lp, bow, ex, sfx, dep, dims, wt[2], wt[3], wt[4], lmacc[node], nw[node],
+                             lms[node], wnode[node], unk_pen, unk_chr)
         fused[r] = lse(bpb[r], bpnb[r]) + alpha * lm + beta * n_words
     order = np.argsort(-fused, kind="mergesort")
     m = min(nb_, out_node.shape[0])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from speechkd.kernels import lmbeam as K
-from speechkd.lm.files import BEAM_PRUNE, FUSION_FILE, TOKEN_MIN_LOGP, UNK_OFFSET, find_arpa, read_fusion
+from speechkd.lm.files import BEAM_PRUNE, FUSION_FILE, TOKEN_MIN_LOGP, UNK_CHAR, UNK_OFFSET, find_arpa, read_fusion
 from speechkd.lm.tables import LMTables, token_tables
 
 
@@ -95,7 +95,7 @@ class LMBeam:
         fused = np.empty(nbest)
         ctc = np.empty(nbest)
         d, st = self.dec, self.st
-        m = K.finish(st, d.tables.lmt, d.tables.wt, d.alpha, d.beta, d.tt[4][0], node, fused, ctc)
+        m = K.finish(st, d.tables.lmt, d.tables.wt, d.alpha, d.beta, d.tt[4][0], d.tt[4][1], node, fused, ctc)
         return [Hyp(K.prefix_tokens(st[0], st[1], st[2], node[r]).tolist(), float(fused[r]), float(ctc[r]))
                 for r in range(m)]
 
@@ -105,13 +105,16 @@ class LMDecoder:
 
     def __init__(self, tables: LMTables, tokens: list[str], *, alpha: float = 0.5, beta: float = 1.0,
                  beam: int = 32, blank: int = 0, token_min_logp: float = TOKEN_MIN_LOGP, prune: float = BEAM_PRUNE,
-                 unk_offset: float = UNK_OFFSET, recombine: bool = True):
+                 unk_offset: float = UNK_OFFSET, unk_char: float = UNK_CHAR, recombine: bool = True):
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
         self.tables, self.tokens = tables, list(tokens)
         self.vocab = len(tokens)
-        self.unk_offset = float(unk_offset)
-        self.tt = (*token_tables(self.tokens, blank), np.asarray([self.unk_offset * math.log(10.0)]))
+        if not unk_char <= 0.0:
+            raise ValueError(f"unk_char must be <= 0 (a cost per character), got {unk_char}")
+        self.unk_offset, self.unk_char = float(unk_offset), float(unk_char)
+        self.tt = (*token_tables(self.tokens, blank),
+                   np.asarray([self.unk_offset * math.log(10.0), self.unk_char * math.log(10.0)]))
         self.alpha, self.beta, self.beam, self.blank = float(alpha), float(beta), int(beam), int(blank)
         self.token_min_logp, self.prune = float(token_min_logp), float(prune)
         self.recombine = bool(recombine)

@@ -3,7 +3,7 @@ CLI imports this to build its parser).
 
 A folder that decodes with an LM holds ``lm.arpa`` (the model), optionally ``lm.tables.npz`` (its arrays,
 :mod:`speechkd.lm.tables`) and ``lm.json`` (the fusion settings: alpha, beta, beam, token_min_logp, prune,
-unk_offset, recombine).
+unk_offset, unk_char, recombine).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ LM_FILE = "lm.arpa"
 TOKEN_MIN_LOGP = -8.0
 BEAM_PRUNE = -20.0
 UNK_OFFSET = -10.0
+UNK_CHAR = 0.0  # log10, per character of an out-of-vocabulary word, on top of UNK_OFFSET
 FUSION_FILE = "lm.json"  # the fusion settings shipped beside an LM
 FUSION_KEYS = {"alpha": (-100.0, 100.0), "beta": (-100.0, 100.0), "beam": (1, 4096), "token_min_logp": (-1e9, 0.0),
-               "prune": (-1e9, 0.0), "unk_offset": (-1e3, 0.0), "recombine": (False, True)}
+               "prune": (-1e9, 0.0), "unk_offset": (-1e3, 0.0), "unk_char": (-1e3, 0.0),
+               "recombine": (False, True)}
 
 
 def read_fusion(path: str | Path) -> dict:

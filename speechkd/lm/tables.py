@@ -20,7 +20,7 @@ from speechkd.kernels.lmbeam import CP
 from speechkd.lm.ngram import BOS, EOS, UNK, LMError, NGramLM, read_arpa
 
 LN10 = math.log(10.0)
-FORMAT = 2  # of lm.tables.npz: a file of another format is rebuilt from the ARPA file
+FORMAT = 3  # of lm.tables.npz: a file of another format is rebuilt from the ARPA file
 
 
 @njit(cache=True)
@@ -74,7 +74,7 @@ class LMTables:
                     if str(z["arpa_sha256"]) == _sha256(path) and int(z["format"]) == FORMAT:
                         words = [str(w) for w in z["words"]]
                         lmt = tuple(z[f"lmt{i}"] for i in range(8))
-                        wt = tuple(z[f"wt{i}"] for i in range(4))
+                        wt = tuple(z[f"wt{i}"] for i in range(5))
                         return cls(words, {w: i for i, w in enumerate(words)}, int(lmt[7][1]), lmt, wt)
             except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
                 pass  # a damaged or foreign cache: build from the text
@@ -162,7 +162,10 @@ class LMTables:
                 la[n] = max(la[n], uni[(words[word_of[n]],)] * LN10)
             if cparent[n] != 0:
                 la[cparent[n]] = max(la[cparent[n]], la[n])
-        return cls(words, index, lm.order, lmt, (whk, whv, np.asarray(word_of, np.int64), la))
+        cdepth = np.zeros(len(cparent), np.int64)  # characters spelled at each node (parents come first)
+        for n in range(1, len(cparent)):
+            cdepth[n] = cdepth[cparent[n]] + 1
+        return cls(words, index, lm.order, lmt, (whk, whv, np.asarray(word_of, np.int64), la, cdepth))
 
 
 def token_tables(tokens: list[str], blank: int = 0) -> tuple:

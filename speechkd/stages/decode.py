@@ -28,7 +28,7 @@ from speechkd.data.dataset import FeatureDataset
 from speechkd.eval.decode import greedy_hyps, merge_parts, posteriors_part
 from speechkd.eval.lmdecode import search_hyps, tune
 from speechkd.eval.scoring import write_reports
-from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
+from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_CHAR, UNK_OFFSET
 from speechkd.models.bundle import load_bundle
 from speechkd.models.lstm_ctc import count_parameters
 from speechkd.stages import MODEL_STAGES
@@ -63,6 +63,8 @@ class Config:
                                                         "not extended (the frame's best always is)")
     prune: float = field(BEAM_PRUNE, help="decoder lm: hypotheses this far below the best are dropped (-inf: never)")
     unk_offset: float = field(UNK_OFFSET, help="decoder lm: extra log10 cost of an out-of-vocabulary word")
+    unk_char: float = field(UNK_CHAR, help="decoder lm: extra log10 cost per character of an out-of-vocabulary "
+                                           "word (<= 0)", fingerprint="unless_default")
     recombine: bool = field(True, help="decoder lm: of hypotheses with the same LM state, partial word and last "
                                        "token keep the best only (their futures are the same)")
 
@@ -76,6 +78,7 @@ class Config:
         for i, s in enumerate(self.splits):
             check_name(s, f"splits[{i}]", "split name")
         require(self.max_frames >= 1, "max_frames", f"must be >= 1, got {self.max_frames}")
+        require(self.unk_char <= 0, "unk_char", f"must be <= 0 (a cost), got {self.unk_char}")
 
 
 def upstream(cfg: Config) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -133,6 +136,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
         decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), beam=cfg.beam, blank=tok.blank_id,
                                  token_min_logp=cfg.token_min_logp, prune=cfg.prune, unk_offset=cfg.unk_offset,
+                                 unk_char=cfg.unk_char,
                                  recombine=cfg.recombine)
         if cfg.tune_split not in have:
             raise FileNotFoundError(f"decode.tune_split: {fdir} has no split {cfg.tune_split!r}")
@@ -141,7 +145,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                           merge=lambda refs, hyps: whole(cfg.tune_split, refs, hyps))
         decoder = decoder.with_weights(a, b)
         out["lm"] = {"stage": cfg.lm, "alpha": a, "beta": b, "beam": cfg.beam, "token_min_logp": cfg.token_min_logp,
-                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "recombine": cfg.recombine,
+                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "unk_char": cfg.unk_char, "recombine": cfg.recombine,
                      "tuned_on": cfg.tune_split, "grid": grid, "splits": {}}
         log.info("decode: LM weights alpha=%g beta=%g picked on %s", a, b, cfg.tune_split)
     elif cfg.decoder == "beam":

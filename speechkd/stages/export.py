@@ -142,17 +142,18 @@ def tuned_weights(cfg: Config, ctx) -> dict[str, tuple[dict, str]]:
         summ = json.loads((ctx.stage_dir(d) / "summary.json").read_text())
         lm = summ.get("lm") if isinstance(summ, dict) else None
         if isinstance(lm, dict) and lm.get("stage") == cfg.lm:
-            keys = ("alpha", "beta", "beam", "token_min_logp", "prune", "unk_offset", "recombine")
+            keys = ("alpha", "beta", "beam", "token_min_logp", "prune", "unk_offset", "unk_char", "recombine")
             out[Path(str(summ.get("model"))).parts[0]] = ({k: lm[k] for k in keys if k in lm}, d)
     return out
 
 
 def ship_lm(cfg: Config, ctx, m: str, tuned: dict[str, tuple[dict, str]]) -> dict[str, Any]:
     """The LM into ``<m>/`` with the weights a decode stage of ``lm_from`` tuned for ``m`` (else the defaults)."""
-    from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET, ship_lm as ship
+    from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_CHAR, UNK_OFFSET, ship_lm as ship
 
     default = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": TOKEN_MIN_LOGP,
-               "prune": BEAM_PRUNE, "unk_offset": UNK_OFFSET, "recombine": True}
+               "prune": BEAM_PRUNE, "unk_offset": UNK_OFFSET, "unk_char": UNK_CHAR,
+               "recombine": True}
     weights, tuned_by = tuned.get(m, (default, None))
     out = ship(ctx.stage_dir(cfg.lm), ctx.out_dir / m, weights)
     return {**out, "path": f"{m}/{out['path']}", "tuned_by": tuned_by}

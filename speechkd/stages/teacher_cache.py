@@ -25,7 +25,7 @@ from speechkd.config import check_name, field, require
 from speechkd.data.dataset import FeatureDataset
 from speechkd.data.manifest import read_manifest, write_manifest
 from speechkd.distill.cache import cache_entries, check_teachers, shard_ok, tokenizer_fingerprint, write_shard
-from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_OFFSET
+from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_CHAR, UNK_OFFSET
 from speechkd.models.bundle import load_bundle
 from speechkd.models.io import check_vocabulary
 from speechkd.stages import MODEL_STAGES
@@ -57,12 +57,15 @@ class Config:
                                                         "extended")
     prune: float = field(BEAM_PRUNE, help="with lm: hypotheses this far below the best are dropped (-inf: never)")
     unk_offset: float = field(UNK_OFFSET, help="with lm: extra log10 cost of an out-of-vocabulary word")
+    unk_char: float = field(UNK_CHAR, help="with lm: extra log10 cost per character of an out-of-vocabulary word",
+                            fingerprint="unless_default")
     recombine: bool = field(False, help="with lm: keep only the best of hypotheses with the same LM state, partial "
                                         "word and last token (off: an N-best keeps the alternatives of older words)")
 
     def __post_init__(self):
         require(len(self.teachers) >= 1, "teachers", "name at least one teacher stage")
         require(len(self.splits) >= 1, "splits", "name at least one split")
+        require(self.unk_char <= 0, "unk_char", f"must be <= 0 (a cost), got {self.unk_char}")
         for i, s in enumerate(self.splits):
             check_name(s, f"splits[{i}]", "split name")
         require(self.k >= 1, "k", f"must be >= 1, got {self.k}")
@@ -123,7 +126,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             alpha, beta = float(d["alpha"]), float(d["beta"])
         lm_decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), alpha=alpha, beta=beta, beam=cfg.beam,
                                     blank=tok.blank_id, token_min_logp=cfg.token_min_logp, prune=cfg.prune,
-                                    unk_offset=cfg.unk_offset, recombine=cfg.recombine)
+                                    unk_offset=cfg.unk_offset, unk_char=cfg.unk_char,
+                                    recombine=cfg.recombine)
         lm_info = {"stage": cfg.lm, "alpha": alpha, "beta": beta}
         log.info("teacher_cache: N-best from the beam fused with %s (alpha=%g, beta=%g)", cfg.lm, alpha, beta)
     V = models[0].cfg.vocab_size

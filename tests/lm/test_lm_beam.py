@@ -71,8 +71,10 @@ def _words(labels):
     return "".join(TOKENS[i] for i in labels).replace("|", " ").split()
 
 
-def _brute(lp, lm, alpha, beta, unk_offset=0.0):
-    """Every label sequence's fused score: log of the summed probability of its CTC paths, plus the LM."""
+def _brute(lp, lm, alpha, beta, unk_offset=0.0, unk_char=0.0):
+    """Every label sequence's fused score: log of the summed probability of its CTC paths, plus the LM (an
+    unknown word also pays ``unk_offset`` and ``unk_char`` per character, log10)."""
+    vocab = {w for (w,) in lm.probs[0]} - {BOS, EOS, UNK}
     T, V = lp.shape
     total: dict[tuple, float] = {}
     for path in itertools.product(range(V), repeat=T):
@@ -88,7 +90,8 @@ def _brute(lp, lm, alpha, beta, unk_offset=0.0):
     for lab, ctc in total.items():
         w = _words(lab)
         logp, oov = lm.sentence_logprob(w)
-        out[lab] = ctc + alpha * (logp + unk_offset * oov) * LN10 + beta * len(w)
+        oov_chars = sum(len(x) for x in w if x not in vocab)
+        out[lab] = ctc + alpha * (logp + unk_offset * oov + unk_char * oov_chars) * LN10 + beta * len(w)
     return out
 
 
@@ -101,9 +104,10 @@ def test_the_lm_beam_is_exact_when_nothing_is_pruned(seed):
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
     alpha, beta = float(rng.uniform(0.2, 1.5)), float(rng.uniform(-1, 2))
     unk_offset = -float(rng.uniform(0, 3))  # an extra cost per out-of-vocabulary word (log10, as pyctcdecode's)
-    want = sorted(_brute(lp.astype(np.float64), lm, alpha, beta, unk_offset).items(), key=lambda kv: -kv[1])
+    unk_char = -float(rng.uniform(0, 1)) if seed % 2 else 0.0  # and per character of it
+    want = sorted(_brute(lp.astype(np.float64), lm, alpha, beta, unk_offset, unk_char).items(), key=lambda kv: -kv[1])
     dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=alpha, beta=beta, beam=4 ** T, token_min_logp=-np.inf,
-                    prune=-np.inf, unk_offset=unk_offset, recombine=False)
+                    prune=-np.inf, unk_offset=unk_offset, unk_char=unk_char, recombine=False)
     got = dec.decode(lp, nbest=8)
     assert [tuple(h.tokens) for h in got] == [k for k, _ in want[:8]]
     assert [h.fused for h in got] == pytest.approx([v for _, v in want[:8]], abs=1e-4)
@@ -118,6 +122,23 @@ def test_an_out_of_vocabulary_word_can_still_be_spelled():
         lp[t, c] = -1e-3
     dec = LMDecoder(LMTables.from_lm(lm), TOKENS, alpha=0.5, beta=0.0, beam=8, unk_offset=0.0)
     assert dec.decode(lp)[0].tokens == [3]
+
+
+def test_an_unknown_word_pays_for_each_of_its_characters():
+    """With ``unk_char`` an unknown word costs ``unk_offset + unk_char * characters`` (log10) on top of
+    ``P(<unk>)``, however the word is cut into tokens and wherever its spelling leaves the vocabulary; known
+    words pay nothing more."""
+    lm = estimate([["ab"], ["ab", "a"], ["b", "ab"]], 2)
+    tokens = ["<blk>", "|", "a", "b", "c"]
+    flat = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=-1.0)
+    spelled = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=-1.0, unk_char=-0.25)
+    for text, n_chars in [("ab a", 0), ("abc", 3), ("cab b", 3), ("aba ab cc", 5), ("a abab", 4)]:
+        toks = [tokens.index(c if c != " " else "|") for c in text]
+        (f, nf), (s, ns) = flat.lm_score(toks), spelled.lm_score(toks)
+        assert nf == ns == len(text.split())
+        assert (s - f) / LN10 == pytest.approx(-0.25 * n_chars, abs=1e-9)
+    with pytest.raises(ValueError, match="unk_char"):
+        LMDecoder(LMTables.from_lm(lm), tokens, unk_char=0.5)
 
 
 def test_streaming_chunks_end_where_the_offline_search_ends():
@@ -143,7 +164,7 @@ def test_streaming_chunks_end_where_the_offline_search_ends():
 
 
 # -- the narrow beam against a plain Python one --------------------------------------------------------------
-def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None, prune=-np.inf):
+def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None, prune=-np.inf, unk_chr=0.0):
     """The fused prefix beam search written plainly (dicts of prefixes, every candidate scored in full).
     ``same_future(prefix)``: a key; of the candidates sharing one, only the best is kept (recombination).
     Hypotheses more than ``-prune`` below the frame's best are dropped."""
@@ -157,10 +178,10 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None
             done, partial = done + [partial], ""
         total, ctx = 0.0, [BOS]
         for w in done:
-            total += lm.logprob(ctx, w) * LN10 + (unk_pen if w not in vocab else 0.0)
+            total += lm.logprob(ctx, w) * LN10 + (unk_pen + unk_chr * len(w) if w not in vocab else 0.0)
             ctx.append(w)
         if partial and partial not in prefixes:  # the <unk> cost, charged as soon as the spelling leaves the vocabulary
-            total += lm.logprob(ctx, UNK) * LN10 + unk_pen
+            total += lm.logprob(ctx, UNK) * LN10 + unk_pen + unk_chr * len(partial)
         elif partial:  # look-ahead: the best unigram the partial word can still become
             total += max(lm.logprob((), w) * LN10 for w in vocab if w.startswith(partial))
         if final:
@@ -196,16 +217,17 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None
     return sorted(((p, fused(p, *s, final=True)) for p, s in hyps.items()), key=lambda x: -x[1])
 
 
-@pytest.mark.parametrize("recombine,prune,unk_offset", [(False, -np.inf, -1.5), (True, -np.inf, -1.5),
-                                                         (True, -3.0, -1.5), (True, -np.inf, 2.0)])
+@pytest.mark.parametrize("recombine,prune,unk_offset,unk_char", [
+    (False, -np.inf, -1.5, 0.0), (True, -np.inf, -1.5, 0.0), (True, -3.0, -1.5, 0.0), (True, -np.inf, 2.0, 0.0),
+    (True, -np.inf, -1.5, -0.7), (False, -3.0, 2.0, -0.3)])
 @pytest.mark.parametrize("beam", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("seed", range(4))
-def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine, prune, unk_offset):
+def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine, prune, unk_offset, unk_char):
     """The kernel extends a candidate's LM state only while an upper bound on its score can still enter the
     beam; the beam it keeps is the one a search that scores every candidate in full keeps. With recombination,
     that search keeps only the best of the candidates with the same LM state, partial word and last token.
-    Also with pruning, and with a bonus for out-of-vocabulary words (the bound of a word that goes on then
-    rests on the <unk> charge, not on the look-ahead)."""
+    Also with pruning, with a bonus for out-of-vocabulary words (the bound of a word that goes on then
+    rests on the <unk> charge, not on the look-ahead), and with a cost per character of them."""
     rng = np.random.default_rng(seed)
     tokens = ["<blk>", "|", "a", "b", "c"]
     words = ["a", "ab", "ba", "cab", "b", "abc"]
@@ -215,13 +237,13 @@ def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine, pr
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
     alpha, beta = (0.8, 1.2) if seed % 2 else (0.5, 6.0)  # a large word bonus tests the bound's +beta
     dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam, token_min_logp=-np.inf,
-                    prune=prune, unk_offset=unk_offset, recombine=recombine)
+                    prune=prune, unk_offset=unk_offset, unk_char=unk_char, recombine=recombine)
 
     def same_future(prefix):
         return (*K.prefix_state(dec.tables.lmt, dec.tables.wt, dec.tt, np.asarray(prefix, np.int64)), prefix[-1:])
 
     want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam, unk_offset * LN10,
-                           same_future if recombine else None, prune)
+                           same_future if recombine else None, prune, unk_char * LN10)
     got = dec.decode(lp, nbest=beam)
     assert [tuple(h.tokens) for h in got] == [p for p, _ in want]
     assert [h.fused for h in got] == pytest.approx([s for _, s in want], abs=1e-6)
