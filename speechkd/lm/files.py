@@ -14,12 +14,14 @@ from pathlib import Path
 LM_FILE = "lm.arpa"
 # the search's defaults: tokens under TOKEN_MIN_LOGP in a frame are not extended (the frame's best always is),
 # hypotheses more than -BEAM_PRUNE below the best are dropped, an out-of-vocabulary word costs UNK_OFFSET (log10)
-# on top of P(<unk>). pyctcdecode's are -5 / -10 / -10: on the default teacher's test posteriors -8 / -20 take 2.9x
-# the time (15 instead of 5 microseconds a frame) and give 23.47 WER instead of 25.18 (docs/lm.md)
+# on top of P(<unk>), and UNK_CHAR per character of it (a run of words spelled as one unknown string then pays
+# for its length; docs/design.md). pyctcdecode's are -5 / -10 / -10 and no cost per character: on the default
+# teacher's test posteriors -8 / -20 take 2.9x the time (15 instead of 5 microseconds a frame) and give 23.47 WER
+# instead of 25.18 (docs/lm.md)
 TOKEN_MIN_LOGP = -8.0
 BEAM_PRUNE = -20.0
 UNK_OFFSET = -10.0
-UNK_CHAR = 0.0  # log10, per character of an out-of-vocabulary word, on top of UNK_OFFSET
+UNK_CHAR = -0.5
 FUSION_FILE = "lm.json"  # the fusion settings shipped beside an LM
 FUSION_KEYS = {"alpha": (-100.0, 100.0), "beta": (-100.0, 100.0), "beam": (1, 4096), "token_min_logp": (-1e9, 0.0),
                "prune": (-1e9, 0.0), "unk_offset": (-1e3, 0.0), "unk_char": (-1e3, 0.0),

@@ -64,7 +64,7 @@ class Config:
     prune: float = field(BEAM_PRUNE, help="decoder lm: hypotheses this far below the best are dropped (-inf: never)")
     unk_offset: float = field(UNK_OFFSET, help="decoder lm: extra log10 cost of an out-of-vocabulary word")
     unk_char: float = field(UNK_CHAR, help="decoder lm: extra log10 cost per character of an out-of-vocabulary "
-                                           "word (<= 0)", fingerprint="unless_default")
+                                           "word (<= 0)")
     recombine: bool = field(True, help="decoder lm: of hypotheses with the same LM state, partial word and last "
                                        "token keep the best only (their futures are the same)")
 

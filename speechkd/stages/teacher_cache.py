@@ -57,8 +57,7 @@ class Config:
                                                         "extended")
     prune: float = field(BEAM_PRUNE, help="with lm: hypotheses this far below the best are dropped (-inf: never)")
     unk_offset: float = field(UNK_OFFSET, help="with lm: extra log10 cost of an out-of-vocabulary word")
-    unk_char: float = field(UNK_CHAR, help="with lm: extra log10 cost per character of an out-of-vocabulary word",
-                            fingerprint="unless_default")
+    unk_char: float = field(UNK_CHAR, help="with lm: extra log10 cost per character of an out-of-vocabulary word")
     recombine: bool = field(False, help="with lm: keep only the best of hypotheses with the same LM state, partial "
                                         "word and last token (off: an N-best keeps the alternatives of older words)")
 

@@ -52,7 +52,7 @@ def test_the_arrays_score_random_sentences_as_kenlm_does(tmp_path):
     lm, words = _random_lm(3, seed=3)
     write_arpa(lm, tmp_path / "lm.arpa")
     ken = kenlm.Model(str(tmp_path / "lm.arpa"))
-    dec = LMDecoder.load(tmp_path / "lm.arpa", ["<blk>", "|", *"abcdefghqxz"], unk_offset=0.0)
+    dec = LMDecoder.load(tmp_path / "lm.arpa", ["<blk>", "|", *"abcdefghqxz"], unk_offset=0.0, unk_char=0.0)
     rng = np.random.default_rng(2)
     for _ in range(300):
         sent = _ctx_and_words(rng, words, int(rng.integers(0, 8)))
@@ -130,7 +130,7 @@ def test_an_unknown_word_pays_for_each_of_its_characters():
     words pay nothing more."""
     lm = estimate([["ab"], ["ab", "a"], ["b", "ab"]], 2)
     tokens = ["<blk>", "|", "a", "b", "c"]
-    flat = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=-1.0)
+    flat = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=-1.0, unk_char=0.0)
     spelled = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=-1.0, unk_char=-0.25)
     for text, n_chars in [("ab a", 0), ("abc", 3), ("cab b", 3), ("aba ab cc", 5), ("a abab", 4)]:
         toks = [tokens.index(c if c != " " else "|") for c in text]
@@ -254,7 +254,7 @@ def test_sentencepiece_pieces_start_words_where_they_carry_the_marker():
     scored as <unk>: the fused scorer gives the LM's sentence probability of the words the pieces spell."""
     lm, words = _random_lm(3, seed=9)
     tokens = ["<blk>", "\u2581", *(f"\u2581{c}" for c in "abcdefgh"), *"abcdefgh"]
-    dec = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=0.0)
+    dec = LMDecoder(LMTables.from_lm(lm), tokens, unk_offset=0.0, unk_char=0.0)
     rng = np.random.default_rng(3)
     for _ in range(50):
         sent = _ctx_and_words(rng, words, int(rng.integers(1, 6)))
