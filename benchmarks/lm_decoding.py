@@ -4,9 +4,11 @@ posteriors, the same ARPA file, the same beam width and LM weights.
 
 Per decoder: WER/CER on the split, decoding time (median of --repeats passes, the decoders interleaved) and
 its ratio to ours, and search quality: every decoder's 1-best is scored with the one fused objective the
-search maximises, ``log P_ctc(tokens) + alpha * ln P_lm(words, </s>) + beta * words`` (exact CTC
-log-probability by forward-backward; our LM arrays, which equal KenLM within 1e-4), and we count the
-utterances where ours is at least as high as the peer's. The weights are the ones the model's decode stage
+search maximises, ``log P_ctc(tokens) + alpha * ln P_lm(words, </s>) + beta * words``, an unknown word scored
+as ``<unk>`` plus ``unk_offset`` and ``unk_char`` per character (log10; exact CTC log-probability by
+forward-backward; our LM arrays, which equal KenLM within 1e-4), and we count the utterances where ours is at
+least as high as the peer's; with ``unk_char`` set, also with one flat charge per unknown word, which is how
+the peers charge them (``..._flat_unk``). The weights are the ones the model's decode stage
 tuned on dev (else 0.5 / 1.0); pyctcdecode takes them as they are (it converts KenLM's log10 to ln itself),
 flashlight's lm_weight gets alpha * ln 10 (its KenLM scores are log10). Every decoder keeps its own pruning
 defaults: ours extends tokens down to -8 in a frame and drops hypotheses 20 below the best (pyctcdecode: -5 and
@@ -18,7 +20,8 @@ and last token (as both peers do; ``--no-recombine`` turns it off). Ours also ru
 The last line is JSON: per decoder ``wer_<name>``, ``cer_<name>``, ``ms_per_utt_<name>``, then
 ``speedup_vs_<peer>`` (their time over ours) and ``fused_score_at_least_peer_share`` (per peer: the share of
 utterances where our 1-best's fused score is at least theirs; ``..._peer_in_vocabulary``: among the utterances
-whose peer 1-best spells no out-of-vocabulary word), ``speedup_vs_pyctcdecode_at_its_pruning``, and the same
+whose peer 1-best spells no out-of-vocabulary word; ``..._flat_unk``: the same 1-bests scored with one flat
+charge), ``speedup_vs_pyctcdecode_at_its_pruning``, and the same
 figures per decoder under ``decoders``.
 
     python benchmarks/lm_decoding.py                 # exp/default's teacher on test (after make demo)
@@ -40,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_CHAR  # noqa: E402  (no numba, no torch)
+from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_CHAR, UNK_OFFSET  # noqa: E402  (no numba, no torch)
 
 
 MATCHED = "speechkd_at_pyctcdecode_pruning"
@@ -62,6 +65,7 @@ def main() -> None:
     ap.add_argument("--prune", type=float, default=BEAM_PRUNE, help="our beam pruning")
     ap.add_argument("--unk-char", type=float, help="our log10 cost per character of an unknown word (default: the "
                                                    "decode stage's)")
+    ap.add_argument("--unk-offset", type=float, help="our log10 cost per unknown word (default: the decode stage's)")
     ap.add_argument("--quick", action="store_true", help="pipelines/quick (built if missing), few utterances")
     a = ap.parse_args()
     import os
@@ -104,11 +108,13 @@ def main() -> None:
     alpha, beta = (float(w["alpha"]), float(w["beta"])) if w else (0.5, 1.0)
     alpha, beta = a.alpha if a.alpha is not None else alpha, a.beta if a.beta is not None else beta
     unk_char = a.unk_char if a.unk_char is not None else float((w or {}).get("unk_char", UNK_CHAR))
+    unk_offset = a.unk_offset if a.unk_offset is not None else float((w or {}).get("unk_offset", UNK_OFFSET))
     ours = LMDecoder.load(arpa, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id,
-                          token_min_logp=a.token_min_logp, prune=a.prune, unk_char=unk_char,
+                          token_min_logp=a.token_min_logp, prune=a.prune, unk_offset=unk_offset, unk_char=unk_char,
                           recombine=not a.no_recombine)
     # the objective without the spelling cost (one flat <unk> charge per unknown word, as the peers score them)
-    flat = ours if unk_char == 0 else LMDecoder(ours.tables, tok.tokens(), alpha=alpha, beta=beta, blank=tok.blank_id)
+    flat = ours if unk_char == 0 else LMDecoder(ours.tables, tok.tokens(), alpha=alpha, beta=beta, blank=tok.blank_id,
+                                                unk_offset=unk_offset, unk_char=0.0)
 
     # -- the peers --------------------------------------------------------------------------------------------
     symbols = tok.tokens()
@@ -122,7 +128,8 @@ def main() -> None:
         decoders["pyctcdecode"] = lambda lp: pyctc.decode(lp, beam_width=a.beam)
         # ours again, at pyctcdecode's pruning: the like-for-like speed
         matched = LMDecoder(ours.tables, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id,
-                            token_min_logp=DEFAULT_MIN_TOKEN_LOGP, prune=DEFAULT_PRUNE_LOGP, unk_char=unk_char,
+                            token_min_logp=DEFAULT_MIN_TOKEN_LOGP, prune=DEFAULT_PRUNE_LOGP, unk_offset=unk_offset,
+                            unk_char=unk_char,
                             recombine=not a.no_recombine)
         decoders[MATCHED] = lambda lp: tok.decode(matched.decode(lp)[0].tokens)
     except ImportError as e:
@@ -169,7 +176,8 @@ def main() -> None:
     frames = sum(len(lp) for lp in lps)
     res = {"exp": str(exp), "model": a.model, "split": a.split, "utterances": len(lps), "frames": frames,
            "beam": a.beam, "alpha": alpha, "beta": beta, "recombine": ours.recombine,
-           "token_min_logp": ours.token_min_logp, "prune": ours.prune, "unk_char": unk_char, "threads": 1,
+           "token_min_logp": ours.token_min_logp, "prune": ours.prune, "unk_offset": unk_offset,
+           "unk_char": unk_char, "threads": 1,
            "repeats": a.repeats, "decoders": {}}
     in_vocab = set(ours.tables.words)
 

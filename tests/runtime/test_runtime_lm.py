@@ -49,6 +49,7 @@ def test_the_streaming_lm_beam_ends_where_the_offline_search_ends(shipped_lm, ch
     rec, res, partials = _stream(model, wav, chunk, lm=True)
     d = rec.lm_decoder
     assert d is not None and (d.alpha, d.beta, d.beam, d.recombine) == (0.8, 1.5, 6, False)  # lm.json's settings
+    assert d.unk_char == -0.5  # (a key lm.json leaves out: the default)
     offline = rec.lm_decoder.decode(np.concatenate(rec.log_probs))[0]
     assert res.tokens == offline.tokens and res.is_final
     assert res.text == detokenize([rec.symbols[k] for k in offline.tokens])
@@ -78,6 +79,7 @@ def test_the_cli_uses_the_shipped_lm_unless_told(shipped_lm, tmp_path):
     ('{"alpha": "x"}', "alpha must be a number"),
     ('{"beam": 2.5}', "beam must be a number"),
     ('{"recombine": 1}', "recombine must be true or false"),
+    ('{"unk_char": 0.5}', "unk_char must be a number in"),  # a cost: a bonus per character would spell garbage
     ('[1, 2]', "not a JSON object"),
     ('{not json', "not a JSON object"),
 ])

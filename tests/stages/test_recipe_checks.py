@@ -60,6 +60,10 @@ def _recipe(tmp: Path, text: str) -> Path:
      "  s: {type: distill, cache: c, kd: {delay: null}}\n", r"stages.s.kd.delay_reference: 'baseline' is not an earlier"),
     ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
      "  c: {type: teacher_cache, teachers: [t], nbest: 9, beam: 4}\n", r"stages.c.nbest: must be in \[1, beam=4\]"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
+     "  d: {type: decode, model: t, unk_char: 0.5}\n", r"stages.d.unk_char: must be <= 0 \(a cost\), got 0.5"),
+    ("stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
+     "  c: {type: teacher_cache, teachers: [t], unk_char: 1}\n", r"stages.c.unk_char: must be <= 0"),
 ])
 def test_bad_recipes_fail_at_load(tmp_path, text, match):
     r = _recipe(tmp_path, text)

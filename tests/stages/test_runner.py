@@ -262,8 +262,8 @@ def _lm_rows_weights_and_eval_lm_agree(exp: Path, rep: dict, out: Path):
         assert any(p["a"] == name and p["b"] == f"{name} [lm]" for p in rep["paired"])
         if name != "teacher":
             lm_json = json.loads((exp / "export" / name / "lm.json").read_text())
-            assert [lm_json[k] for k in ("alpha", "beta", "token_min_logp", "prune", "recombine")] == [
-                summ["lm"][k] for k in ("alpha", "beta", "token_min_logp", "prune", "recombine")]
+            assert [lm_json[k] for k in ("alpha", "beta", "token_min_logp", "prune", "unk_char", "recombine")] == [
+                summ["lm"][k] for k in ("alpha", "beta", "token_min_logp", "prune", "unk_char", "recombine")]
             assert (exp / "export" / name / "lm.arpa").stat().st_size > 1000
     t = json.loads((exp / "decode_teacher" / "summary.json").read_text())["lm"]
     assert json.loads((exp / "teacher_cache" / "meta.json").read_text())["lm"] == \
