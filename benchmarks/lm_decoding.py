@@ -148,7 +148,7 @@ def main() -> None:
             hyp = fl(torch.from_numpy(lp)[None])[0]
             return " ".join(hyp[0].words) if hyp else ""
         decoders["flashlight"] = flashlight
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:  # torchaudio raises RuntimeError when flashlight-text is missing
         print(f"flashlight-text not installed ({e}); `make bench-deps`", file=sys.stderr)
 
     # -- timing, interleaved ----------------------------------------------------------------------------------
