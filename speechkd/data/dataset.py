@@ -14,6 +14,7 @@ perturb the waveform (:meth:`FeatureDataset.set_augment`: speed and noise, drawn
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +134,14 @@ class FeatureDataset:
 
     @property
     def lengths(self) -> list[int]:
-        return [r.frames for r in self.refs]
+        """Frames per utterance, for batching: with speed perturbation below 1, the most an utterance can
+        become (its audio is stretched by ``1 / speed``; the fbank window adds up to two frames), so that
+        no batch exceeds the sampler's ``max_frames``."""
+        cfg = self._augment.cfg if self._augment is not None else None
+        slowest = min(cfg.speed) if cfg is not None and cfg.changes_frames else 1.0
+        if slowest >= 1.0:
+            return [r.frames for r in self.refs]
+        return [math.ceil(r.frames / slowest) + 2 for r in self.refs]
 
     @property
     def on_the_fly(self) -> bool:

@@ -70,6 +70,23 @@ def test_speed_and_noise_are_drawn_from_the_batch_seed(featurized):
     assert (ds.batch([0], seed=3).feat_lens > clean.feat_lens[:1]).all()
 
 
+def test_slowed_down_batches_stay_within_max_frames(featurized):
+    """Speed perturbation below 1 lengthens the audio: the sampler budgets every utterance at the longest it
+    can become, so no padded batch exceeds max_frames (it did by up to 1/0.9 before)."""
+    from speechkd.data.sampler import BucketingSampler
+
+    (d, _) = featurized
+    ds = FeatureDataset(d["otf"] / "train.jsonl", CharTokenizer())
+    clean = list(ds.lengths)
+    ds.set_augment(WaveAugment(speed=[0.9]))
+    assert all(n >= c / 0.9 for n, c in zip(ds.lengths, clean))
+    max_frames = 2 * max(ds.lengths)  # tight: two of the longest utterances
+    sampler = BucketingSampler(ds.lengths, max_frames, seed=0)
+    for k, idx in enumerate(sampler.global_batches(0)):
+        b = ds.batch(idx, seed=k)
+        assert b.feats.shape[0] * b.feats.shape[1] <= max_frames, (idx, tuple(b.feats.shape))
+
+
 def test_waveform_batches_give_the_same_features_where_they_are_computed(featurized):
     """fbank_on: device: the batch carries waveforms (the same perturbations) and the trainer computes fbank
     on its device; on the CPU the features equal those built in the loader, bit for bit."""
