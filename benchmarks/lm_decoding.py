@@ -129,8 +129,7 @@ def main() -> None:
         # ours again, at pyctcdecode's pruning: the like-for-like speed
         matched = LMDecoder(ours.tables, tok.tokens(), alpha=alpha, beta=beta, beam=a.beam, blank=tok.blank_id,
                             token_min_logp=DEFAULT_MIN_TOKEN_LOGP, prune=DEFAULT_PRUNE_LOGP, unk_offset=unk_offset,
-                            unk_char=unk_char,
-                            recombine=not a.no_recombine)
+                            unk_char=unk_char, recombine=not a.no_recombine)
         decoders[MATCHED] = lambda lp: tok.decode(matched.decode(lp)[0].tokens)
     except ImportError as e:
         print(f"pyctcdecode not installed ({e}); `make bench-deps`", file=sys.stderr)

@@ -136,8 +136,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
         decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), beam=cfg.beam, blank=tok.blank_id,
                                  token_min_logp=cfg.token_min_logp, prune=cfg.prune, unk_offset=cfg.unk_offset,
-                                 unk_char=cfg.unk_char,
-                                 recombine=cfg.recombine)
+                                 unk_char=cfg.unk_char, recombine=cfg.recombine)
         if cfg.tune_split not in have:
             raise FileNotFoundError(f"decode.tune_split: {fdir} has no split {cfg.tune_split!r}")
         _, _, refs, lps = post(cfg.tune_split)
@@ -145,8 +144,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                           merge=lambda refs, hyps: whole(cfg.tune_split, refs, hyps))
         decoder = decoder.with_weights(a, b)
         out["lm"] = {"stage": cfg.lm, "alpha": a, "beta": b, "beam": cfg.beam, "token_min_logp": cfg.token_min_logp,
-                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "unk_char": cfg.unk_char, "recombine": cfg.recombine,
-                     "tuned_on": cfg.tune_split, "grid": grid, "splits": {}}
+                     "prune": cfg.prune, "unk_offset": cfg.unk_offset, "unk_char": cfg.unk_char,
+                     "recombine": cfg.recombine, "tuned_on": cfg.tune_split, "grid": grid, "splits": {}}
         log.info("decode: LM weights alpha=%g beta=%g picked on %s", a, b, cfg.tune_split)
     elif cfg.decoder == "beam":
         out["beam"] = {"beam": cfg.beam, "splits": {}}

@@ -152,8 +152,7 @@ def ship_lm(cfg: Config, ctx, m: str, tuned: dict[str, tuple[dict, str]]) -> dic
     from speechkd.lm.files import BEAM_PRUNE, TOKEN_MIN_LOGP, UNK_CHAR, UNK_OFFSET, ship_lm as ship
 
     default = {"alpha": cfg.alpha, "beta": cfg.beta, "beam": cfg.lm_beam, "token_min_logp": TOKEN_MIN_LOGP,
-               "prune": BEAM_PRUNE, "unk_offset": UNK_OFFSET, "unk_char": UNK_CHAR,
-               "recombine": True}
+               "prune": BEAM_PRUNE, "unk_offset": UNK_OFFSET, "unk_char": UNK_CHAR, "recombine": True}
     weights, tuned_by = tuned.get(m, (default, None))
     out = ship(ctx.stage_dir(cfg.lm), ctx.out_dir / m, weights)
     return {**out, "path": f"{m}/{out['path']}", "tuned_by": tuned_by}

@@ -125,8 +125,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             alpha, beta = float(d["alpha"]), float(d["beta"])
         lm_decoder = LMDecoder.load(ctx.stage_dir(cfg.lm), tok.tokens(), alpha=alpha, beta=beta, beam=cfg.beam,
                                     blank=tok.blank_id, token_min_logp=cfg.token_min_logp, prune=cfg.prune,
-                                    unk_offset=cfg.unk_offset, unk_char=cfg.unk_char,
-                                    recombine=cfg.recombine)
+                                    unk_offset=cfg.unk_offset, unk_char=cfg.unk_char, recombine=cfg.recombine)
         lm_info = {"stage": cfg.lm, "alpha": alpha, "beta": beta}
         log.info("teacher_cache: N-best from the beam fused with %s (alpha=%g, beta=%g)", cfg.lm, alpha, beta)
     V = models[0].cfg.vocab_size
