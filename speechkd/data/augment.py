@@ -7,6 +7,7 @@ so a resumed run, a run with DataLoader workers and a run on another world size 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ class WaveAugment:
                                                           "this list (e.g. [0.9, 1.0, 1.1], Kaldi-style: pitch and "
                                                           "tempo change); needs on-the-fly features")
     noise: str = field("", help="folder of noise recordings (any format libsndfile reads, searched recursively) "
-                                "mixed into training audio; needs on-the-fly features")
+                                "mixed into training audio; needs on-the-fly features. A changed, added or "
+                                "removed recording reruns the stage")
     noise_prob: float = field(0.5, help="share of utterances that get noise")
     snr_db: list[float] = field(default_factory=lambda: [10.0, 20.0], help="[low, high]: the signal-to-noise ratio "
                                                                            "(dB) is drawn uniformly from it")
@@ -92,6 +94,25 @@ class Augmenter:
                 x = AF.add_noise(x.unsqueeze(0), noise.unsqueeze(0), torch.tensor([snr], dtype=torch.float32))[0]
                 x = x.clamp(-1.0, 1.0)
         return x.numpy()
+
+
+def noise_fingerprint(folder: str) -> str | None:
+    """What a training stage's fingerprint takes of its noise folder: each recording's path under it, size, and
+    the first and last 64 KiB of its bytes, so that adding, removing, renaming or rewriting a recording reruns the
+    stage (without reading a large noise corpus whole on every run). None without a folder."""
+    if not folder:
+        return None
+    root = Path(folder)
+    h = hashlib.sha256()
+    for p in _noise_files(root):
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(root).as_posix()}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 16))
+            if size > 1 << 17:
+                f.seek(size - (1 << 16))
+                h.update(f.read())
+    return h.hexdigest()
 
 
 def _noise_files(folder: Path) -> list[Path]:

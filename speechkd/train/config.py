@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from speechkd.config import ConfigError, field, require
-from speechkd.data.augment import WaveAugment
+from speechkd.data.augment import WaveAugment, noise_fingerprint
 from speechkd.models.lstm_ctc import ModelConfig
 from speechkd.train import precision as mp
 
@@ -83,3 +83,13 @@ class TrainConfig:
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
         for k in ("checkpoint_every", "dev_limit", "threads", "max_steps", "workers", "global_batches"):
             require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+
+
+def augment_inputs(cfg, base=None) -> str | None:
+    """A training stage's inputs from outside the experiment: the recordings of its ``augment.noise`` folder
+    (:func:`~speechkd.data.augment.noise_fingerprint`). A folder that is missing or holds no recording is
+    refused when the recipe is loaded, before any stage runs."""
+    try:
+        return noise_fingerprint(cfg.augment.noise)
+    except OSError as e:
+        raise ConfigError(str(e)) from None

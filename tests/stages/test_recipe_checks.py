@@ -335,3 +335,35 @@ def test_a_key_added_at_its_default_reruns_no_finished_stage():
     assert {p.name: p.fingerprint for p in same} == fp
     _, other = load_recipe(QUICK, ["teacher.global_batches=2"])
     assert {p.name: p.fingerprint for p in other}["teacher"] != fp["teacher"]
+
+
+def test_a_training_stage_reruns_when_its_noise_recordings_change(tmp_path):
+    """``augment.noise`` names a folder outside the experiment: its recordings are part of the stage's
+    fingerprint (a changed, added or renamed recording reruns the stage and what reads it); a folder that is
+    missing or holds no recording refuses the recipe in one line."""
+    noise = tmp_path / "noise"
+    write_tone(noise / "hum.wav", seconds=0.5, freq=50.0)
+    write_tone(noise / "sub" / "whine.flac", seconds=0.3, freq=3000.0)
+    (noise / "README.txt").write_text("not audio\n")
+    over = [f"baseline.augment.noise={noise}"]
+
+    def prints():
+        return {p.name: p.fingerprint for p in load_recipe(QUICK, over)[1]}
+
+    plain = {p.name: p.fingerprint for p in load_recipe(QUICK)[1]}
+    first = prints()
+    assert first["baseline"] != plain["baseline"] and first["teacher"] == plain["teacher"]
+    assert prints() == first  # nothing changed, nothing reruns
+    (noise / "README.txt").write_text("still not audio, edited\n")  # not a recording: ignored
+    assert prints() == first
+    write_tone(noise / "hum.wav", seconds=0.5, freq=60.0)  # the same name and size, other samples
+    second = prints()
+    assert second["baseline"] != first["baseline"] and second["decode_baseline"] != first["decode_baseline"]
+    assert second["teacher"] == first["teacher"]
+    (noise / "sub" / "whine.flac").rename(noise / "sub" / "whistle.flac")
+    assert prints()["baseline"] != second["baseline"]
+    for bad, match in ((tmp_path / "none", "is not a folder"), (tmp_path / "empty", "no")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(ConfigError, match=f"stages.baseline: augment.noise: .*{match}") as e:
+            load_recipe(QUICK, [f"baseline.augment.noise={bad}"])
+        assert "\n" not in str(e.value)
