@@ -192,3 +192,22 @@ def test_a_run_with_speed_and_noise_resumes_exactly_with_or_without_workers(feat
     assert all(torch.equal(a[k], c[k]) for k in a)
     e = run(tmp_path / "e", 2, fbank_on="device")  # waveforms from the workers, fbank in the training process
     assert all(torch.equal(a[k], e[k]) for k in a)
+
+
+def test_a_perturbed_batch_does_not_depend_on_the_thread_count(featurized):
+    """A DataLoader worker builds batches on one thread, the training process on all of them: speed
+    perturbation runs on one thread either way (its resampler's output moved by up to 4e-5 between 1 and 2
+    threads on a 2-core AMD EPYC with AVX2 only, so workers changed the weights there)."""
+    (d, noise) = featurized
+    ds = FeatureDataset(d["otf"] / "train.jsonl", CharTokenizer(), stack=1)
+    ds.set_augment(WaveAugment(speed=[0.9, 1.0, 1.1], noise=str(noise)))
+    n = torch.get_num_threads()
+    try:
+        feats = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            feats.append(ds.batch(list(range(min(6, len(ds)))), seed=5).feats)
+            assert torch.get_num_threads() == threads  # restored after the perturbation
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(feats[0], feats[1])
