@@ -14,6 +14,7 @@ matrix products), and the trainer computes the CTC and KD losses in float32 outs
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Literal
 
 import torch
@@ -49,6 +50,19 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_runs_bf16_lstm() -> bool:
+    """Whether the LSTM runs at all under bf16 autocast on this CPU, natively or emulated: oneDNN has no bf16 LSTM
+    on a CPU without AVX-512 (an AMD EPYC with AVX2 only: "could not create a primitive descriptor")."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.nn.LSTM(8, 8)(torch.zeros(3, 2, 8))[0]
+        out.float().sum().backward()
+        return True
+    except RuntimeError:
+        return False
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """``auto | fp32 | bf16 | fp16`` -> the precision a run on ``device`` uses. A choice the device cannot
     run is a ``ValueError`` that says what to use instead."""
@@ -63,6 +77,9 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         raise ValueError("precision: fp16 needs a CUDA device (on the CPU, use bf16 or fp32)")
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ValueError("precision: this GPU has no bf16; use fp16 or fp32")
+    if name == "bf16" and not cuda and not cpu_runs_bf16_lstm():
+        raise ValueError("precision: bf16 cannot run the LSTM on this CPU (oneDNN needs AVX-512 for it); "
+                         "use auto or fp32")
     return name  # type: ignore[return-value]
 
 

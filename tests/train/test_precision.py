@@ -15,7 +15,9 @@ from speechkd.stages import featurize
 from speechkd.stages.runner import StageContext
 from speechkd.text.tokenizer import CharTokenizer
 from speechkd.train import checkpoint as ck
-from speechkd.train.precision import cpu_has_native_bf16, resolve_precision
+from speechkd.train.precision import cpu_has_native_bf16, cpu_runs_bf16_lstm, resolve_precision
+
+BF16 = pytest.mark.skipif(not cpu_runs_bf16_lstm(), reason="oneDNN runs no bf16 LSTM on this CPU (no AVX-512)")
 from speechkd.features.fbank import FbankOptions
 from speechkd.models.bundle import ModelBundle
 from speechkd.stages.train import dev_scorer
@@ -59,7 +61,11 @@ def _trainer(feats, out, precision, objective=None, epochs=2, device="cpu", **ex
 def test_precision_choice_per_device():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16"
+    if cpu_runs_bf16_lstm():
+        assert resolve_precision("bf16", cpu) == "bf16"
+    else:  # an AVX2-only CPU: one line saying what to use, not oneDNN's error at the first step
+        with pytest.raises(ValueError, match="bf16 cannot run the LSTM on this CPU.*use auto or fp32"):
+            resolve_precision("bf16", cpu)
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
@@ -95,6 +101,7 @@ class Recording(Objective):
         return loss
 
 
+@BF16
 def test_bf16_runs_the_lstm_in_bf16_and_the_loss_in_float32(feats, tmp_path):
     obj = Recording()
     t = _trainer(feats, tmp_path, "bf16", objective=obj, epochs=1)
@@ -110,6 +117,7 @@ def test_bf16_runs_the_lstm_in_bf16_and_the_loss_in_float32(feats, tmp_path):
         _trainer(feats, tmp_path / "x", "fp16")  # device cpu: refused when the config is built
 
 
+@BF16
 def test_precision_is_recorded_and_a_resume_in_another_one_is_refused(feats, tmp_path):
     a = _trainer(feats, tmp_path / "a", "bf16")
     summary = a.fit()
@@ -158,3 +166,13 @@ def test_auto_precision_needs_the_bf16_cpu_flag(tmp_path, monkeypatch):
         monkeypatch.setattr(P, "cpu_flags", lambda flags=flags: set(flags.split()))
         assert P.resolve_precision("auto", cpu) == want, flags
     assert read_flags(str(tmp_path / "cpuinfo")) == {"fpu", "amx_tile", "amx_bf16"}
+
+
+def test_bf16_on_a_cpu_without_a_bf16_lstm_is_one_clear_line(monkeypatch):
+    """Where oneDNN has no bf16 LSTM (AVX2 only), an explicit bf16 is refused before training with what to use."""
+    from speechkd.train import precision as P
+
+    monkeypatch.setattr(P, "cpu_runs_bf16_lstm", lambda: False)
+    with pytest.raises(ValueError, match=r"^precision: bf16 cannot run the LSTM on this CPU .*use auto or fp32$"):
+        P.resolve_precision("bf16", torch.device("cpu"))
+    assert P.resolve_precision("fp32", torch.device("cpu")) == "fp32"

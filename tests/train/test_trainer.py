@@ -14,6 +14,7 @@ import torch
 
 from speechkd.stages.runner import run_recipe
 from speechkd.train import checkpoint as ck
+from speechkd.train.precision import cpu_runs_bf16_lstm
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.tts]
@@ -26,6 +27,8 @@ stages:
   featurize: {num_workers: 1}
   tokenizer: {kind: char}
 """
+# bf16 autocast where the CPU runs a bf16 LSTM at all (natively or emulated); fp32 on an AVX2-only CPU
+PREC = "bf16" if cpu_runs_bf16_lstm() else "fp32"
 TEACHER = """
   teacher:
     type: train
@@ -35,8 +38,8 @@ TEACHER = """
     checkpoint_every: 1
     keep_last: 2
     average_last: 2
-    precision: bf16
-"""
+    precision: {precision}
+""".replace("{precision}", PREC)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,8 @@ def _cli(recipe, exp, *extra, **kw):
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(prepared, tmp_path):
-    """Under bf16 autocast (emulated where the CPU has no native bf16): resume is still exact."""
+    """Under bf16 autocast (emulated where the CPU has no native bf16; fp32 where it runs no bf16 LSTM): resume is
+    still exact."""
     recipe, _ = prepared
     a = _copy(prepared, tmp_path / "a")
     b = _copy(prepared, tmp_path / "b")
@@ -88,7 +92,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(prepared, tmp_pat
     assert not (b / "t" / "teacher" / ".done").exists()
     r = subprocess.run(_cli(recipe, b), cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from" in r.stderr and "device cpu, bf16" in r.stderr
+    assert "resuming from" in r.stderr and f"device cpu, {PREC}" in r.stderr
     ta = ck.read_weights(a / "t" / "teacher" / "model.safetensors")[1]
     tb = ck.read_weights(b / "t" / "teacher" / "model.safetensors")[1]
     assert ta.keys() == tb.keys()
