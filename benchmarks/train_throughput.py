@@ -72,7 +72,7 @@ def main() -> None:
 
     from speechkd.config import from_dict, load_yaml
     from speechkd.models import ModelConfig, build_model
-    from speechkd.train.precision import autocast, resolve_precision
+    from speechkd.train.precision import autocast, cpu_runs_bf16_lstm, resolve_precision
 
     from speechkd.utils import set_threads
     set_threads(a.threads)  # numba first: its pool would reset torch's threads
@@ -127,8 +127,11 @@ def main() -> None:
 
     low = resolve_precision("auto", device)
     low = "bf16" if low == "fp32" else low  # emulated bf16 where the CPU has none: the figure then says so
+    if low == "bf16" and device.type == "cpu" and not cpu_runs_bf16_lstm():
+        print("mixed precision: skipped, oneDNN runs no bf16 LSTM on this CPU (no AVX-512)", file=sys.stderr)
+        low = None
     res["mixed_precision"] = low
-    for name, key in (("teacher", "teacher"), ("baseline", "student")):
+    for name, key in (("teacher", "teacher"), ("baseline", "student")) if low else ():
         mcfg = from_dict(ModelConfig, {**stages[name]["model"], "dropout": 0.0})
         ours = build_model(mcfg).to(device)
         params = list(ours.parameters())
@@ -143,7 +146,7 @@ def main() -> None:
         res[f"{low}_speedup_{key}"] = round(o16 / o32, 2)
         print(f"{key:9s} fp32 {o32:9.1f} s audio/s   {low} {o16:9.1f} s audio/s   speedup {o16 / o32:.2f}", flush=True)
 
-    if a.exp:
+    if a.exp and low:
         res.update(dev_cost(a.exp, stages, a.steps, a.threads, low, a.device))
     print(json.dumps(res))
 
