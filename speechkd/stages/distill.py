@@ -26,8 +26,8 @@ from speechkd.models.lstm_ctc import ModelConfig
 from speechkd.stages import MODEL_STAGES
 from speechkd.stages.train import Config as TrainStageConfig
 from speechkd.stages.train import dev_scorer, left_out, prepare
+from speechkd.train.config import augment_inputs as fingerprint_inputs  # noqa: F401 (its noise recordings)
 from speechkd.train.trainer import train
-from speechkd.train.config import augment_inputs as fingerprint_inputs  # noqa: F401 (the noise recordings)
 from speechkd.utils import pick_device
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from speechkd.stages.distill import Config as DistillConfig
 from speechkd.stages.distill import run as distill_run
 from speechkd.stages.distill import upstream as distill_upstream
 from speechkd.train.config import OptimConfig
-from speechkd.train.config import augment_inputs as fingerprint_inputs  # noqa: F401 (the noise recordings)
+from speechkd.train.config import augment_inputs as fingerprint_inputs  # noqa: F401 (its noise recordings)
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from speechkd.models.lstm_ctc import build_model
 from speechkd.features.fbank import read_fbank_options
 from speechkd.text.tokenizer import load_tokenizer, tokenizer_fingerprint
 from speechkd.train.config import TrainConfig
-from speechkd.train.config import augment_inputs as fingerprint_inputs  # noqa: F401 (the noise recordings)
+from speechkd.train.config import augment_inputs as fingerprint_inputs  # noqa: F401 (its noise recordings)
 from speechkd.train.trainer import train
 
 log = logging.getLogger(__name__)

@@ -54,13 +54,14 @@ def cpu_has_native_bf16() -> bool:
 def cpu_runs_bf16_lstm() -> bool:
     """Whether the LSTM runs at all under bf16 autocast on this CPU, natively or emulated: oneDNN has no bf16 LSTM
     on a CPU without AVX-512 (an AMD EPYC with AVX2 only: "could not create a primitive descriptor")."""
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = torch.nn.LSTM(8, 8)(torch.zeros(3, 2, 8))[0]
-        out.float().sum().backward()
-        return True
-    except RuntimeError:
-        return False
+    with torch.random.fork_rng(devices=[]):  # the probe's random weights leave the run's random stream alone
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = torch.nn.LSTM(8, 8)(torch.zeros(3, 2, 8))[0]
+            out.float().sum().backward()
+            return True
+        except RuntimeError:
+            return False
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:

@@ -16,14 +16,14 @@ from speechkd.stages.runner import StageContext
 from speechkd.text.tokenizer import CharTokenizer
 from speechkd.train import checkpoint as ck
 from speechkd.train.precision import cpu_has_native_bf16, cpu_runs_bf16_lstm, resolve_precision
-
-BF16 = pytest.mark.skipif(not cpu_runs_bf16_lstm(), reason="oneDNN runs no bf16 LSTM on this CPU (no AVX-512)")
 from speechkd.features.fbank import FbankOptions
 from speechkd.models.bundle import ModelBundle
 from speechkd.stages.train import dev_scorer
 from speechkd.train.objective import Objective
 from speechkd.train.trainer import TrainConfig, Trainer
 from tests.conftest import write_tone
+
+BF16 = pytest.mark.skipif(not cpu_runs_bf16_lstm(), reason="oneDNN runs no bf16 LSTM on this CPU (no AVX-512)")
 
 TEXTS = ["a cat", "the dog", "a bee sat", "go on", "ten hens", "no", "one tea", "a hat", "it is on", "we ate"]
 
@@ -176,3 +176,15 @@ def test_bf16_on_a_cpu_without_a_bf16_lstm_is_one_clear_line(monkeypatch):
     with pytest.raises(ValueError, match=r"^precision: bf16 cannot run the LSTM on this CPU .*use auto or fp32$"):
         P.resolve_precision("bf16", torch.device("cpu"))
     assert P.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_the_bf16_probe_leaves_the_random_stream_alone():
+    """The probe builds a small LSTM (random weights): it must not move the run's seeded random stream."""
+    from speechkd.train import precision as P
+
+    torch.manual_seed(0)
+    want = torch.randn(4)
+    P.cpu_runs_bf16_lstm.cache_clear()
+    torch.manual_seed(0)
+    P.cpu_runs_bf16_lstm()
+    assert torch.equal(torch.randn(4), want)
