@@ -24,6 +24,7 @@ from speechkd.quant.ort import quantize_int8
 from speechkd.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
+OUTPUT_FORMAT = 2  # 2: int8 weights on [-64, 64] (ONNX Runtime's reduce_range; 1: [-127, 127])
 
 
 @dataclass

@@ -21,7 +21,10 @@ recipe names (plain names only: they become folders), and every reference from o
 another (a stage's ``upstream(cfg)``: it must name an *earlier* stage of a fitting type).
 
 A stage's fingerprint covers its type, config and the seed, the content of files it reads outside
-the experiment (``fingerprint_inputs``), and the fingerprints of the stages it reads.
+the experiment (``fingerprint_inputs``), the fingerprints of the stages it reads, and the stage
+type's ``OUTPUT_FORMAT`` where it has one (raised when a new speechkd writes other results for the
+same config, e.g. another int8 grid, so that an existing experiment reruns that stage and what
+reads it).
 
 A recipe may build on another (``extends: ../default``, a recipe file or folder, relative to its own
 folder): it gets the base's stages, in their order, with its own after them; a stage it names that the
@@ -189,8 +192,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[d
                      if hasattr(mod, "fingerprint_inputs") else None)
         except (ConfigError, ValueError) as e:  # a missing or unusable input is refused here, before any
             raise ConfigError(f"{rf}: stages.{sname}: {e}") from None  # stage folder is touched
-        fp = stable_hash({"type": stype, "config": fingerprinted(cfg), "seed": seed, "inputs": extra,
-                          "upstream": {r: by_name[r].fingerprint for r in reads}})
+        what = {"type": stype, "config": fingerprinted(cfg), "seed": seed, "inputs": extra,
+                "upstream": {r: by_name[r].fingerprint for r in reads}}
+        if hasattr(mod, "OUTPUT_FORMAT"):  # absent: the fingerprint is what it always was
+            what["format"] = mod.OUTPUT_FORMAT
+        fp = stable_hash(what)
         st = PlannedStage(sname, stype, cfg, fp, reads, stage_dirs.get(sname, rf.parent))
         planned.append(st)
         by_name[sname] = st

@@ -35,7 +35,8 @@ from speechkd.train.config import augment_inputs as fingerprint_inputs  # noqa: 
 log = logging.getLogger(__name__)
 
 DISTRIBUTED = True
-QUANTIZATION = "int8 weights, symmetric per output channel (quantization-aware, speechkd qat)"
+OUTPUT_FORMAT = 2  # 2: weights baked on the [-64, 64] int8 grid (1: [-127, 127])
+QUANTIZATION = "int8 weights in [-64, 64], symmetric per output channel (quantization-aware, speechkd qat)"
 
 
 @dataclass

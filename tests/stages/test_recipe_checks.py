@@ -204,6 +204,18 @@ def test_fingerprints_follow_the_graph():
     assert {p.name: p.reads for p in changed}["selftrain"] == ["featurize", "tokenizer", "teacher_cache"]
 
 
+def test_a_stage_whose_output_format_changes_reruns_with_what_reads_it(monkeypatch):
+    """A new int8 grid is the same config with other results: the qat stage's OUTPUT_FORMAT is in its fingerprint,
+    so an existing experiment reruns it and everything downstream, and nothing upstream."""
+    import speechkd.stages.qat as qat
+
+    _, base = load_recipe(QUICK)
+    monkeypatch.setattr(qat, "OUTPUT_FORMAT", qat.OUTPUT_FORMAT + 1)
+    _, changed = load_recipe(QUICK)
+    differ = [a.name for a, b in zip(base, changed) if a.fingerprint != b.fingerprint]
+    assert differ == ["student_qat", "decode_student_qat", "export", "latency", "report"]
+
+
 # -- issue 21: shared defaults, and what the report may read ------------------------------------------
 
 BASE3 = "stages:\n  corpus: {}\n  featurize: {}\n  tokenizer: {}\n  t: {type: train}\n"
