@@ -69,7 +69,10 @@ def make_bad_corpus(tmp: Path) -> tuple[list[Utterance], dict[str, str]]:
     return rows, expect
 
 
-def test_skip_policy_rejects_each_kind_and_keeps_the_rest(tmp_path):
+def test_skip_policy_rejects_each_kind_and_keeps_the_rest(tmp_path, monkeypatch):
+    import speechkd.data.featurize as F
+
+    monkeypatch.setattr(F, "POOL_MIN_SECONDS", 0.0)  # through the worker pool (2 workers), however short the audio
     rows, expect = make_bad_corpus(tmp_path)
     ctx = _ctx(tmp_path)
     write_manifest(rows, ctx.exp_dir / "corpus" / "train.jsonl")
