@@ -3,14 +3,15 @@
 The grid is exactly the one ONNX Runtime's dynamic quantization puts the exported weights on
 (``quantize_dynamic(..., weight_type=QInt8, per_channel=True, reduce_range=True)``, see
 :mod:`speechkd.quant.ort`): symmetric int8 in [-64, 64], one scale per output channel,
-``scale = max|row| / 64``, round half to even. The reduced range (7-bit magnitudes) is what keeps
-the int8 model exact on every x86 CPU: ONNX Runtime's uint8 x int8 kernel for CPUs without VNNI
-(AVX2) adds pairs of products in int16 with saturation, and 2 * 255 * 127 overflows it while
-2 * 255 * 64 = 32,640 does not. That is every row of an LSTM's ``weight_ih`` / ``weight_hh`` (one gate unit
-each; ORT's ``DynamicQuantizeLSTM`` quantizes W and R per row of ``4 * hidden``) and every output
-unit of the final linear layer (``MatMulInteger`` per column of the transposed weight). Biases,
-CMVN and the activations stay float here; ONNX Runtime quantizes the activations dynamically
-(uint8, one scale per GEMM call), which the tests measure rather than simulate.
+``scale = max|row| / 64``, round half to even. A channel is every row of an LSTM's ``weight_ih`` /
+``weight_hh`` (one gate unit each; ORT's ``DynamicQuantizeLSTM`` quantizes W and R per row of
+``4 * hidden``) and every output unit of the final linear layer (``MatMulInteger`` per column of the
+transposed weight). Biases, CMVN and the activations stay float here; ONNX Runtime quantizes the
+activations dynamically (uint8, one scale per GEMM call), which the tests measure rather than simulate.
+
+The reduced range (7-bit magnitudes) is what keeps the int8 model exact on every x86 CPU: ONNX
+Runtime's uint8 x int8 kernel for CPUs without VNNI (AVX2) adds pairs of products in int16 with
+saturation, and 2 * 255 * 127 overflows it while 2 * 255 * 64 = 32,640 does not.
 
 The gradient is the straight-through estimator: the forward sees the quantized weight, the
 backward passes the gradient to the float weight unchanged.
