@@ -260,89 +260,129 @@ def _key(s, wn, c, nwn, V):
 
 
 @njit(_nrt=False, **_j)
-def advance(lp, n, st, ws, lmt, wt, tt, alpha, beta, beam, blank, min_logp, prune, recombine):
+def advance(lp, n, st, ws, lmt, wt, tt, ub, alpha, beta, beam, blank, min_logp, prune, recombine):
     """Run the beam over frames ``lp[:n]`` (natural-log posteriors, (>=n, V)). The prefix trie must have
     room for ``n * beam`` more nodes (the caller grows ``st``). ``ws``: candidate workspaces of
-    ``beam * (V + 1)`` rows and the frame's best list. Candidates below the best by more than ``-prune`` are
-    dropped. With ``recombine``, of two candidates with the same LM state, word-trie node and last token only
-    the better is kept (their futures are the same: the other almost never overtakes it), as pyctcdecode's history
-    pruning and flashlight's candidate merging do; it frees beam room for different hypotheses."""
+    ``beam * (V + 1)`` rows, the frame's best list and the beam's total scores; ``ub``: per word id an upper bound on its natural-log
+    LM probability in any context. Candidates below the best by more than ``-prune`` are dropped. With
+    ``recombine``, of two candidates with the same LM state, word-trie node and last token only the better is
+    kept (their futures are the same: the other almost never overtakes it), as pyctcdecode's history pruning
+    and flashlight's candidate merging do; it frees beam room for different hypotheses."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
     (cnode, cpar, ctok, cpb, cpnb, clm, cnw, cst, cwn, ftoks, top, trow, tkey) = ws
+    htot = clm  # (rows 0..nb_-1, the beam's own prefixes, use no LM fields: there it holds their total scores)
     nk, nv, nlp, bow, ex, sfx, dep, dims = lmt
     whk, whv, wof, wla, wdp = wt
     begins, off, ln, chars, unk_pen = tt
     upen, uchr = unk_pen[0], unk_pen[1]
+    ubunk = ub[dims[2]] + upen  # an out-of-vocabulary word's LM score is at most this (the spelling cost is <= 0)
     V = lp.shape[1]
     nwn = wof.shape[0]
     nb_ = meta[1]
+    bounded = alpha >= 0.0
     for i in range(n):
         t = meta[2] + i
-        nft = 0
         top_c = 0
         for c in range(V):
             if lp[i, c] > lp[i, top_c]:
                 top_c = c
-        for c in range(V):  # tokens worth extending: above min_logp, and the frame's best token always
+        nft = 0
+        for c in range(V):  # tokens worth extending (above min_logp, and the frame's best always), best first
             if c != blank and (lp[i, c] >= min_logp or c == top_c):
-                ftoks[nft] = c
+                j = nft
+                while j > 0 and lp[i, ftoks[j - 1]] < lp[i, c]:
+                    ftoks[j] = ftoks[j - 1]
+                    j -= 1
+                ftoks[j] = c
                 nft += 1
-        nc = 0
+        # Rows 0..nb_-1: the beam's own prefixes, continued by blank or their last token, plus what their parent
+        # (when it is in the beam too) adds by extending to them. A prefix has one parent, so these scores are
+        # exact, and every other candidate is a prefix with a single source: its parent's extension.
+        for h in range(nb_):
+            node = bnode[h]
+            stamp[node] = t
+            slot[node] = h
+            cnode[h] = node
+            htot[h] = lse(bpb[h], bpnb[h])
+            cpb[h] = htot[h] + lp[i, blank]
+            last = tok[node]
+            cpnb[h] = bpnb[h] + lp[i, last] if last >= 0 else NEG
+        for h in range(nb_):
+            node = bnode[h]
+            if node != 0:
+                p = parent[node]
+                c = tok[node]
+                if stamp[p] == t and (lp[i, c] >= min_logp or c == top_c):
+                    r = slot[p]
+                    src = bpb[r] if c == tok[p] else htot[r]
+                    cpnb[h] = lse(cpnb[h], src + lp[i, c])
+        nt = 0
+        for h in range(nb_):
+            node = bnode[h]
+            x = lse(cpb[h], cpnb[h]) + alpha * lmacc[node] + beta * nw[node]
+            nt = _push(x, h, _key(lms[node], wnode[node], tok[node], nwn, V), top, trow, tkey, nt, beam,
+                       recombine, prune)
+        # The extensions, best hypothesis and best token first. Each is scored in full only when an upper bound
+        # on its score can still enter the list and clear the prune line: a word that ends scores at most its
+        # word's bound (or <unk>'s) in place of the parent's look-ahead, and adds a word; a word that goes on
+        # keeps at most the parent's look-ahead (it only falls as the word grows), or is charged <unk>. The
+        # list is the one scoring every candidate in full gives.
+        nc = nb_
         for h in range(nb_):
             node = bnode[h]
             pb = bpb[h]
-            pnb = bpnb[h]
-            tot = lse(pb, pnb)
+            tot = htot[h]
             last = tok[node]
-            j, nc = _slot(node, t, nc, stamp, slot, cnode, cpb, cpnb)
-            cpb[j] = lse(cpb[j], tot + lp[i, blank])
-            if last >= 0:
-                cpnb[j] = lse(cpnb[j], pnb + lp[i, last])
-            for q in range(nft):
+            wn = wnode[node]
+            la = wla[wn] if wn > 0 else 0.0
+            base_lm = alpha * (lmacc[node] - la)
+            # a word that goes on: the look-ahead only falls, or <unk> is charged (nothing more once charged)
+            on = base_lm + (alpha * max(la, ubunk) if wn >= 0 else 0.0) + beta * nw[node]
+            end = 0.0  # a word that ends: its bound (<unk>'s for a spelling outside the vocabulary, charged already
+            if wn > 0:  # when wn < 0)
+                w = wof[wn]
+                end = ub[w] if w >= 0 else ubunk + uchr * wdp[wn]
+            ends = base_lm + alpha * end + beta * (nw[node] + 1 if beta > 0.0 else nw[node])
+            starts = alpha * max(0.0, ubunk)  # a piece that ends a word and spells the next one's start
+            most = max(on, ends + starts)
+            q = 0
+            while q < nft:
                 c = ftoks[q]
+                q += 1
                 add = (pb if c == last else tot) + lp[i, c]
+                if bounded and nt > 0:
+                    if tot + lp[i, c] + most < top[0] + prune or (nt >= beam and tot + lp[i, c] + most < top[beam - 1]):
+                        q = nft  # no token after this one (they are best first) can enter either
+                        continue
+                    if begins[c] and wn != 0:
+                        bound = add + ends + (starts if ln[c] > 0 else 0.0)
+                    else:
+                        bound = add + on
+                    if bound < top[0] + prune or (nt >= beam and bound < top[beam - 1]):
+                        continue
                 child = _find(hk, hv, node * V + c + 1)
                 if child >= 0:
-                    j, nc = _slot(child, t, nc, stamp, slot, cnode, cpb, cpnb)
-                    cpnb[j] = lse(cpnb[j], add)
+                    if stamp[child] != t:  # a prefix the beam dropped earlier: its LM fields are known
+                        cnode[nc] = child
+                        cpb[nc] = NEG
+                        cpnb[nc] = add
+                        x = add + alpha * lmacc[child] + beta * nw[child]
+                        nt = _push(x, nc, _key(lms[child], wnode[child], c, nwn, V), top, trow, tkey, nt, beam,
+                                   recombine, prune)
+                        nc += 1
                 else:
                     cnode[nc] = -1
                     cpar[nc] = node
                     ctok[nc] = c
                     cpb[nc] = NEG
                     cpnb[nc] = add
+                    clm[nc], cnw[nc], cst[nc], cwn[nc] = _extend(nk, nv, nlp, bow, ex, sfx, dep, dims, whk, whv, wof,
+                                                                 wla, wdp, begins, off, ln, chars, upen, uchr, c,
+                                                                 lmacc[node], nw[node], lms[node], wn)
+                    x = add + alpha * clm[nc] + beta * cnw[nc]
+                    nt = _push(x, nc, _key(cst[nc], cwn[nc], c, nwn, V), top, trow, tkey, nt, beam, recombine,
+                               prune)
                     nc += 1
-        # The frame's best list, without sorting: the prefixes already in the trie first (their scores are
-        # exact), then the new ones, each extended by the LM only when an upper bound on its score can still
-        # enter the list (a word that ends may score up to 0 in place of the parent's look-ahead, and add a
-        # word; a word that goes on keeps at most the parent's look-ahead). The list is the one scoring every
-        # candidate in full gives.
-        nt = 0
-        for r in range(nc):
-            node = cnode[r]
-            if node >= 0:
-                x = lse(cpb[r], cpnb[r]) + alpha * lmacc[node] + beta * nw[node]
-                nt = _push(x, r, _key(lms[node], wnode[node], tok[node], nwn, V), top, trow, tkey, nt, beam,
-                           recombine, prune)
-        for r in range(nc):
-            if cnode[r] < 0:
-                p = cpar[r]
-                base = cpnb[r]  # a new prefix has no blank-ending mass yet
-                if nt > 0 and alpha >= 0.0:  # the bound cannot enter a full list, or is pruned already
-                    la = wla[wnode[p]] if wnode[p] > 0 else 0.0
-                    if begins[ctok[r]] and wnode[p] != 0:  # a word ends: its score may beat the look-ahead
-                        bound = base + alpha * (lmacc[p] - la) + beta * (nw[p] + 1 if beta > 0.0 else nw[p])
-                    else:  # the word goes on: the look-ahead only falls, or <unk> (at most unk_pen: the
-                        # spelling cost is <= 0) is charged
-                        bound = base + alpha * (lmacc[p] - la + max(la, upen)) + beta * nw[p]
-                    if bound < top[0] + prune or (nt >= beam and bound < top[beam - 1]):
-                        continue
-                clm[r], cnw[r], cst[r], cwn[r] = _extend(nk, nv, nlp, bow, ex, sfx, dep, dims, whk, whv, wof, wla,
-                                                         wdp, begins, off, ln, chars, upen, uchr, ctok[r], lmacc[p],
-                                                         nw[p], lms[p], wnode[p])
-                x = base + alpha * clm[r] + beta * cnw[r]
-                nt = _push(x, r, _key(cst[r], cwn[r], ctok[r], nwn, V), top, trow, tkey, nt, beam, recombine,
-                           prune)
         keep = nt
         while keep > 1 and top[keep - 1] < top[0] + prune:
             keep -= 1
@@ -389,6 +429,17 @@ def finish(st, lmt, wt, alpha, beta, unk_pen, unk_chr, out_node, out_fused, out_
         out_fused[r] = fused[order[r]]
         out_ctc[r] = lse(bpb[order[r]], bpnb[order[r]])
     return m
+
+
+@njit(**_j)
+def search(lp, st, ws, lmt, wt, tt, ub, alpha, beta, beam, blank, min_logp, prune, recombine, out_node, out_fused,
+           out_ctc):
+    """One utterance in one call (:func:`reset`, :func:`advance` over every frame, :func:`finish`): an offline
+    decode pays for passing the arrays in once instead of three times. Returns how many hypotheses were written."""
+    reset(st, lmt, lp.shape[1])
+    if lp.shape[0] > 0:
+        advance(lp, lp.shape[0], st, ws, lmt, wt, tt, ub, alpha, beta, beam, blank, min_logp, prune, recombine)
+    return finish(st, lmt, wt, alpha, beta, tt[4][0], tt[4][1], out_node, out_fused, out_ctc)
 
 
 @njit(**_j)

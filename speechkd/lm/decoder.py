@@ -59,8 +59,9 @@ class LMBeam:
         return (i(), i(), i(), i(), i(), np.zeros(C), i(), i(), i(), np.zeros(H, np.int64), np.zeros(H, np.int64),
                 np.zeros(b, np.int64), np.zeros(b), np.zeros(b), np.zeros(3, np.int64))
 
-    def _room(self, frames: int) -> None:
-        need = int(self.st[14][0]) + frames * self.dec.beam + 1
+    def _room(self, frames: int, nodes: int | None = None) -> None:
+        """Grow the trie to hold ``frames`` more frames' nodes (after ``nodes`` in use; default: the current count)."""
+        need = (int(self.st[14][0]) if nodes is None else nodes) + frames * self.dec.beam + 1
         C = self.st[0].shape[0]
         if need <= C:
             return
@@ -72,17 +73,21 @@ class LMBeam:
         self.st = new
         K.rehash(self.st, self.V)
 
-    def accept(self, log_probs: np.ndarray) -> None:
-        """Advance over ``(frames, vocab)`` natural-log posteriors."""
+    def _check(self, log_probs: np.ndarray) -> np.ndarray:
         lp = np.ascontiguousarray(log_probs, np.float32)
         if lp.ndim != 2 or lp.shape[1] != self.V:
             raise ValueError(f"posteriors must be (frames, {self.V}), got {lp.shape}")
+        return lp
+
+    def accept(self, log_probs: np.ndarray) -> None:
+        """Advance over ``(frames, vocab)`` natural-log posteriors."""
+        lp = self._check(log_probs)
         if not len(lp):
             return
         self._room(len(lp))
         d = self.dec
-        K.advance(lp, len(lp), self.st, self.ws, d.tables.lmt, d.tables.wt, d.tt, d.alpha, d.beta, d.beam, d.blank,
-                  d.token_min_logp, d.prune, d.recombine)
+        K.advance(lp, len(lp), self.st, self.ws, d.tables.lmt, d.tables.wt, d.tt, d.tables.word_bound, d.alpha, d.beta,
+                  d.beam, d.blank, d.token_min_logp, d.prune, d.recombine)
 
     def best(self) -> list[int]:
         """The best prefix so far (partial result; the last word not yet closed)."""
@@ -91,13 +96,25 @@ class LMBeam:
 
     def finish(self, nbest: int = 1) -> list[Hyp]:
         """Close every hypothesis (last word, ``</s>``); the ``nbest`` best by fused score."""
-        node = np.empty(nbest, np.int64)
-        fused = np.empty(nbest)
-        ctc = np.empty(nbest)
+        node, fused, ctc = np.empty(nbest, np.int64), np.empty(nbest), np.empty(nbest)
         d, st = self.dec, self.st
         m = K.finish(st, d.tables.lmt, d.tables.wt, d.alpha, d.beta, d.tt[4][0], d.tt[4][1], node, fused, ctc)
+        return self._hyps(m, node, fused, ctc)
+
+    def _hyps(self, m: int, node: np.ndarray, fused: np.ndarray, ctc: np.ndarray) -> list[Hyp]:
+        st = self.st
         return [Hyp(K.prefix_tokens(st[0], st[1], st[2], node[r]).tolist(), float(fused[r]), float(ctc[r]))
                 for r in range(m)]
+
+    def search(self, log_probs: np.ndarray, nbest: int = 1) -> list[Hyp]:
+        """A whole utterance from an empty beam (what ``restart``, ``accept`` and ``finish`` give, in one call)."""
+        lp = self._check(log_probs)
+        self._room(len(lp), nodes=1)
+        node, fused, ctc = np.empty(nbest, np.int64), np.empty(nbest), np.empty(nbest)
+        d = self.dec
+        m = K.search(lp, self.st, self.ws, d.tables.lmt, d.tables.wt, d.tt, d.tables.word_bound, d.alpha, d.beta,
+                     d.beam, d.blank, d.token_min_logp, d.prune, d.recombine, node, fused, ctc)
+        return self._hyps(m, node, fused, ctc)
 
 
 class LMDecoder:
@@ -139,11 +156,8 @@ class LMDecoder:
         b = getattr(self._pool, "beam", None)  # one search state per thread, reused from utterance to utterance
         if b is None:
             b = self._pool.beam = LMBeam(self, max(len(log_probs), 1))
-        else:
-            b.restart()
         b.dec = self  # (the weights may differ: with_weights shares the pool)
-        b.accept(log_probs)
-        return b.finish(nbest)
+        return b.search(log_probs, nbest)
 
     def decode_batch(self, utterances: list[np.ndarray], nbest: int = 1, threads: int = 1) -> list[list[Hyp]]:
         """Many utterances (each ``(frames, vocab)``), in order; ``threads`` run side by side."""

@@ -62,6 +62,25 @@ class LMTables:
     lmt: tuple
     wt: tuple
 
+    @property
+    def word_bound(self) -> np.ndarray:
+        """Per word id, an upper bound on ``ln P(word | any context)``: the best listed n-gram ending in the word,
+        plus the largest backoff sum a query can add (0 where no backoff weight is positive). The search uses it
+        to skip a hypothesis whose word ends before scoring the word."""
+        ub = getattr(self, "_word_bound", None)
+        if ub is None:
+            hk, hv, lp, bow, exists = self.lmt[:5]
+            W, order = int(self.lmt[7][0]), int(self.lmt[7][1])
+            used = hk != 0
+            node, word = hv[used], (hk[used] - 1) % W
+            listed = exists[node] != 0
+            ub = np.full(W, -np.inf)
+            np.maximum.at(ub, word[listed], lp[node[listed]])
+            pos = bow[exists != 0]
+            ub += (order - 1) * max(0.0, float(pos.max()) if pos.size else 0.0)
+            self._word_bound = ub
+        return ub
+
     @classmethod
     def from_arpa(cls, path: str | Path) -> "LMTables":
         """From an ARPA file, or from the ``<name>.tables.npz`` beside it when that was built from this very file

@@ -320,3 +320,20 @@ def test_spike_lags_reference_backend_uses_no_numba(monkeypatch):
     late = np.roll(lp, 2, axis=1)
     monkeypatch.setattr(cpu, "match_spikes", lambda *a: (_ for _ in ()).throw(AssertionError("numba used")))
     np.testing.assert_array_equal(K.spike_lags(lp, late, backend="reference"), [2, 2, 2])
+
+
+def test_lse_skips_libm_only_where_the_sum_is_the_larger_term_bit_for_bit():
+    """``core.lse`` returns the larger term without calling log1p/exp when the other is under e^-37 of it and
+    it is at least 2 in size: the result must equal the full formula exactly, across that boundary too."""
+    import math
+
+    from speechkd.kernels import core
+
+    rng = np.random.default_rng(0)
+    big = np.concatenate([rng.uniform(-2000, 2000, 3000), rng.uniform(-2.5, 2.5, 3000), [2.0, -2.0, 1.0, -1.0, 1.99, -1.99]])
+    gap = np.concatenate([rng.uniform(30, 45, 3000), rng.uniform(36.9, 37.1, 3006)])
+    for a, g in zip(big, gap):
+        b = a - g
+        want = a + math.log1p(math.exp(b - a))
+        assert core.lse(a, b) == want and core.lse(b, a) == want
+    assert core.lse(-np.inf, 3.0) == 3.0 and core.lse(3.0, -np.inf) == 3.0

@@ -164,10 +164,12 @@ def test_streaming_chunks_end_where_the_offline_search_ends():
 
 
 # -- the narrow beam against a plain Python one --------------------------------------------------------------
-def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None, prune=-np.inf, unk_chr=0.0):
+def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None, prune=-np.inf, unk_chr=0.0,
+                    min_logp=-np.inf):
     """The fused prefix beam search written plainly (dicts of prefixes, every candidate scored in full).
     ``same_future(prefix)``: a key; of the candidates sharing one, only the best is kept (recombination).
-    Hypotheses more than ``-prune`` below the frame's best are dropped."""
+    Hypotheses more than ``-prune`` below the frame's best are dropped; a token under ``min_logp`` in a frame
+    (not the frame's best) extends nothing."""
     vocab = {w for (w,) in lm.probs[0]} - {BOS, EOS, UNK}
     prefixes = {w[:i] for w in vocab for i in range(1, len(w) + 1)}
 
@@ -203,6 +205,8 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None
                 n0 = np.logaddexp(n0, pnb + lp[t, prefix[-1]])
             new[prefix] = (b0, n0)
             for c in range(1, lp.shape[1]):
+                if lp[t, c] < min_logp and c != int(np.argmax(lp[t])):
+                    continue
                 ext = prefix + (c,)
                 add = (pb if prefix and c == prefix[-1] else tot) + lp[t, c]
                 b1, n1 = new.get(ext, (-np.inf, -np.inf))
@@ -217,17 +221,19 @@ def _reference_beam(lp, tokens, lm, alpha, beta, beam, unk_pen, same_future=None
     return sorted(((p, fused(p, *s, final=True)) for p, s in hyps.items()), key=lambda x: -x[1])
 
 
-@pytest.mark.parametrize("recombine,prune,unk_offset,unk_char", [
-    (False, -np.inf, -1.5, 0.0), (True, -np.inf, -1.5, 0.0), (True, -3.0, -1.5, 0.0), (True, -np.inf, 2.0, 0.0),
-    (True, -np.inf, -1.5, -0.7), (False, -3.0, 2.0, -0.3)])
+@pytest.mark.parametrize("recombine,prune,unk_offset,unk_char,min_logp", [
+    (False, -np.inf, -1.5, 0.0, -np.inf), (True, -np.inf, -1.5, 0.0, -np.inf), (True, -3.0, -1.5, 0.0, -np.inf),
+    (True, -np.inf, 2.0, 0.0, -np.inf), (True, -np.inf, -1.5, -0.7, -np.inf), (False, -3.0, 2.0, -0.3, -np.inf),
+    (True, -3.0, -1.5, -0.7, -2.5), (False, -np.inf, 2.0, 0.0, -1.5)])
 @pytest.mark.parametrize("beam", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("seed", range(4))
-def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine, prune, unk_offset, unk_char):
+def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine, prune, unk_offset, unk_char, min_logp):
     """The kernel extends a candidate's LM state only while an upper bound on its score can still enter the
     beam; the beam it keeps is the one a search that scores every candidate in full keeps. With recombination,
     that search keeps only the best of the candidates with the same LM state, partial word and last token.
     Also with pruning, with a bonus for out-of-vocabulary words (the bound of a word that goes on then
-    rests on the <unk> charge, not on the look-ahead), and with a cost per character of them."""
+    rests on the <unk> charge, not on the look-ahead), with a cost per character of them, and with a token
+    threshold (a prefix's parent then adds to it only in the frames where the token passes)."""
     rng = np.random.default_rng(seed)
     tokens = ["<blk>", "|", "a", "b", "c"]
     words = ["a", "ab", "ba", "cab", "b", "abc"]
@@ -236,14 +242,14 @@ def test_a_narrow_beam_keeps_what_a_plain_search_keeps(beam, seed, recombine, pr
     lp[:, 0] += 1.0
     lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).astype(np.float32)
     alpha, beta = (0.8, 1.2) if seed % 2 else (0.5, 6.0)  # a large word bonus tests the bound's +beta
-    dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam, token_min_logp=-np.inf,
+    dec = LMDecoder(LMTables.from_lm(lm), tokens, alpha=alpha, beta=beta, beam=beam, token_min_logp=min_logp,
                     prune=prune, unk_offset=unk_offset, unk_char=unk_char, recombine=recombine)
 
     def same_future(prefix):
         return (*K.prefix_state(dec.tables.lmt, dec.tables.wt, dec.tt, np.asarray(prefix, np.int64)), prefix[-1:])
 
     want = _reference_beam(lp.astype(np.float64), tokens, lm, alpha, beta, beam, unk_offset * LN10,
-                           same_future if recombine else None, prune, unk_char * LN10)
+                           same_future if recombine else None, prune, unk_char * LN10, min_logp)
     got = dec.decode(lp, nbest=beam)
     assert [tuple(h.tokens) for h in got] == [p for p, _ in want]
     assert [h.fused for h in got] == pytest.approx([s for _, s in want], abs=1e-6)
