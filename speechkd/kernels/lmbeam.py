@@ -261,16 +261,16 @@ def _key(s, wn, c, nwn, V):
 
 @njit(_nrt=False, **_j)
 def advance(lp, n, st, ws, lmt, wt, tt, ub, alpha, beta, beam, blank, min_logp, prune, recombine):
-    """Run the beam over frames ``lp[:n]`` (natural-log posteriors, (>=n, V)). The prefix trie must have
-    room for ``n * beam`` more nodes (the caller grows ``st``). ``ws``: candidate workspaces of
-    ``beam * (V + 1)`` rows, the frame's best list and the beam's total scores; ``ub``: per word id an upper bound on its natural-log
-    LM probability in any context. Candidates below the best by more than ``-prune`` are dropped. With
-    ``recombine``, of two candidates with the same LM state, word-trie node and last token only the better is
-    kept (their futures are the same: the other almost never overtakes it), as pyctcdecode's history pruning
-    and flashlight's candidate merging do; it frees beam room for different hypotheses."""
+    """Run the beam over frames ``lp[:n]`` (natural-log posteriors, (>=n, V)). The prefix trie must have room
+    for ``n * beam`` more nodes (the caller grows ``st``). ``ws``: candidate workspaces of ``beam * (V + 1)``
+    rows and the frame's best list; ``ub``: per word id an upper bound on its natural-log LM probability in
+    any context. Candidates below the best by more than ``-prune`` are dropped. With ``recombine``, of two
+    candidates with the same LM state, word-trie node and last token only the better is kept (their futures
+    are the same: the other almost never overtakes it), as pyctcdecode's history pruning and flashlight's
+    candidate merging do; it frees beam room for different hypotheses."""
     (parent, tok, depth, stamp, slot, lmacc, nw, lms, wnode, hk, hv, bnode, bpb, bpnb, meta) = st
     (cnode, cpar, ctok, cpb, cpnb, clm, cnw, cst, cwn, ftoks, top, trow, tkey) = ws
-    htot = clm  # (rows 0..nb_-1, the beam's own prefixes, use no LM fields: there it holds their total scores)
+    htot = clm  # rows 0..nb_-1 (the beam's own prefixes) use no LM fields: there it holds their total scores
     nk, nv, nlp, bow, ex, sfx, dep, dims = lmt
     whk, whv, wof, wla, wdp = wt
     begins, off, ln, chars, unk_pen = tt
@@ -434,8 +434,7 @@ def finish(st, lmt, wt, alpha, beta, unk_pen, unk_chr, out_node, out_fused, out_
 @njit(**_j)
 def search(lp, st, ws, lmt, wt, tt, ub, alpha, beta, beam, blank, min_logp, prune, recombine, out_node, out_fused,
            out_ctc):
-    """One utterance in one call (:func:`reset`, :func:`advance` over every frame, :func:`finish`): an offline
-    decode pays for passing the arrays in once instead of three times. Returns how many hypotheses were written."""
+    """One utterance in one call (:func:`reset`, :func:`advance`, :func:`finish`); returns how many were written."""
     reset(st, lmt, lp.shape[1])
     if lp.shape[0] > 0:
         advance(lp, lp.shape[0], st, ws, lmt, wt, tt, ub, alpha, beta, beam, blank, min_logp, prune, recombine)
