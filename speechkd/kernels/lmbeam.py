@@ -320,8 +320,8 @@ def advance(lp, n, st, ws, lmt, wt, tt, ub, alpha, beta, beam, blank, min_logp, 
         for h in range(nb_):
             node = bnode[h]
             x = lse(cpb[h], cpnb[h]) + alpha * lmacc[node] + beta * nw[node]
-            nt = _push(x, h, _key(lms[node], wnode[node], tok[node], nwn, V), top, trow, tkey, nt, beam,
-                       recombine, prune)
+            nt = _push(x, h, _key(lms[node], wnode[node], tok[node], nwn, V), top, trow, tkey, nt, beam, False,
+                       prune)  # (no two share a key: the previous frame's list kept one per key)
         # The extensions, best hypothesis and best token first. Each is scored in full only when an upper bound
         # on its score can still enter the list and clear the prune line: a word that ends scores at most its
         # word's bound (or <unk>'s) in place of the parent's look-ahead, and adds a word; a word that goes on
