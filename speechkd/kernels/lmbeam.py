@@ -206,19 +206,6 @@ def rehash(st, V):
 
 
 @njit(inline="always", **_j)
-def _slot(node, t, nc, stamp, slot, cnode, cpb, cpnb):
-    """The candidate row of an existing trie node in frame ``t`` (a new row the first time). Returns (row, nc)."""
-    if stamp[node] != t:
-        stamp[node] = t
-        slot[node] = nc
-        cnode[nc] = node
-        cpb[nc] = NEG
-        cpnb[nc] = NEG
-        nc += 1
-    return slot[node], nc
-
-
-@njit(inline="always", **_j)
 def _push(x, r, key, top, trow, tkey, nt, beam, recombine, prune):
     """Offer candidate row ``r`` (exact score ``x``, future-equivalence ``key``) to the frame's best list
     ``top/trow/tkey[:nt]`` (best first; ties: the earlier row). With ``recombine``, a list holds one candidate
